@@ -1,0 +1,1 @@
+"""happysad benchmarks: latency and accuracy of exported models, through ``edge``."""

@@ -1,0 +1,230 @@
+"""One small interface over the three interpreters a device may have.
+
+Each backend takes preprocessed uint8 pixels (NHWC without the batch axis)
+and returns the model's float output. Quantized inputs and outputs are
+handled here, from the scale and zero point stored in the model.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import HappysadError
+
+BACKENDS = ("litert", "tflite-runtime", "onnxruntime")
+_TFLITE_MODULES = {"litert": "ai_edge_litert.interpreter",
+                   "tflite-runtime": "tflite_runtime.interpreter"}
+
+
+def model_format(path: str | os.PathLike) -> str:
+    """``"tflite"`` or ``"onnx"``, from the file's suffix, else its content.
+
+    A TFLite flatbuffer carries the identifier ``TFL3`` at bytes 4..8.
+
+    Raises:
+        HappysadError: the file is missing or unreadable.
+    """
+    path = Path(path)
+    if path.suffix.lower() in (".tflite", ".onnx"):
+        if not path.is_file():
+            raise HappysadError(f"{path}: no such model file; check the path")
+        return path.suffix.lower()[1:]
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        raise HappysadError(f"{path}: cannot read model ({exc.strerror or exc}); check the path") from None
+    return "tflite" if head[4:8] == b"TFL3" else "onnx"
+
+
+def default_backend(fmt: str) -> str:
+    """The backend to use for a format: litert, else tflite-runtime, for TFLite."""
+    if fmt == "onnx":
+        return "onnxruntime"
+    for name in ("litert", "tflite-runtime"):
+        try:
+            importlib.import_module(_TFLITE_MODULES[name])
+            return name
+        except ImportError:
+            continue
+    raise HappysadError("no TFLite interpreter installed: pip install ai-edge-litert "
+                        "(64-bit OS) or tflite-runtime==2.14.0 'numpy<2' (32-bit Raspberry Pi OS)")
+
+
+def quantize(pixels: np.ndarray, scale: float, zero_point: int, dtype) -> np.ndarray:
+    """Quantize uint8 pixels for an integer model input.
+
+    The affine quantization of TFLite and ONNX: ``q = round(x / scale) + zero_point``,
+    clipped to the dtype's range. The models begin with ``Rescaling(1/255)``,
+    so the calibrated input range is 0..255 and the converter picks
+    scale 1, zero point -128 (int8) or 0 (uint8): then q = x - 128 or q = x,
+    exact integers, computed in int16 with no float math.
+
+    Args:
+        pixels: uint8 array, any shape.
+        scale, zero_point: from the model's input tensor.
+        dtype: numpy int8 or uint8.
+
+    Returns:
+        array of ``dtype`` and the same shape.
+    """
+    info = np.iinfo(dtype)
+    if scale == 1.0:
+        q = pixels.astype(np.int16) + np.int16(zero_point)
+    else:
+        q = np.round(pixels.astype(np.float32) / np.float32(scale)) + zero_point
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def dequantize(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """``x = scale * (q - zero_point)`` as float32.
+
+    Converted to int64 first so the subtraction cannot overflow the integer
+    type (as pycoral's classify adapter does).
+    """
+    return (scale * (values.astype(np.int64) - zero_point)).astype(np.float32)
+
+
+class Backend:
+    """A loaded model. Subclasses fill the attributes and :meth:`_invoke`.
+
+    Attributes:
+        name: backend name, one of :data:`BACKENDS`.
+        input_shape: model input shape (1, H, W, C), NHWC.
+        input_dtype: numpy dtype fed to the interpreter.
+        load_ms: time to load the file and prepare the interpreter, ms.
+    """
+
+    name = ""
+    input_shape: tuple[int, ...] = ()
+    input_dtype = np.float32
+    load_ms = 0.0
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        """Run one image.
+
+        Args:
+            pixels: uint8 array (H, W, C) from :func:`edge.preprocess`.
+
+        Returns:
+            float32 array of the model's outputs for this image, shape (1,)
+            for the happy/sad models (the sigmoid probability).
+
+        Raises:
+            HappysadError: the pixels' shape does not match the model input.
+        """
+        if pixels.shape != self.input_shape[1:]:
+            raise HappysadError(f"input of shape {pixels.shape} does not fit the model's "
+                                f"{self.input_shape[1:]}; check the model's metadata")
+        return self._invoke(pixels)
+
+    def _invoke(self, pixels: np.ndarray) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+
+class TFLiteBackend(Backend):
+    """ai-edge-litert or tflite-runtime, with XNNPACK where the build has it."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None,
+                 name: str = "litert"):
+        try:
+            module = importlib.import_module(_TFLITE_MODULES[name])
+        except ImportError:
+            pkg = "ai-edge-litert" if name == "litert" else "tflite-runtime"
+            raise HappysadError(f"backend {name} is not installed: pip install {pkg}") from None
+        start = time.perf_counter()
+        try:
+            self._interp = module.Interpreter(model_path=str(path), num_threads=threads)
+            self._interp.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise HappysadError(f"{path}: not a valid TFLite model ({first}); "
+                                "copy or export it again") from None
+        self.load_ms = (time.perf_counter() - start) * 1e3
+        self.name = name
+        inp = self._interp.get_input_details()[0]
+        out = self._interp.get_output_details()[0]
+        self._in_index, self._out_index = inp["index"], out["index"]
+        self.input_shape = tuple(int(d) for d in inp["shape"])
+        self.input_dtype = inp["dtype"]
+        self._in_quant = inp["quantization"]
+        self._out_quant = out["quantization"]
+        self._out_dtype = out["dtype"]
+        # Preallocated input buffer, reused for every image.
+        self._buffer = np.zeros(self.input_shape, dtype=self.input_dtype)
+
+    def _invoke(self, pixels: np.ndarray) -> np.ndarray:
+        scale, zero_point = self._in_quant
+        if self.input_dtype in (np.int8, np.uint8) and scale:
+            self._buffer[0] = quantize(pixels, scale, zero_point, self.input_dtype)
+        else:
+            self._buffer[0] = pixels
+        self._interp.set_tensor(self._in_index, self._buffer)
+        self._interp.invoke()
+        out = self._interp.get_tensor(self._out_index)[0]
+        scale, zero_point = self._out_quant
+        if self._out_dtype in (np.int8, np.uint8) and scale:
+            return dequantize(out, scale, zero_point)
+        return out.astype(np.float32)
+
+
+class OnnxBackend(Backend):
+    """onnxruntime on the CPU execution provider (float or QDQ int8 models)."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise HappysadError("backend onnxruntime is not installed: pip install onnxruntime") from None
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+        start = time.perf_counter()
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own, unexported classes
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise HappysadError(f"{path}: not a valid ONNX model ({first}); "
+                                "copy or export it again") from None
+        self.load_ms = (time.perf_counter() - start) * 1e3
+        self.name = "onnxruntime"
+        inp = self.session.get_inputs()[0]
+        self._in_name = inp.name
+        shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+        self.input_shape = tuple(shape)
+        self.input_dtype = np.float32
+        self._buffer = np.zeros(self.input_shape, dtype=np.float32)
+
+    def _invoke(self, pixels: np.ndarray) -> np.ndarray:
+        self._buffer[0] = pixels
+        return self.session.run(None, {self._in_name: self._buffer})[0][0].astype(np.float32)
+
+
+def load_backend(path: str | os.PathLike, threads: int | None = None,
+                 backend: str | None = None) -> Backend:
+    """Load a model file with the right interpreter.
+
+    Args:
+        path: a .tflite or .onnx file.
+        threads: interpreter threads; None leaves the interpreter's default.
+        backend: force one of :data:`BACKENDS`; None chooses from the file
+            (ai-edge-litert, else tflite-runtime, for TFLite; onnxruntime for ONNX).
+
+    Raises:
+        HappysadError: unknown or missing backend, a backend that cannot read
+            this format, or an unreadable model file.
+    """
+    fmt = model_format(path)
+    if backend is not None and backend not in BACKENDS:
+        raise HappysadError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    name = backend or default_backend(fmt)
+    if (fmt == "onnx") != (name == "onnxruntime"):
+        raise HappysadError(f"{path}: backend {name} cannot run a {fmt} model")
+    if name == "onnxruntime":
+        return OnnxBackend(path, threads)
+    return TFLiteBackend(path, threads, name)

@@ -1,0 +1,64 @@
+"""What every happysad command line shares: one-line errors and exit codes.
+
+Exit codes: 0 success, 1 a problem with the input (message names it),
+2 a usage error (unknown flag, bad value), 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from .errors import HappysadError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with defaults shown in --help and one-line usage errors."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):  # noqa: D401 - argparse API
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return value
+
+
+def run_main(prog: str, body: Callable[[Sequence[str] | None], int],
+             argv: Sequence[str] | None = None) -> int:
+    """Run a command's body, turning known failures into one-line errors.
+
+    Returns:
+        the exit code: the body's, 1 for :class:`HappysadError`, 130 on Ctrl-C.
+    """
+    try:
+        return body(argv)
+    except HappysadError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. piped into `head`
+        return 0

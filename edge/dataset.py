@@ -1,0 +1,81 @@
+"""Labelled image folders and saved train/validation/test splits.
+
+A labelled folder has one sub-folder per class (``happy/``, ``sad/``); the
+labels are the sub-folder names, sorted. A split file
+(``RUN_DIR/split.json``, written by happysad-train) lists each part's files
+relative to its data folder, with each file's sha256.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import HappysadError
+from .fileio import read_json
+from .images import find_images
+
+SPLIT_PARTS = ("train", "val", "test")
+
+
+def class_folders(data_dir: str | os.PathLike) -> list[str]:
+    """The class names of a labelled folder: its sub-folders, sorted.
+
+    Raises:
+        HappysadError: the folder is missing or has fewer than two sub-folders;
+            the message says how to lay one out.
+    """
+    data_dir = Path(data_dir)
+    layout = f"lay out photos as {data_dir}/happy/*.jpg and {data_dir}/sad/*.jpg"
+    if not data_dir.is_dir():
+        raise HappysadError(f"{data_dir}: no such data folder; {layout}")
+    labels = sorted(p.name for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(labels) != 2:
+        raise HappysadError(f"{data_dir}: found {len(labels)} class folders {labels}, need exactly 2; {layout}")
+    return labels
+
+
+def labelled_images(data_dir: str | os.PathLike) -> tuple[list[str], list[tuple[Path, int]]]:
+    """All image files of a labelled folder with their class index.
+
+    Returns:
+        (labels, [(path, class index), ...]) with paths sorted per class.
+
+    Raises:
+        HappysadError: see :func:`class_folders`.
+    """
+    labels = class_folders(data_dir)
+    items = [(p, i) for i, name in enumerate(labels) for p in find_images(Path(data_dir) / name)]
+    return labels, items
+
+
+def read_split(path: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> dict:
+    """Read a split file.
+
+    Args:
+        path: ``RUN_DIR/split.json``.
+        data_dir: where the images are now, when not where training found them.
+
+    Returns:
+        the split dict, with ``data_dir`` set to the folder used.
+
+    Raises:
+        HappysadError: missing or malformed split file, or data folder absent.
+    """
+    split = read_json(path, "split file")
+    if not all(isinstance(split.get(p), list) for p in SPLIT_PARTS) or not isinstance(split.get("labels"), list):
+        raise HappysadError(f"{path}: not a happysad split file (needs labels, train, val, test)")
+    root = Path(data_dir) if data_dir else Path(split.get("data_dir", ""))
+    if not root.is_absolute() and not data_dir:
+        root = (Path(path).parent / root).resolve()
+    if not root.is_dir():
+        raise HappysadError(f"{root}: the split's data folder is not there; pass the folder that holds "
+                            "the images with --data-root")
+    split["data_dir"] = str(root)
+    return split
+
+
+def split_items(split: dict, part: str) -> list[tuple[Path, int]]:
+    """The (absolute path, class index) pairs of one part of a split."""
+    root = Path(split["data_dir"])
+    labels = split["labels"]
+    return [(root / e["path"], labels.index(e["label"])) for e in split[part]]

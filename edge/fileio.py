@@ -1,0 +1,71 @@
+"""Atomic file writes: write to a temporary name in the same folder, then
+rename, so an interrupted run never leaves a half-written file under a final
+name and never destroys the previous good one."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+from .errors import HappysadError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path next to ``path``; rename it to ``path`` on success.
+
+    The temporary name keeps the suffix (some writers, such as Keras, pick
+    the format from it). On an exception the temporary file is removed and
+    ``path`` is left as it was.
+
+    Raises:
+        HappysadError: the folder cannot be created or written (read-only,
+            full disk); the message names the path.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise HappysadError(f"{path}: cannot write ({exc.strerror or exc}); "
+                            "check free space and permissions") from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    """Write ``obj`` as indented UTF-8 JSON to ``path`` atomically."""
+    write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> dict:
+    """Read a JSON object, with a one-line error when it is missing or broken.
+
+    Raises:
+        HappysadError: missing, unreadable, not JSON or not an object.
+    """
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise HappysadError(f"{path}: no such {what}; check the path") from None
+    except OSError as exc:
+        raise HappysadError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    except (ValueError, UnicodeDecodeError):
+        raise HappysadError(f"{path}: {what} is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise HappysadError(f"{path}: {what} is not a JSON object")
+    return obj

@@ -1,0 +1,183 @@
+"""Metadata embedded in every exported model file, so a device needs the
+model file alone.
+
+TFLite: a JSON file in a zip archive appended to the flatbuffer, the way the
+TFLite Metadata convention packs associated files (the interpreter ignores
+bytes after the flatbuffer; ``zipfile`` finds an archive at the end of any
+file). ONNX: the same JSON in the model's ``metadata_props`` under the key
+:data:`ONNX_KEY`.
+"""
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import HappysadError
+from .preprocess import COLOR_MODES
+
+SCHEMA = "happysad.model-metadata"
+SCHEMA_VERSION = 1
+#: Member name of the JSON file inside the zip appended to a TFLite model.
+TFLITE_MEMBER = "happysad_metadata.json"
+#: Key of the JSON string in an ONNX model's ``metadata_props``.
+ONNX_KEY = "happysad"
+#: Largest metadata JSON read, in bytes; a larger one is refused.
+MAX_METADATA_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What a model file says about itself.
+
+    Attributes:
+        labels: class names in output order. The model has one sigmoid output
+            p, the probability of ``labels[1]``; ``labels[0]`` has 1 - p.
+        image_size: input (height, width) in pixels.
+        color: ``"gray"`` or ``"rgb"``, as understood by :func:`edge.preprocess`.
+        threshold: p at or above which the label is ``labels[1]``.
+        face_margin: fraction of the detected face box's width and height
+            added on each side before cropping (the framing of the training
+            faces).
+        extra: every other field of the JSON (run, format, quantization...).
+    """
+
+    labels: tuple[str, ...]
+    image_size: tuple[int, int]
+    color: str
+    threshold: float = 0.5
+    face_margin: float = 0.1
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def to_dict(self) -> dict:
+        """The JSON-ready dict, schema name and version included."""
+        d = dict(self.extra)
+        d.update({
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "labels": list(self.labels),
+            "output": "sigmoid",
+            "input": {"layout": "NHWC", "height": self.image_size[0],
+                      "width": self.image_size[1],
+                      "channels": 1 if self.color == "gray" else 3,
+                      "color": self.color, "pixel_range": [0, 255]},
+            "preprocessing": ("edge.preprocess: decode to BGR, convert to "
+                              f"{self.color}, resize with INTER_AREA, keep uint8 0..255; "
+                              "the model divides by 255 itself"),
+            "threshold": self.threshold,
+            "face_margin": self.face_margin,
+        })
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "metadata") -> "ModelMetadata":
+        """Validate and parse the JSON dict.
+
+        Raises:
+            HappysadError: a field is missing or has the wrong type, or the
+                schema version is newer than this reader knows.
+        """
+        try:
+            if d.get("schema") != SCHEMA:
+                raise ValueError(f"schema is {d.get('schema')!r}, expected {SCHEMA!r}")
+            version = d.get("schema_version")
+            if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
+                raise ValueError(f"schema_version {version!r} is not supported "
+                                 f"(this reader knows 1..{SCHEMA_VERSION}); upgrade happysad")
+            labels = d["labels"]
+            if (not isinstance(labels, list) or len(labels) != 2
+                    or not all(isinstance(x, str) and x for x in labels)):
+                raise ValueError("labels must be a list of two names")
+            inp = d["input"]
+            size = (int(inp["height"]), int(inp["width"]))
+            if min(size) < 1 or max(size) > 4096:
+                raise ValueError(f"input size {size} is out of range")
+            color = inp["color"]
+            if color not in COLOR_MODES:
+                raise ValueError(f"unknown color mode {color!r}")
+            threshold = float(d.get("threshold", 0.5))
+            if not 0.0 <= threshold <= 1.0:
+                raise ValueError(f"threshold {threshold} is outside 0..1")
+            margin = float(d.get("face_margin", 0.1))
+            if not 0.0 <= margin <= 1.0:
+                raise ValueError(f"face_margin {margin} is outside 0..1")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            missing = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise HappysadError(f"{source}: bad model metadata ({missing}); re-export the model") from None
+        return cls(tuple(labels), size, color, threshold, margin, extra=dict(d))
+
+
+def encode(meta: ModelMetadata) -> bytes:
+    """The metadata as UTF-8 JSON bytes."""
+    return json.dumps(meta.to_dict(), indent=1, sort_keys=True).encode()
+
+
+def decode(raw: bytes, source: str) -> ModelMetadata:
+    """Parse metadata JSON bytes, refusing more than :data:`MAX_METADATA_BYTES`.
+
+    Raises:
+        HappysadError: too large, not JSON, or fails :meth:`ModelMetadata.from_dict`.
+    """
+    if len(raw) > MAX_METADATA_BYTES:
+        raise HappysadError(f"{source}: model metadata is {len(raw)} bytes, over the "
+                            f"{MAX_METADATA_BYTES}-byte limit; re-export the model")
+    try:
+        d = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise HappysadError(f"{source}: model metadata is not valid JSON; re-export the model") from None
+    if not isinstance(d, dict):
+        raise HappysadError(f"{source}: model metadata is not a JSON object; re-export the model")
+    return ModelMetadata.from_dict(d, source)
+
+
+def append_to_tflite(model: bytes, meta: ModelMetadata) -> bytes:
+    """Return the TFLite flatbuffer ``model`` with the metadata zip appended."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(TFLITE_MEMBER, encode(meta))
+    return model + buf.getvalue()
+
+
+def read_tflite_metadata(path: str | Path) -> ModelMetadata:
+    """Read the metadata appended to a TFLite file.
+
+    Only the member :data:`TFLITE_MEMBER` is read, and only up to
+    :data:`MAX_METADATA_BYTES`.
+
+    Raises:
+        HappysadError: the file cannot be read or carries no valid metadata.
+    """
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo(TFLITE_MEMBER)
+            if info.file_size > MAX_METADATA_BYTES:
+                raise HappysadError(f"{path}: model metadata is {info.file_size} bytes, over the "
+                                    f"{MAX_METADATA_BYTES}-byte limit; re-export the model")
+            with zf.open(info) as fh:
+                raw = fh.read(MAX_METADATA_BYTES + 1)
+    except (zipfile.BadZipFile, KeyError, EOFError, zipfile.LargeZipFile):
+        raise HappysadError(f"{path}: no happysad metadata in this model file "
+                            "(truncated, or not exported by happysad-export)") from None
+    except OSError as exc:
+        raise HappysadError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return decode(raw, str(path))
+
+
+def read_onnx_metadata(custom_map: dict, source: str) -> ModelMetadata:
+    """Parse the metadata from an ONNX model's ``metadata_props`` map.
+
+    Args:
+        custom_map: ``onnxruntime.InferenceSession.get_modelmeta().custom_metadata_map``.
+        source: file name for messages.
+
+    Raises:
+        HappysadError: the key is missing or the metadata is invalid.
+    """
+    raw = custom_map.get(ONNX_KEY)
+    if raw is None:
+        raise HappysadError(f"{source}: no happysad metadata in this model file "
+                            "(not exported by happysad-export)")
+    return decode(raw.encode(), source)

@@ -1,0 +1,54 @@
+"""Shared fixtures: one small synthetic dataset, trained and exported once per session."""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from synth import make_dataset  # noqa: E402
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parent.parent
+REAL_DATA = REPO.parent / "shared" / "data" / "fer2013-happy-sad"
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory) -> Path:
+    """60 happy + 60 sad drawn faces, plus a duplicate and three bad files."""
+    root = make_dataset(tmp_path_factory.mktemp("faces"), per_class=60)
+    (root / "happy" / "notes.txt").write_text("not an image")
+    (root / "happy" / "empty.jpg").write_bytes(b"")
+    good = (root / "sad" / "sad_000.png").read_bytes()
+    (root / "sad" / "truncated.png").write_bytes(good[: len(good) // 3])
+    shutil.copy(root / "happy" / "happy_001.png", root / "happy" / "copy_of_001.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def run_dir(dataset, tmp_path_factory) -> Path:
+    """A training run on the synthetic faces (compact model, a few epochs)."""
+    from train.cli import main
+    out = tmp_path_factory.mktemp("run") / "run"
+    assert main([str(dataset), "--out", str(out), "--epochs", "8", "--seed", "1",
+                 "--batch-size", "16", "--patience", "8"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def export_dir(run_dir) -> Path:
+    """The four exported files of :func:`run_dir`."""
+    from export.cli import main
+    assert main([str(run_dir), "--calib-samples", "60"]) == 0
+    return run_dir / "export"
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"real faces not present at {REAL_DATA}")
+    return REAL_DATA

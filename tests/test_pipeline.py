@@ -1,0 +1,151 @@
+"""Train -> export -> edge -> bench on the synthetic faces."""
+import hashlib
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from edge import Classifier, load_image, preprocess, read_metadata
+from edge.dataset import read_split, split_items
+
+MODELS = ("model_float32.tflite", "model_int8.tflite", "model_float32.onnx", "model_int8.onnx")
+
+
+def test_training_writes_every_artifact(run_dir):
+    for name in ("model.keras", "split.json", "history.csv", "curves.png", "metrics.json", "config.json"):
+        assert (run_dir / name).stat().st_size > 0, name
+    m = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "confusion_matrix"):
+        assert key in m
+    assert m["accuracy"] >= 0.8, m  # drawn smiles and frowns are easy
+    assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    header = (run_dir / "history.csv").read_text().splitlines()[0].split(",")
+    assert header[:3] == ["epoch", "accuracy", "loss"] and "val_accuracy" in header
+
+
+def test_split_file_is_complete_and_leak_free(run_dir, dataset):
+    split = read_split(run_dir / "split.json")
+    parts = {p: split[p] for p in ("train", "val", "test")}
+    assert sum(len(v) for v in parts.values()) == 121
+    for part in parts.values():
+        for e in part:
+            assert hashlib.sha256((dataset / e["path"]).read_bytes()).hexdigest() == e["sha256"]
+    digests = [{e["sha256"] for e in v} for v in parts.values()]
+    assert not (digests[0] & digests[1] or digests[0] & digests[2] or digests[1] & digests[2])
+    skipped = {x["path"] for x in split["skipped"]}
+    assert {"happy/notes.txt", "happy/empty.jpg", "sad/truncated.png"} <= skipped
+
+
+def test_export_writes_four_files_and_manifest(export_dir):
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    assert sorted(manifest["files"]) == sorted(MODELS)
+    for name, rec in manifest["files"].items():
+        data = (export_dir / name).read_bytes()
+        assert rec["size_bytes"] == len(data)
+        assert rec["sha256"] == hashlib.sha256(data).hexdigest()
+        meta = read_metadata(export_dir / name)
+        assert meta.labels == ("happy", "sad") and meta.image_size == (48, 48) and meta.color == "gray"
+        assert meta.extra["format"] == rec["format"]
+        assert meta.extra["run"]["name"] == "run"
+    assert not [p for p in export_dir.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+@pytest.fixture(scope="module")
+def inputs(run_dir):
+    split = read_split(run_dir / "split.json")
+    items = split_items(split, "test") + split_items(split, "val")
+    return np.stack([preprocess(load_image(p)) for p, _ in items])
+
+
+@pytest.fixture(scope="module")
+def keras_probs(run_dir, inputs):
+    import keras
+    model = keras.saving.load_model(run_dir / "model.keras")
+    return model.predict(inputs.astype(np.float32), verbose=0).ravel()
+
+
+@pytest.mark.parametrize("name", ["model_float32.tflite", "model_float32.onnx"])
+def test_float_files_match_keras(export_dir, inputs, keras_probs, name):
+    clf = Classifier(export_dir / name)
+    probs = np.array([clf.scores(x)[1] for x in inputs])
+    np.testing.assert_allclose(probs, keras_probs, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["model_int8.tflite", "model_int8.onnx"])
+def test_int8_files_agree_with_float_labels(export_dir, inputs, keras_probs, name):
+    clf = Classifier(export_dir / name)
+    labels = np.array([clf.predict_index(clf.scores(x)) for x in inputs])
+    agreement = np.mean(labels == (keras_probs >= 0.5))
+    assert agreement >= 0.9, agreement
+
+
+def test_int8_tflite_takes_raw_pixels_with_scale_one(export_dir):
+    clf = Classifier(export_dir / "model_int8.tflite")
+    assert clf.backend.input_dtype == np.int8
+    assert clf.backend._in_quant == (1.0, -128)
+
+
+def test_edge_runs_without_tensorflow(export_dir, dataset):
+    """A fresh interpreter classifies with every exported file and never imports TensorFlow."""
+    code = (
+        "import sys, json\n"
+        "from edge import Classifier, load_image\n"
+        f"img = load_image({str(dataset / 'happy' / 'happy_005.png')!r})\n"
+        "out = {}\n"
+        f"for name in {list(MODELS)!r}:\n"
+        f"    out[name] = Classifier({str(export_dir)!r} + '/' + name).classify_image(img).label\n"
+        "bad = [m for m in ('tensorflow', 'keras', 'tf2onnx', 'train', 'export') if m in sys.modules]\n"
+        "print(json.dumps({'labels': out, 'bad': bad}))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    assert report["bad"] == []
+    assert set(report["labels"].values()) <= {"happy", "sad"} and len(report["labels"]) == 4
+
+
+def test_classify_json_schema(export_dir, dataset):
+    res = subprocess.run([sys.executable, "-m", "edge", "classify", str(export_dir / "model_int8.tflite"),
+                          str(dataset / "sad"), "--json"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    lines = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(lines) == 60  # 61 files with an image suffix, one truncated
+    for obj in lines:
+        assert set(obj) == {"path", "label", "confidence", "scores", "face", "ms"}
+        assert obj["label"] in ("happy", "sad") and obj["face"] is None
+        assert abs(sum(obj["scores"].values()) - 1) < 1e-5
+        assert obj["confidence"] == max(obj["scores"].values())
+        assert obj["ms"] > 0
+    assert np.mean([o["label"] == "sad" for o in lines]) >= 0.8
+    # The truncated file is reported on its own line, the rest still classified, exit 1.
+    assert res.returncode == 1
+    err = res.stderr.strip().splitlines()
+    assert [e for e in err if "truncated.png" in e and "not a decodable image" in e]
+    assert "Traceback" not in res.stderr
+
+
+def test_bench_table_and_json(export_dir, run_dir, tmp_path):
+    out = tmp_path / "bench.json"
+    res = subprocess.run([sys.executable, "-m", "benchmarks", *(str(export_dir / m) for m in MODELS),
+                          "--split", str(run_dir / "split.json"), "--runs", "20", "--warmup", "2",
+                          "--json", str(out)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert res.returncode == 0, res.stderr
+    header = res.stdout.splitlines()[0].split()
+    for col in ("model", "p50", "p99", "accuracy", "drop", "agreement"):
+        assert col in header
+    report = json.loads(out.read_text())
+    rows = {r["model"].rsplit("/", 1)[-1]: r for r in report["results"]}
+    assert sorted(rows) == sorted(MODELS)
+    assert rows["model_int8.tflite"]["reference"].endswith("model_float32.tflite")
+    assert rows["model_int8.onnx"]["reference"].endswith("model_float32.onnx")
+    for r in rows.values():
+        lat = r["latency_ms"]
+        assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+        assert r["size_mb"] > 0 and r["load_ms"] > 0
+        assert r["drop_pp"] == pytest.approx((rows[r["reference"].rsplit("/", 1)[-1]]["accuracy"]
+                                              - r["accuracy"]) * 100)
+    assert rows["model_float32.tflite"]["drop_pp"] == 0
+    assert rows["model_int8.tflite"]["size_mb"] < rows["model_float32.tflite"]["size_mb"] / 2
+    assert report["machine"]["cores"] >= 1

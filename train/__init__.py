@@ -1,0 +1,9 @@
+"""happysad on the workstation: train the classifier (TensorFlow, Keras 3).
+
+TensorFlow is imported only once a run has passed its cheap checks, so
+``--help`` and bad-input errors answer at once.
+"""
+
+#: Architecture names accepted by ``happysad-train --arch``.
+ARCHS = ("compact", "seed")
+DEFAULT_ARCH = "compact"

@@ -1,0 +1,67 @@
+"""``happysad-train``: train the happy/sad classifier on a folder of photos."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from edge.cli_util import ArgumentParser, positive_int, run_main
+
+from . import ARCHS, DEFAULT_ARCH
+from .data import parse_ratios
+
+PROG = "happysad-train"
+
+
+def _ratios(text: str):
+    try:
+        return parse_ratios(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _lr(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be between 0 and 1")
+    return value
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog=PROG, description=__doc__,
+                       epilog="DATA_DIR holds one sub-folder per class, e.g. DATA_DIR/happy/*.jpg "
+                              "and DATA_DIR/sad/*.jpg; labels are the folder names, sorted.")
+    p.add_argument("data_dir", metavar="DATA_DIR", help="folder with one sub-folder of photos per class")
+    p.add_argument("-o", "--out", required=True, metavar="RUN_DIR", help="run folder to write")
+    p.add_argument("-a", "--arch", choices=ARCHS, default=DEFAULT_ARCH, help="model architecture")
+    p.add_argument("-e", "--epochs", type=positive_int, default=30, help="most epochs (early stopping may end sooner)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, weights and augmentation")
+    p.add_argument("--img-size", type=positive_int, default=48, help="input height and width, pixels")
+    p.add_argument("--color", choices=("gray", "rgb"), default="gray", help="input color mode")
+    p.add_argument("--split-ratios", type=_ratios, default=(0.7, 0.2, 0.1), metavar="TRAIN,VAL,TEST",
+                   help="fractions of the stratified split")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per training step")
+    p.add_argument("--lr", type=_lr, default=2e-3, help="peak learning rate (warm-up, then cosine decay)")
+    p.add_argument("--patience", type=positive_int, default=8,
+                   help="epochs without a better validation loss before early stopping")
+    return p
+
+
+def _body(argv) -> int:
+    args = build_parser().parse_args(argv)
+    from .trainer import TrainOptions, train
+    train(TrainOptions(args.data_dir, args.out, args.arch, args.epochs, args.seed, args.img_size,
+                       args.color, args.split_ratios, args.batch_size, args.lr, args.patience,
+                       verbose=1 if sys.stdout.isatty() else 2))
+    return 0
+
+
+def main(argv=None) -> int:
+    """Entry point of ``happysad-train``; returns the exit code."""
+    return run_main(PROG, _body, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
