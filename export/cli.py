@@ -15,7 +15,8 @@ def _formats(text: str) -> tuple:
     names = tuple(x.strip() for x in text.split(",") if x.strip())
     bad = [x for x in names if x not in FORMATS]
     if bad or not names:
-        raise argparse.ArgumentTypeError(f"unknown format {', '.join(bad) or text!r}; "
+        shown = ", ".join(bad) if bad else repr(text)
+        raise argparse.ArgumentTypeError(f"unknown format {shown}; "
                                          f"valid formats: {', '.join(FORMATS)}")
     return names
 

@@ -86,6 +86,9 @@ def calibration_images(split: dict, samples: int, seed: int = 0) -> np.ndarray:
 
     Returns:
         float32 (N, H, W, C) pixels 0..255, the model's input.
+
+    Raises:
+        HappysadError: the split has no train images, or one does not decode.
     """
     items = split_items(split, "train")
     if not items:
@@ -94,7 +97,14 @@ def calibration_images(split: dict, samples: int, seed: int = 0) -> np.ndarray:
     pick = rng.choice(len(items), size=min(samples, len(items)), replace=False)
     size = tuple(split["image"]["size"])
     color = split["image"]["color"]
-    return np.stack([preprocess(load_image(items[i][0]), size, color) for i in sorted(pick)]).astype(np.float32)
+    calib = np.stack([preprocess(load_image(items[i][0]), size, color) for i in sorted(pick)]).astype(np.float32)
+    # The int8 input's scale and zero point come from the smallest and largest
+    # pixel the calibration sees. Pinning that range to the full 0..255 (one
+    # pixel each) gives scale 1, zero point -128 on any data, so a device can
+    # feed raw pixels minus 128; on real photos, which span 0..255, this
+    # changes nothing.
+    calib[0].flat[0], calib[0].flat[1] = 0.0, 255.0
+    return calib
 
 
 def data_fingerprint(split: dict) -> str:

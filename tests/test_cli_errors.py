@@ -74,7 +74,7 @@ def test_video_file_that_does_not_exist(export_dir, tmp_path):
     (("train", "somewhere", "--out", "x", "--epochs", "zero"), r"not an integer"),
     (("export", "run", "--formats", "tflite-int4"), r"unknown format tflite-int4; valid formats: tflite-float32"),
     (("benchmarks", "m.tflite", "--split", "s.json", "--runs", "0"), r"must be at least 1"),
-    (("benchmarks", "m.tflite", "--bogus"), r"unrecognized arguments: --bogus"),
+    (("benchmarks", "m.tflite", "--split", "s.json", "--bogus"), r"unrecognized arguments: --bogus"),
 ])
 def test_usage_errors_exit_2(args, pattern):
     assert_one_line_error(cli(*args), 2, pattern)
