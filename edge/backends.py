@@ -96,12 +96,16 @@ class Backend:
         name: backend name, one of :data:`BACKENDS`.
         input_shape: model input shape (1, H, W, C), NHWC.
         input_dtype: numpy dtype fed to the interpreter.
+        input_quant, output_quant: (scale, zero point) of an integer input
+            or output tensor, None for float ones.
         load_ms: time to load the file and prepare the interpreter, ms.
     """
 
     name = ""
     input_shape: tuple[int, ...] = ()
     input_dtype = np.float32
+    input_quant: tuple[float, int] | None = None
+    output_quant: tuple[float, int] | None = None
     load_ms = 0.0
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
@@ -151,24 +155,22 @@ class TFLiteBackend(Backend):
         self._in_index, self._out_index = inp["index"], out["index"]
         self.input_shape = tuple(int(d) for d in inp["shape"])
         self.input_dtype = inp["dtype"]
-        self._in_quant = inp["quantization"]
-        self._out_quant = out["quantization"]
-        self._out_dtype = out["dtype"]
+        # TFLite reports (0.0, 0) for a float tensor.
+        self.input_quant = tuple(inp["quantization"]) if inp["quantization"][0] else None
+        self.output_quant = tuple(out["quantization"]) if out["quantization"][0] else None
         # Preallocated input buffer, reused for every image.
         self._buffer = np.zeros(self.input_shape, dtype=self.input_dtype)
 
     def _invoke(self, pixels: np.ndarray) -> np.ndarray:
-        scale, zero_point = self._in_quant
-        if self.input_dtype in (np.int8, np.uint8) and scale:
-            self._buffer[0] = quantize(pixels, scale, zero_point, self.input_dtype)
+        if self.input_quant:
+            self._buffer[0] = quantize(pixels, *self.input_quant, self.input_dtype)
         else:
             self._buffer[0] = pixels
         self._interp.set_tensor(self._in_index, self._buffer)
         self._interp.invoke()
         out = self._interp.get_tensor(self._out_index)[0]
-        scale, zero_point = self._out_quant
-        if self._out_dtype in (np.int8, np.uint8) and scale:
-            return dequantize(out, scale, zero_point)
+        if self.output_quant:
+            return dequantize(out, *self.output_quant)
         return out.astype(np.float32)
 
 

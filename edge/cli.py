@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from .backends import BACKENDS
 from .camera import CameraOptions, run as run_camera
 from .classifier import Classifier
@@ -87,9 +89,12 @@ def _info(args) -> int:
     info = {
         "path": str(args.model), "size_bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(), "backend": b.name,
-        "input": {"shape": list(b.input_shape), "dtype": str(b.input_dtype.__name__
-                                                           if hasattr(b.input_dtype, "__name__")
-                                                           else b.input_dtype)},
+        "input": {"shape": list(b.input_shape), "layout": "NHWC",
+                  "dtype": np.dtype(b.input_dtype).name,
+                  "scale": b.input_quant[0] if b.input_quant else None,
+                  "zero_point": b.input_quant[1] if b.input_quant else None},
+        "output": {"scale": b.output_quant[0] if b.output_quant else None,
+                   "zero_point": b.output_quant[1] if b.output_quant else None},
         "metadata": clf.metadata.to_dict(),
     }
     print(json.dumps(info, indent=2))

@@ -19,12 +19,15 @@ REAL_DATA = REPO.parent / "shared" / "data" / "fer2013-happy-sad"
 
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory) -> Path:
-    """60 happy + 60 sad drawn faces, plus a duplicate and three bad files."""
+    """60 happy + 60 sad drawn faces, plus a duplicate and four bad files."""
     root = make_dataset(tmp_path_factory.mktemp("faces"), per_class=60)
     (root / "happy" / "notes.txt").write_text("not an image")
     (root / "happy" / "empty.jpg").write_bytes(b"")
     good = (root / "sad" / "sad_000.png").read_bytes()
     (root / "sad" / "truncated.png").write_bytes(good[: len(good) // 3])
+    import cv2
+    jpeg = cv2.imencode(".jpg", cv2.imread(str(root / "sad" / "sad_001.png")))[1].tobytes()
+    (root / "sad" / "corrupt.jpg").write_bytes(jpeg[:-200])  # cut off mid-scan
     shutil.copy(root / "happy" / "happy_001.png", root / "happy" / "copy_of_001.png")
     return root
 

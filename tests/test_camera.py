@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from edge.camera import annotate
+from edge.classifier import Prediction
 from synth import draw_face
 
 
@@ -68,3 +70,14 @@ def test_real_faces_are_found_and_classified(export_dir, real_data, tmp_path):
         assert 24 <= x + w / 2 <= 296 and 0 <= y + h / 2 <= 240
         assert r["faces"][0]["label"] in ("happy", "sad")
         assert {"detect", "preprocess", "inference", "total"} <= set(r["ms"])
+
+
+def test_annotate_draws_box_label_and_fps():
+    frame = np.zeros((120, 160, 3), np.uint8)
+    pred = Prediction("sad", 0.9, {"happy": 0.1, "sad": 0.9}, (40, 40, 50, 50))
+    out = annotate(frame.copy(), [pred], 12.5)
+    changed = np.any(out != frame, axis=2)
+    assert changed[40, 40:90].all() and changed[40:90, 40].all()  # the box edges
+    assert changed[5:25, 5:80].any()                                # the FPS text
+    assert changed[20:38, 40:120].any()                             # the label above the box
+    assert out[40, 60].tolist() == [0, 0, 220]                      # sad is drawn in red (BGR)

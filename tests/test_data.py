@@ -38,6 +38,7 @@ def test_scan_reports_bad_files_and_conflicts(dataset, tmp_path):
     assert "not an image file" in reasons["happy/notes.txt"]
     assert reasons["happy/empty.jpg"] == "empty file"
     assert "not a decodable image" in reasons["sad/truncated.png"]
+    assert "not a decodable image" in reasons["sad/corrupt.jpg"]
     assert s.duplicate_groups() == 1
     assert s.pixels.shape == (len(s.y), 48, 48, 1)
     assert Counter(s.y.tolist()) == {0: 61, 1: 60}

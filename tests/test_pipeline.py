@@ -36,7 +36,7 @@ def test_split_file_is_complete_and_leak_free(run_dir, dataset):
     digests = [{e["sha256"] for e in v} for v in parts.values()]
     assert not (digests[0] & digests[1] or digests[0] & digests[2] or digests[1] & digests[2])
     skipped = {x["path"] for x in split["skipped"]}
-    assert {"happy/notes.txt", "happy/empty.jpg", "sad/truncated.png"} <= skipped
+    assert {"happy/notes.txt", "happy/empty.jpg", "sad/truncated.png", "sad/corrupt.jpg"} <= skipped
 
 
 def test_export_writes_four_files_and_manifest(export_dir):
@@ -85,7 +85,14 @@ def test_int8_files_agree_with_float_labels(export_dir, inputs, keras_probs, nam
 def test_int8_tflite_takes_raw_pixels_with_scale_one(export_dir):
     clf = Classifier(export_dir / "model_int8.tflite")
     assert clf.backend.input_dtype == np.int8
-    assert clf.backend._in_quant == (1.0, -128)
+    assert clf.backend.input_quant == (1.0, -128)
+    res = subprocess.run([sys.executable, "-m", "edge", "info", str(export_dir / "model_int8.tflite")],
+                         capture_output=True, text=True, cwd=REPO, timeout=60)
+    info = json.loads(res.stdout)
+    assert info["input"] == {"shape": [1, 48, 48, 1], "layout": "NHWC", "dtype": "int8",
+                             "scale": 1.0, "zero_point": -128}
+    assert info["metadata"]["labels"] == ["happy", "sad"]
+    assert info["size_bytes"] == (export_dir / "model_int8.tflite").stat().st_size
 
 
 def test_edge_runs_without_tensorflow(export_dir, dataset):
@@ -111,7 +118,7 @@ def test_classify_json_schema(export_dir, dataset):
     res = subprocess.run([sys.executable, "-m", "edge", "classify", str(export_dir / "model_int8.tflite"),
                           str(dataset / "sad"), "--json"], capture_output=True, text=True, cwd=REPO, timeout=120)
     lines = [json.loads(line) for line in res.stdout.splitlines()]
-    assert len(lines) == 60  # 61 files with an image suffix, one truncated
+    assert len(lines) == 60  # 62 files with an image suffix, two of them broken
     for obj in lines:
         assert set(obj) == {"path", "label", "confidence", "scores", "face", "ms"}
         assert obj["label"] in ("happy", "sad") and obj["face"] is None
@@ -119,10 +126,11 @@ def test_classify_json_schema(export_dir, dataset):
         assert obj["confidence"] == max(obj["scores"].values())
         assert obj["ms"] > 0
     assert np.mean([o["label"] == "sad" for o in lines]) >= 0.8
-    # The truncated file is reported on its own line, the rest still classified, exit 1.
+    # Each broken file is reported on its own line, the rest still classified, exit 1.
     assert res.returncode == 1
     err = res.stderr.strip().splitlines()
-    assert [e for e in err if "truncated.png" in e and "not a decodable image" in e]
+    for name in ("truncated.png", "corrupt.jpg"):
+        assert len([e for e in err if name in e and "not a decodable image" in e]) == 1
     assert "Traceback" not in res.stderr
 
 
