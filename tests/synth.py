@@ -13,7 +13,12 @@ def draw_face(rng: np.random.Generator, happy: bool, size: int = 48) -> np.ndarr
     Returns:
         uint8 (size, size) image with random position, brightness and noise.
     """
-    img = np.full((size, size), rng.integers(30, 90), np.uint8)
+    # A background gradient in a random direction makes every image's low
+    # frequencies (what perceptual hashes look at) differ, as real photos do.
+    angle = rng.uniform(0, 2 * np.pi)
+    yy, xx = np.mgrid[0:size, 0:size] / size - 0.5
+    ramp = (np.cos(angle) * xx + np.sin(angle) * yy) * rng.uniform(60, 140)
+    img = np.clip(rng.integers(40, 100) + ramp, 0, 255).astype(np.uint8)
     c = size // 2 + rng.integers(-2, 3, size=2)
     r = int(size * 0.4) + int(rng.integers(-2, 3))
     cv2.circle(img, (int(c[0]), int(c[1])), r, int(rng.integers(150, 230)), -1)

@@ -1,6 +1,6 @@
-import json
 from collections import Counter
 
+import cv2
 import numpy as np
 import pytest
 
@@ -39,9 +39,11 @@ def test_scan_reports_bad_files_and_conflicts(dataset, tmp_path):
     assert reasons["happy/empty.jpg"] == "empty file"
     assert "not a decodable image" in reasons["sad/truncated.png"]
     assert "not a decodable image" in reasons["sad/corrupt.jpg"]
-    assert s.duplicate_groups() == 1
-    assert s.pixels.shape == (len(s.y), 48, 48, 1)
+    assert s.exact_groups == [["happy/copy_of_001.png", "happy/happy_001.png"]]
+    # The copy shares its group with the original, so the split keeps them together.
+    assert s.groups[s.paths.index("happy/copy_of_001.png")] == s.groups[s.paths.index("happy/happy_001.png")]
     assert Counter(s.y.tolist()) == {0: 61, 1: 60}
+    assert set(s.sizes) == {(48, 48)} and set(s.colors) == {"gray"}
 
 
 def test_identical_image_under_both_labels_is_left_out(tmp_path):
@@ -50,6 +52,7 @@ def test_identical_image_under_both_labels_is_left_out(tmp_path):
     (root / "sad" / "same.png").write_bytes((root / "happy" / "happy_000.png").read_bytes())
     s = scan(root)
     assert len(s.conflicts) == 1
+    assert s.conflicts[0]["labels"] == ["happy", "sad"]
     assert sorted(s.conflicts[0]["paths"]) == ["happy/happy_000.png", "sad/same.png"]
     assert "happy/happy_000.png" not in s.paths and "sad/same.png" not in s.paths
 
@@ -74,3 +77,56 @@ def test_metrics_from_confusion_counts():
     f1_happy = 2 * (2 / 3) * (2 / 3) / (4 / 3)
     f1_sad = 2 * 0.8 * 0.8 / 1.6
     assert m["f1"] == pytest.approx((f1_happy + f1_sad) / 2)
+
+
+def test_near_duplicates_blank_and_color_are_reported(tmp_path):
+    from synth import make_dataset
+    from train.data import data_report, report_summary
+    root = make_dataset(tmp_path / "d", per_class=6)
+    face = cv2.imread(str(root / "happy" / "happy_002.png"), cv2.IMREAD_GRAYSCALE)
+    # A re-encoded, slightly brightened and shifted copy is a near-duplicate, not a byte copy.
+    shifted = np.clip(np.roll(face, 1, axis=1).astype(int) + 6, 0, 255).astype(np.uint8)
+    cv2.imwrite(str(root / "happy" / "retouched.jpg"), shifted, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    cv2.imwrite(str(root / "sad" / "blank.png"), np.full((48, 48), 128, np.uint8))
+    color = cv2.cvtColor(cv2.imread(str(root / "sad" / "sad_003.png")), cv2.COLOR_BGR2HSV)
+    cv2.imwrite(str(root / "sad" / "color.png"), cv2.resize(color, (96, 64)))
+    s = scan(root)
+    r = data_report(s)
+    assert any({"happy/happy_002.png", "happy/retouched.jpg"} <= set(g) for g in r["near_duplicates"]["list"])
+    assert r["exact_duplicates"]["groups"] == 0
+    assert [x["path"] for x in r["near_blank"]["list"]] == ["sad/blank.png"]
+    assert r["color_modes"] == {"gray": 14, "color": 1}  # 12 drawn, the copy and the blank
+    assert r["sizes"] == {"48x48": 14, "64x96": 1}
+    text = report_summary(r)
+    assert "near-blank images: sad/blank.png" in text
+
+
+def test_phash_matches_re_encoded_and_differs_for_other_faces():
+    from synth import draw_face
+    from train.data import hamming_pairs, phash
+    rng = np.random.default_rng(5)
+    faces = [draw_face(rng, i % 2 == 0) for i in range(20)]
+    jpeg = cv2.imdecode(cv2.imencode(".jpg", faces[0], [cv2.IMWRITE_JPEG_QUALITY, 70])[1], cv2.IMREAD_GRAYSCALE)
+    hashes = np.array([phash(f) for f in faces] + [phash(jpeg)], dtype=np.uint64)
+    pairs = hamming_pairs(hashes, 4, block=7)
+    assert (0, 20) in pairs
+    # Brute force agrees with the blockwise search.
+    brute = [(i, j) for i in range(21) for j in range(i + 1, 21)
+             if bin(int(hashes[i]) ^ int(hashes[j])).count("1") <= 4]
+    assert sorted(pairs) == brute
+
+
+def test_roc_auc_and_threshold_against_brute_force():
+    from edge.metrics import best_threshold, roc_auc
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 300)
+    scores = np.round(np.clip(y * 0.3 + rng.normal(0.35, 0.2, 300), 0, 1), 2)  # with ties
+    pos, neg = scores[y == 1], scores[y == 0]
+    expected = np.mean([(p > q) + 0.5 * (p == q) for p in pos for q in neg])
+    assert roc_auc(y, scores) == pytest.approx(expected)
+    t = best_threshold(y, scores)
+
+    def bal(th):
+        pred = scores >= th
+        return ((pred & (y == 1)).sum() / (y == 1).sum() + (~pred & (y == 0)).sum() / (y == 0).sum()) / 2
+    assert all(bal(t) >= bal(c) - 1e-12 for c in np.linspace(0, 1, 101))

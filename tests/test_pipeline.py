@@ -15,15 +15,56 @@ MODELS = ("model_float32.tflite", "model_int8.tflite", "model_float32.onnx", "mo
 
 
 def test_training_writes_every_artifact(run_dir):
-    for name in ("model.keras", "split.json", "history.csv", "curves.png", "metrics.json", "config.json"):
+    for name in ("model.keras", "split.json", "history.csv", "metrics.json", "config.json", "data_report.json"):
         assert (run_dir / name).stat().st_size > 0, name
     m = json.loads((run_dir / "metrics.json").read_text())
-    for key in ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "confusion_matrix"):
+    for key in ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "confusion_matrix", "roc_auc",
+                "parameters", "macs_per_image", "train_seconds"):
         assert key in m
     assert m["accuracy"] >= 0.8, m  # drawn smiles and frowns are easy
-    assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert m["threshold"] == 0.5 and m["threshold_source"] == "default"
+    assert m["macs_per_image"] <= 20e6 and m["parameters"] > 0
+    for name in ("curves.png", "confusion_matrix.png", "samples.png"):
+        assert (run_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert list((run_dir / "logs" / "train").glob("events.out.tfevents.*")), "no TensorBoard log"
+    assert not (run_dir / "cache").exists(), "the decoded-image cache was left behind"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["seed"] == 1 and config["epochs"] == 8 and config["versions"]["tensorflow"]
     header = (run_dir / "history.csv").read_text().splitlines()[0].split(",")
     assert header[:3] == ["epoch", "accuracy", "loss"] and "val_accuracy" in header
+
+
+def test_saved_model_has_no_augmentation(run_dir):
+    import keras
+    model = keras.saving.load_model(run_dir / "model.keras")
+    names = [type(layer).__name__ for layer in model.layers]
+    assert names[1] == "Rescaling" and not [n for n in names if n.startswith("Random")]
+    x = np.random.default_rng(0).integers(0, 256, (4, 48, 48, 1)).astype(np.float32)
+    # Deterministic: no random layer is active at inference.
+    np.testing.assert_array_equal(model(x, training=False), model(x, training=False))
+
+
+def test_threshold_tuned_on_validation_mirrored_memory_cache(dataset, run_dir, tmp_path):
+    """--tune-threshold picks the best balanced accuracy on the validation split; the same
+    seed gives the same split; --strategy mirrored and --cache memory train too."""
+    import keras
+
+    from edge.metrics import best_threshold
+    from train.cli import main
+    out = tmp_path / "tuned"
+    assert main([str(dataset), "--out", str(out), "--epochs", "2", "--seed", "1", "--arch", "seed",
+                 "--tune-threshold", "--strategy", "mirrored", "--cache", "memory"]) == 0
+    first, second = (json.loads((d / "split.json").read_text()) for d in (run_dir, out))
+    assert all(first[p] == second[p] for p in ("train", "val", "test"))
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["arch"] == "seed" and m["threshold_source"] == "validation"
+    split = read_split(out / "split.json")
+    items = split_items(split, "val")
+    model = keras.saving.load_model(out / "model.keras")
+    probs = model.predict(np.stack([preprocess(load_image(p)) for p, _ in items]).astype(np.float32),
+                          verbose=0).ravel()
+    assert m["threshold"] == pytest.approx(best_threshold([y for _, y in items], probs), abs=1e-6)
+    assert m["validation"]["threshold"] == m["threshold"]
 
 
 def test_split_file_is_complete_and_leak_free(run_dir, dataset):

@@ -34,7 +34,11 @@ def build_parser() -> ArgumentParser:
                        epilog="DATA_DIR holds one sub-folder per class, e.g. DATA_DIR/happy/*.jpg "
                               "and DATA_DIR/sad/*.jpg; labels are the folder names, sorted.")
     p.add_argument("data_dir", metavar="DATA_DIR", help="folder with one sub-folder of photos per class")
-    p.add_argument("-o", "--out", required=True, metavar="RUN_DIR", help="run folder to write")
+    p.add_argument("-o", "--out", metavar="RUN_DIR", default=None,
+                   help="run folder to write (required unless --check)")
+    p.add_argument("--check", action="store_true",
+                   help="only scan DATA_DIR and write its data report (RUN_DIR/data_report.json, "
+                        "or ./data_report.json without --out); no training")
     p.add_argument("-a", "--arch", choices=ARCHS, default=DEFAULT_ARCH, help="model architecture")
     p.add_argument("-e", "--epochs", type=positive_int, default=30, help="most epochs (early stopping may end sooner)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, weights and augmentation")
@@ -46,14 +50,31 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--lr", type=_lr, default=2e-3, help="peak learning rate (warm-up, then cosine decay)")
     p.add_argument("--patience", type=positive_int, default=8,
                    help="epochs without a better validation loss before early stopping")
+    p.add_argument("--tune-threshold", action="store_true",
+                   help="choose the decision threshold on the validation split (best balanced accuracy)")
+    p.add_argument("--strategy", choices=("default", "mirrored"), default="default",
+                   help="mirrored: tf.distribute.MirroredStrategy over this machine's GPUs")
+    p.add_argument("--cache", choices=("disk", "memory"), default="disk",
+                   help="where decoded images are cached between epochs")
     return p
 
 
 def _body(argv) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.check:
+        from pathlib import Path
+
+        from .trainer import check_data
+        report = Path(args.out or ".") / "data_report.json"
+        check_data(args.data_dir, report, (args.img_size, args.img_size), args.color)
+        return 0
+    if not args.out:
+        parser.error("the following arguments are required: -o/--out")
     from .trainer import TrainOptions, train
     train(TrainOptions(args.data_dir, args.out, args.arch, args.epochs, args.seed, args.img_size,
                        args.color, args.split_ratios, args.batch_size, args.lr, args.patience,
+                       args.tune_threshold, args.strategy, args.cache,
                        verbose=1 if sys.stdout.isatty() else 2))
     return 0
 

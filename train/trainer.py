@@ -1,23 +1,26 @@
-"""One training run: scan, split, fit, evaluate, write the run folder."""
+"""One training run: scan and report the data, split, fit, evaluate, write the run folder."""
 from __future__ import annotations
 
 import csv
 import io
 import os
 import platform
+import shutil
 import sys
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from edge import __version__
+from edge import __version__, load_image, preprocess
 from edge.fileio import atomic_path, write_bytes, write_json
-from edge.metrics import classification_metrics
+from edge.metrics import best_threshold, classification_metrics, roc_auc
 
-from .data import Scan, make_split, scan
+from . import plots
+from .data import Scan, data_report, make_split, report_summary, scan
+
+STRATEGIES = ("default", "mirrored")
 
 
 @dataclass
@@ -29,13 +32,19 @@ class TrainOptions:
         out: the run folder to write.
         arch: "compact" (default) or "seed".
         epochs: most epochs; EarlyStopping may end sooner.
-        seed: seeds the split, the weights and the augmentation.
+        seed: seeds the split, the weights, the shuffling and the augmentation.
         img_size: model input height = width, pixels.
         color: "gray" or "rgb".
         ratios: train, validation, test fractions.
-        batch_size: images per step.
+        batch_size: images per step (global, across replicas).
         lr: peak learning rate of the warm-up + cosine schedule.
         patience: epochs without a better validation loss before stopping.
+        tune_threshold: choose the decision threshold on the validation split
+            (maximum balanced accuracy) instead of 0.5.
+        strategy: "default" (one device) or "mirrored"
+            (``tf.distribute.MirroredStrategy`` over the local GPUs).
+        cache: "disk" caches decoded images in the run folder (memory stays
+            flat however large the folder), "memory" keeps them in RAM.
     """
 
     data_dir: str
@@ -49,6 +58,9 @@ class TrainOptions:
     batch_size: int = 64
     lr: float = 2e-3
     patience: int = 8
+    tune_threshold: bool = False
+    strategy: str = "default"
+    cache: str = "disk"
     verbose: int = field(default=1, compare=False)
 
 
@@ -56,33 +68,8 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _progress(done: int, total: int) -> None:
-    if sys.stderr.isatty() and (done % 500 == 0 or done == total):
-        print(f"\rscanning images {done}/{total}", end="\n" if done == total else "",
-              file=sys.stderr, flush=True)
-
-
-def data_summary(s: Scan) -> str:
-    """A few lines: files per class, skipped files by reason, duplicates, conflicts."""
-    counts = np.bincount(s.y, minlength=len(s.labels))
-    lines = [f"data: {s.data_dir}: " + ", ".join(f"{n} {name}" for name, n in zip(s.labels, counts))
-             + f" ({len(s.y)} images)"]
-    if s.skipped:
-        reasons = Counter(x["reason"] for x in s.skipped)
-        lines.append(f"skipped {len(s.skipped)} files: "
-                     + "; ".join(f"{n} {r}" for r, n in reasons.most_common()))
-        for x in s.skipped[:5]:
-            lines.append(f"  skipped {x['path']}: {x['reason']}")
-    sizes = [n for n in Counter(s.sha256).values() if n > 1]
-    if sizes:
-        lines.append(f"{len(sizes)} groups of byte-identical files ({sum(sizes)} files): "
-                     "each group kept within one part of the split")
-    for c in s.conflicts:
-        lines.append(f"left out, same image under both labels: {', '.join(c['paths'])}")
-    return "\n".join(lines)
-
-
-def _split_record(s: Scan, part: np.ndarray, opts: TrainOptions) -> dict:
+def split_record(s: Scan, part: np.ndarray, opts: TrainOptions) -> dict:
+    """The contents of ``split.json``: every kept file's part, label and sha256."""
     entries = {name: [] for name in ("train", "val", "test")}
     for i, p in enumerate(part):
         entries[("train", "val", "test")[p]].append(
@@ -90,27 +77,22 @@ def _split_record(s: Scan, part: np.ndarray, opts: TrainOptions) -> dict:
     return {"data_dir": str(Path(s.data_dir).resolve()), "labels": s.labels, "seed": opts.seed,
             "ratios": list(opts.ratios),
             "image": {"size": [opts.img_size, opts.img_size], "color": opts.color},
-            "grouped_by": "sha256", **entries, "skipped": s.skipped, "excluded": s.conflicts}
+            "grouped_by": "exact (sha256) and near (pHash) duplicates", **entries,
+            "skipped": s.skipped, "excluded": s.conflicts}
 
 
-def _plot_curves(history: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    epochs = np.arange(1, len(history["loss"]) + 1)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key, title in ((axes[0], "loss", "loss (binary cross-entropy)"), (axes[1], "accuracy", "accuracy")):
-        ax.plot(epochs, history[key], label="train")
-        if f"val_{key}" in history:
-            ax.plot(epochs, history[f"val_{key}"], label="validation")
-        ax.set_xlabel("epoch")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+def check_data(data_dir, report_path: Path, size=(48, 48), color="gray") -> tuple[Scan, dict]:
+    """Scan a folder, write its data report (JSON) and print the summary.
+
+    Returns:
+        (scan, report dict).
+    """
+    s = scan(data_dir, size, color, progress=True)
+    report = data_report(s)
+    write_json(report_path, report)
+    print(report_summary(report))
+    print(f"data report: {report_path}")
+    return s, report
 
 
 def _history_csv(history: dict) -> bytes:
@@ -125,18 +107,53 @@ def _history_csv(history: dict) -> bytes:
 
 def format_metrics(m: dict, labels) -> str:
     """Metrics as a short printed block."""
-    cm = m["confusion_matrix"]
     return (f"accuracy {m['accuracy']:.4f}  balanced accuracy {m['balanced_accuracy']:.4f}  "
-            f"precision {m['precision']:.4f}  recall {m['recall']:.4f}  F1 {m['f1']:.4f}  (n={m['n']})\n"
-            f"confusion matrix (rows true, columns predicted {list(labels)}): {cm}")
+            f"precision {m['precision']:.4f}  recall {m['recall']:.4f}  F1 {m['f1']:.4f}  "
+            f"ROC AUC {m['roc_auc']:.4f}  (n={m['n']}, threshold {m['threshold']:.3f})\n"
+            f"confusion matrix (rows true, columns predicted {list(labels)}): {m['confusion_matrix']}")
+
+
+def image_dataset(paths, y, size, color, batch_size, shuffle_seed=None, cache=None):
+    """A ``tf.data`` pipeline of (float32 NHWC pixels 0..255, float32 label) batches.
+
+    Files are decoded and preprocessed by :func:`edge.preprocess` (inside
+    ``tf.numpy_function``) on the first pass and cached as uint8, to
+    ``cache`` (a file prefix) or to memory when ``cache`` is "".
+
+    Args:
+        paths: absolute file paths. y: int class indices, or None for unlabelled.
+        shuffle_seed: shuffle every epoch with this seed; None keeps order.
+        cache: None for no caching.
+    """
+    import tensorflow as tf
+    channels = 1 if color == "gray" else 3
+
+    def load(path):
+        return preprocess(load_image(path.decode()), size, color)
+
+    def decode(path):
+        pixels = tf.numpy_function(load, [path], tf.uint8)
+        return tf.ensure_shape(pixels, (*size, channels))
+
+    ds = tf.data.Dataset.from_tensor_slices([str(p) for p in paths])
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if y is not None:
+        ds = tf.data.Dataset.zip(ds, tf.data.Dataset.from_tensor_slices(np.asarray(y, np.float32)))
+    if cache is not None:
+        ds = ds.cache(cache)
+    if shuffle_seed is not None:
+        ds = ds.shuffle(min(len(paths), 20000), seed=shuffle_seed, reshuffle_each_iteration=True)
+    to_float = (lambda x, t: (tf.cast(x, tf.float32), t)) if y is not None else (lambda x: tf.cast(x, tf.float32))
+    return ds.map(to_float).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def train(opts: TrainOptions) -> dict:
     """Run training end to end and write the run folder.
 
-    Writes ``split.json``, ``config.json``, ``model.keras`` (the inference
-    model, without augmentation), ``history.csv``, ``curves.png`` and
-    ``metrics.json`` into ``opts.out``, each atomically.
+    Writes, each atomically: ``data_report.json``, ``split.json``,
+    ``config.json``, ``model.keras`` (the inference model, without
+    augmentation), ``history.csv``, ``curves.png``, ``confusion_matrix.png``,
+    ``samples.png``, ``metrics.json``; TensorBoard logs under ``logs/``.
 
     Returns:
         the metrics dict written to ``metrics.json``.
@@ -146,10 +163,9 @@ def train(opts: TrainOptions) -> dict:
     """
     out = Path(opts.out)
     size = (opts.img_size, opts.img_size)
-    s = scan(opts.data_dir, size, opts.color, progress=_progress)
-    _log(data_summary(s))
-    part = make_split(s.y, s.sha256, opts.ratios, opts.seed)
-    split = _split_record(s, part, opts)
+    s, report = check_data(opts.data_dir, out / "data_report.json", size, opts.color)
+    part = make_split(s.y, s.groups, opts.ratios, opts.seed)
+    split = split_record(s, part, opts)
     write_json(out / "split.json", split)
     _log("split: " + ", ".join(f"{name} {len(split[name])}" for name in ("train", "val", "test"))
          + f" (seed {opts.seed}) -> {out / 'split.json'}")
@@ -167,52 +183,86 @@ def train(opts: TrainOptions) -> dict:
                                                   "keras": keras.__version__,
                                                   "happysad": __version__}})
     keras.utils.set_random_seed(opts.seed)
-    x = s.pixels.astype(np.float32)
-    y = s.y.astype(np.float32)
+    root = Path(s.data_dir)
+    paths = np.array([root / p for p in s.paths])
     tr, va, te = (np.flatnonzero(part == p) for p in range(3))
     channels = 1 if opts.color == "gray" else 3
-    model = build_model(opts.arch, size, channels)
-    trainer = keras.Sequential([keras.Input((*size, channels)), augmentation(opts.seed), model])
-    steps = opts.epochs * int(np.ceil(len(tr) / opts.batch_size))
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, max(1, steps), warmup_target=opts.lr, warmup_steps=max(1, steps // 20))
-    trainer.compile(optimizer=keras.optimizers.Adam(schedule), loss="binary_crossentropy",
-                    metrics=["accuracy"])
+    cache_dir = out / "cache"
+    shutil.rmtree(cache_dir, ignore_errors=True)  # a stale cache from a killed run
+    if opts.cache == "disk":
+        cache_dir.mkdir(parents=True, exist_ok=True)
+
+    def cache_for(name):
+        return str(cache_dir / name) if opts.cache == "disk" else ""
+
+    train_ds = image_dataset(paths[tr], s.y[tr], size, opts.color, opts.batch_size,
+                             shuffle_seed=opts.seed, cache=cache_for("train"))
+    val_ds = (image_dataset(paths[va], s.y[va], size, opts.color, 256, cache=cache_for("val"))
+              if len(va) else None)
+
+    strategy = tf.distribute.MirroredStrategy() if opts.strategy == "mirrored" else tf.distribute.get_strategy()
+    with strategy.scope():
+        model = build_model(opts.arch, size, channels)
+        trainer = keras.Sequential([keras.Input((*size, channels)), augmentation(opts.seed), model])
+        steps = opts.epochs * int(np.ceil(len(tr) / opts.batch_size))
+        schedule = keras.optimizers.schedules.CosineDecay(
+            0.0, max(1, steps), warmup_target=opts.lr, warmup_steps=max(1, steps // 20))
+        trainer.compile(optimizer=keras.optimizers.Adam(schedule), loss="binary_crossentropy",
+                        metrics=["accuracy"])
     # Balanced class weights, n / (k * n_c), as scikit-learn's "balanced".
     counts = np.bincount(s.y[tr], minlength=2)
     class_weight = {c: float(len(tr) / (2 * max(1, n))) for c, n in enumerate(counts)}
     monitor = "val_loss" if len(va) else "loss"
-    stopper = keras.callbacks.EarlyStopping(monitor=monitor, patience=opts.patience,
-                                            restore_best_weights=True)
+    callbacks = [keras.callbacks.EarlyStopping(monitor=monitor, patience=opts.patience,
+                                               restore_best_weights=True),
+                 keras.callbacks.TensorBoard(log_dir=str(out / "logs"))]
     macs = count_macs(model)
     _log(f"model {opts.arch}: {model.count_params():,} parameters, {macs / 1e6:.1f}M "
-         f"multiply-accumulates per image; training up to {opts.epochs} epochs")
+         f"multiply-accumulates per image; training up to {opts.epochs} epochs"
+         + (f" on {strategy.num_replicas_in_sync} replicas" if opts.strategy == "mirrored" else ""))
     start = time.perf_counter()
-    hist = trainer.fit(x[tr], y[tr], validation_data=(x[va], y[va]) if len(va) else None,
-                       epochs=opts.epochs, batch_size=opts.batch_size, class_weight=class_weight,
-                       callbacks=[stopper], verbose=opts.verbose)
+    hist = trainer.fit(train_ds, validation_data=val_ds, epochs=opts.epochs,
+                       class_weight=class_weight, callbacks=callbacks, verbose=opts.verbose,
+                       shuffle=False)  # train_ds shuffles itself, seeded
     train_seconds = time.perf_counter() - start
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
 
     with atomic_path(out / "model.keras") as tmp:
         model.save(tmp)
     write_bytes(out / "history.csv", _history_csv(history))
-    _plot_curves(history, out / "curves.png")
+    plots.curves(history, out / "curves.png")
 
-    def evaluate(idx):
+    def probabilities(idx):
+        if not len(idx):
+            return np.zeros(0)
+        ds = image_dataset(paths[idx], None, size, opts.color, 256)
+        return model.predict(ds, verbose=0).ravel()
+
+    p_val, p_test = probabilities(va), probabilities(te)
+    threshold = best_threshold(s.y[va], p_val) if opts.tune_threshold and len(va) else 0.5
+
+    def evaluate(idx, p):
         if not len(idx):
             return None
-        p = model.predict(x[idx], batch_size=256, verbose=0).ravel()
-        return classification_metrics(s.y[idx], (p >= 0.5).astype(np.int64), s.labels)
+        m = classification_metrics(s.y[idx], (p >= threshold).astype(np.int64), s.labels)
+        return {**m, "roc_auc": roc_auc(s.y[idx], p), "threshold": threshold}
 
-    test = evaluate(te)
-    metrics = {"split": "test", "threshold": 0.5, **test,
-               "validation": evaluate(va), "arch": opts.arch, "parameters": int(model.count_params()),
-               "macs_per_image": macs, "epochs_run": len(history["loss"]),
-               "best_epoch": int(np.argmin(history[monitor])) + 1,
+    test = evaluate(te, p_test)
+    metrics = {"split": "test", **test, "threshold_source": "validation" if opts.tune_threshold else "default",
+               "validation": evaluate(va, p_val), "arch": opts.arch,
+               "parameters": int(model.count_params()), "macs_per_image": macs,
+               "epochs_run": len(history["loss"]), "best_epoch": int(np.argmin(history[monitor])) + 1,
                "train_seconds": round(train_seconds, 1), "labels": s.labels}
     write_json(out / "metrics.json", metrics)
-    print(f"test split ({opts.arch}, {metrics['epochs_run']} epochs, {train_seconds / 60:.1f} min):")
+    plots.confusion_matrix(np.array(test["confusion_matrix"]), s.labels, out / "confusion_matrix.png")
+    sample = te[:32]
+    plots.samples([preprocess(load_image(paths[i]), size, opts.color) for i in sample],
+                  [s.labels[s.y[i]] for i in sample],
+                  [s.labels[int(p >= threshold)] for p in p_test[:32]], out / "samples.png")
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    print(f"test split ({opts.arch}, {metrics['epochs_run']} epochs, {train_seconds / 60:.1f} min, "
+          f"{model.count_params():,} parameters, {macs / 1e6:.1f}M MACs per image):")
     print(format_metrics(test, s.labels))
-    print(f"wrote {out}/: model.keras, split.json, history.csv, curves.png, metrics.json, config.json")
+    print(f"wrote {out}/: model.keras, metrics.json, split.json, data_report.json, config.json, "
+          "history.csv, curves.png, confusion_matrix.png, samples.png, logs/")
     return metrics
