@@ -1,7 +1,17 @@
-"""The camera loop: frames in, largest face classified, annotated out."""
+"""The camera loop: frames in, faces classified, annotated frames and
+readings out, for days on end.
+
+One interpreter for the whole run (never one per frame). Outputs: a window
+where a display exists, or one JSON line per frame (``--headless``); an
+MJPEG preview page (``--serve``); a recorded video (``--record``); a CSV
+row per classified face (``--log``). A model file replaced under the
+running loop is verified and switched to between frames.
+"""
 from __future__ import annotations
 
 import collections
+import csv
+import datetime as _dt
 import json
 import os
 import signal
@@ -15,10 +25,14 @@ import numpy as np
 
 from .classifier import Classifier, Prediction
 from .errors import HappysadError
+from .smoothing import ScoreSmoother
+from .sources import Capture
 
 #: Frames over which the displayed FPS is averaged, as the TFLite Raspberry
 #: Pi examples do, so the figure does not jitter frame to frame.
 FPS_WINDOW = 10
+#: How often the model file is checked for a replacement, seconds.
+RELOAD_CHECK_S = 1.0
 
 
 @dataclass
@@ -26,50 +40,41 @@ class CameraOptions:
     """Settings of :func:`run`.
 
     Attributes:
-        source: camera index ("0"), video file path, or stream URL.
+        source: camera index ("0"), video file, stream URL, or "picamera".
         headless: print one JSON line per frame instead of showing a window.
-        max_frames: stop after this many frames (0: run until the source ends).
+        max_frames: stop after this many frames (0: until the source ends).
+        faces: "largest" or "all".
+        no_face: classify the whole frame, no face detection.
+        smooth: weight of the history in each face's score average, 0..1 (0: off).
+        serve: "HOST:PORT" of the MJPEG preview, or None.
+        record: video file for the annotated frames (.avi: MJPG, .mp4: mp4v), or None.
+        log: CSV file, one row appended per classified face, or None.
+        reconnect_tries: reopen attempts for a live source that stops.
+        pace: play a video file at its own frame rate.
     """
 
     source: str = "0"
     headless: bool = False
     max_frames: int = 0
-
-
-def open_source(source: str) -> cv2.VideoCapture:
-    """Open a camera index, video file or stream URL.
-
-    Raises:
-        HappysadError: the source cannot be opened.
-    """
-    if source.isdigit():
-        # OpenCV logs a warning per backend it tries; the error below says it once.
-        log = cv2.utils.logging
-        level = log.getLogLevel()
-        log.setLogLevel(log.LOG_LEVEL_ERROR)
-        try:
-            cap = cv2.VideoCapture(int(source))
-        finally:
-            log.setLogLevel(level)
-        if not cap.isOpened():
-            raise HappysadError(f"camera {source} could not be opened; check that it is "
-                                "connected (ls /dev/video*) or pass a video file with --source")
-        return cap
-    if "://" not in source and not Path(source).is_file():
-        raise HappysadError(f"{source}: no such video file; pass a camera index, a video file or a stream URL")
-    cap = cv2.VideoCapture(source)
-    if not cap.isOpened():
-        raise HappysadError(f"{source}: cannot open as video; check the file or stream URL")
-    return cap
+    faces: str = "largest"
+    no_face: bool = False
+    smooth: float = 0.0
+    serve: str | None = None
+    record: str | None = None
+    log: str | None = None
+    reconnect_tries: int = 5
+    pace: bool = False
 
 
 def annotate(frame: np.ndarray, results: list[Prediction], fps: float) -> np.ndarray:
     """Draw face boxes, label, confidence and FPS onto ``frame`` in place."""
     for r in results:
+        color = (0, 200, 0) if r.label == "happy" else (0, 0, 220)
         if r.face is None:
+            cv2.putText(frame, f"{r.label} {r.confidence:.0%}", (8, 46), cv2.FONT_HERSHEY_SIMPLEX,
+                        0.6, color, 2)
             continue
         x, y, w, h = r.face
-        color = (0, 200, 0) if r.label == "happy" else (0, 0, 220)
         cv2.rectangle(frame, (x, y), (x + w, y + h), color, 2)
         cv2.putText(frame, f"{r.label} {r.confidence:.0%}", (x, max(12, y - 6)),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.6, color, 2)
@@ -77,7 +82,8 @@ def annotate(frame: np.ndarray, results: list[Prediction], fps: float) -> np.nda
     return frame
 
 
-def _display_available() -> bool:
+def display_available() -> bool:
+    """True when a window can be shown (a display, and an OpenCV with a GUI)."""
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         return False
     try:
@@ -87,57 +93,217 @@ def _display_available() -> bool:
         return False
 
 
-def run(classifier: Classifier, options: CameraOptions, out=sys.stdout) -> dict:
-    """Classify frames from ``options.source`` until it ends or is stopped.
+class ModelWatcher:
+    """Switch to a new model file when the one in use is replaced.
 
-    Returns:
-        summary dict: frames, faces (frames with a face), seconds, fps.
+    Shipping a model means copying it in under a temporary name and renaming
+    it over the old one. The watcher notices the new file (inode, size or
+    mtime changed), loads it, checks that it classifies, and only then hands
+    it over; a file that fails is refused with a message and the old model
+    keeps running. A model being copied in place (no rename) is picked up
+    once its size has stopped changing.
+    """
+
+    def __init__(self, classifier: Classifier, threads=None, backend=None):
+        self.classifier = classifier
+        self._threads, self._backend = threads, backend
+        self._stamp = self._stat()
+        self._next = time.monotonic() + RELOAD_CHECK_S
+
+    def _stat(self):
+        try:
+            st = os.stat(self.classifier.path)
+            return (st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            return None
+
+    def poll(self) -> Classifier | None:
+        """Call between frames; returns the new classifier when it switched, else None."""
+        now = time.monotonic()
+        if now < self._next:
+            return None
+        self._next = now + RELOAD_CHECK_S
+        stamp = self._stat()
+        if stamp is None or stamp == self._stamp:
+            return None
+        self._stamp = stamp
+        old = self.classifier
+        try:
+            new = Classifier(old.path, self._threads, self._backend, detector=old.detector)
+            h, w = new.metadata.image_size
+            channels = 1 if new.metadata.color == "gray" else 3
+            new.scores(np.zeros((h, w, channels), np.uint8))  # it must run, not only load
+        except HappysadError as exc:
+            print(f"refused the new model file: {exc}; still running the previous one",
+                  file=sys.stderr, flush=True)
+            return None
+        self.classifier = new
+        print(f"switched to the new model file {old.path} ({new.metadata.extra.get('format', '?')}, "
+              f"exported {new.metadata.extra.get('exported_at', '?')})", file=sys.stderr, flush=True)
+        return new
+
+
+class Recorder:
+    """The annotated video, written under a temporary name and renamed on close.
 
     Raises:
-        HappysadError: the source cannot be opened.
+        HappysadError: the writer cannot be opened.
     """
-    cap = open_source(options.source)
+
+    def __init__(self, path: str, fps: float, size: tuple[int, int]):
+        self.path = Path(path)
+        fourcc = "mp4v" if self.path.suffix.lower() in (".mp4", ".m4v", ".mov") else "MJPG"
+        self._tmp = self.path.with_name(f".{self.path.stem}.tmp-{os.getpid()}{self.path.suffix}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*fourcc), fps or 15.0, size)
+        if not self._writer.isOpened():
+            raise HappysadError(f"--record {path}: cannot write video here; use a .avi or .mp4 "
+                                "file in a writable folder")
+
+    def write(self, frame: np.ndarray) -> None:
+        self._writer.write(frame)
+
+    def close(self) -> None:
+        self._writer.release()
+        os.replace(self._tmp, self.path)
+
+
+class FaceLog:
+    """Appends one CSV row per classified face; writes the header to a new file.
+
+    Columns: time (UTC, ISO 8601), frame, label, confidence, one score per
+    label, x, y, w, h (empty when the whole frame was classified).
+    """
+
+    def __init__(self, path: str, labels):
+        self.labels = tuple(labels)
+        new = not Path(path).exists() or Path(path).stat().st_size == 0
+        try:
+            self._fh = open(path, "a", newline="", buffering=1)
+        except OSError as exc:
+            raise HappysadError(f"--log {path}: cannot open for appending ({exc.strerror or exc})") from None
+        self._csv = csv.writer(self._fh)
+        if new:
+            self._csv.writerow(["time", "frame", "label", "confidence",
+                                *(f"score_{name}" for name in self.labels), "x", "y", "w", "h"])
+
+    def write(self, frame_no: int, results: list[Prediction]) -> None:
+        now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+        for r in results:
+            box = list(r.face) if r.face else ["", "", "", ""]
+            self._csv.writerow([now, frame_no, r.label, f"{r.confidence:.4f}",
+                                *(f"{r.scores.get(name, 0.0):.4f}" for name in self.labels), *box])
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def _classify_frame(clf: Classifier, frame, options: CameraOptions) -> list[Prediction]:
+    if options.no_face:
+        return [clf.classify(frame)]
+    return clf.classify_faces(frame, largest_only=options.faces == "largest")
+
+
+def _stage_ms(results: list[Prediction], capture_ms: float, total_ms: float) -> dict:
+    ms = {"capture": capture_ms, "detect": 0.0, "preprocess": 0.0, "inference": 0.0}
+    for r in results:
+        ms["detect"] = r.timings.get("detect", ms["detect"])
+        ms["preprocess"] += r.timings.get("preprocess", 0.0)
+        ms["inference"] += r.timings.get("inference", 0.0)
+    ms["total"] = total_ms
+    return {k: round(v, 3) for k, v in ms.items()}
+
+
+def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=None,
+        backend=None) -> dict:
+    """Classify frames from ``options.source`` until it ends or is stopped.
+
+    SIGINT and SIGTERM end the loop between frames; the camera is released
+    and every output flushed and closed.
+
+    Returns:
+        summary dict: frames, frames_with_face, dropped (live frames replaced
+        before they were classified), reconnects, seconds, fps (Hz).
+
+    Raises:
+        HappysadError: the source cannot be opened, or a live source gave up
+            after its reconnect tries (outputs are closed first).
+    """
+    from .preview import PreviewServer, parse_address
+
+    capture = Capture(options.source, options.reconnect_tries, options.pace)
     headless = options.headless
-    if not headless and not _display_available():
+    if not headless and not display_available():
         print("note: no display available; printing one JSON line per frame (use --headless "
               "to say so)", file=sys.stderr)
         headless = True
+    server = recorder = log = None
     stop = []
-    old = signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+
+    def on_signal(*_):
+        stop.append(True)
+        capture.request_stop()
+
+    handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    watcher = ModelWatcher(classifier, threads, backend)
+    clf = classifier
+    smoother = ScoreSmoother(options.smooth, clf.labels, clf.metadata.threshold)
     times = collections.deque(maxlen=FPS_WINDOW)
     frames = with_face = 0
     start = time.perf_counter()
     try:
+        if options.serve:
+            server = PreviewServer(*parse_address(options.serve))
+            print(f"preview: {server.url}", file=sys.stderr, flush=True)
+        if options.log:
+            log = FaceLog(options.log, clf.labels)
         while not stop and (not options.max_frames or frames < options.max_frames):
             t0 = time.perf_counter()
-            ok, frame = cap.read()
-            if not ok:
+            frame = capture.read()
+            if frame is None:
                 break
             capture_ms = (time.perf_counter() - t0) * 1e3
-            results = classifier.classify_faces(frame, largest_only=True)
+            new = watcher.poll()
+            if new is not None:
+                clf = new
+                smoother = ScoreSmoother(options.smooth, clf.labels, clf.metadata.threshold)
+            t1 = time.perf_counter()
+            results = smoother.update(_classify_frame(clf, frame, options))
             frames += 1
-            with_face += bool(results)
+            with_face += bool(results) and not options.no_face
             times.append(time.perf_counter())
             fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
+            if log:
+                log.write(frames, results)
             if headless:
-                ms = dict(results[0].timings) if results else {}
-                ms["capture"] = capture_ms
-                ms["total"] = (time.perf_counter() - t0) * 1e3
-                record = {"frame": frames, "faces": [r.to_dict() for r in results],
-                          "fps": round(fps, 2), "ms": {k: round(v, 3) for k, v in ms.items()}}
+                record = {"frame": frames, "faces": [r.to_dict() for r in results], "fps": round(fps, 2),
+                          "dropped": capture.dropped,
+                          "ms": _stage_ms(results, capture_ms, (time.perf_counter() - t1) * 1e3 + capture_ms)}
                 out.write(json.dumps(record) + "\n")
                 out.flush()
-            else:
-                cv2.imshow("happysad", annotate(frame, results, fps))
+            if server or options.record or not headless:
+                annotate(frame, results, fps)
+            if server:
+                server.publish(frame)
+            if options.record:
+                if recorder is None:
+                    recorder = Recorder(options.record, capture.fps, (frame.shape[1], frame.shape[0]))
+                recorder.write(frame)
+            if not headless:
+                cv2.imshow("happysad", frame)
                 if cv2.waitKey(1) & 0xFF in (27, ord("q")):
                     break
-    except KeyboardInterrupt:
-        pass
     finally:
-        cap.release()
-        signal.signal(signal.SIGTERM, old)
+        capture.close()
+        for sig, old in handlers.items():
+            signal.signal(sig, old)
+        for closer in (recorder, log, server):
+            if closer is not None:
+                closer.close()
         if not headless:
             cv2.destroyAllWindows()
+        out.flush()
     seconds = time.perf_counter() - start
-    return {"frames": frames, "frames_with_face": with_face, "seconds": round(seconds, 3),
+    return {"frames": frames, "frames_with_face": with_face, "dropped": capture.dropped,
+            "reconnects": capture.reconnects, "seconds": round(seconds, 3),
             "fps": round(frames / seconds, 2) if seconds > 0 else 0.0}

@@ -1,7 +1,17 @@
-"""The camera loop on a recorded video: how it is tested without a camera."""
+"""The camera loop on recorded video and on a live MJPEG stream: how it is
+tested without a camera."""
+import csv
 import json
+import os
+import re
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 
 import cv2
 import numpy as np
@@ -10,6 +20,7 @@ import pytest
 from conftest import REPO
 from edge.camera import annotate
 from edge.classifier import Prediction
+from edge.smoothing import ScoreSmoother
 from synth import draw_face
 
 
@@ -22,54 +33,211 @@ def write_video(path, frames, fps=15):
     writer.release()
 
 
+def camera_cmd(model, source, *extra):
+    return [sys.executable, "-m", "edge", "camera", str(model), "--source", str(source), "--headless", *extra]
+
+
 def run_camera(model, video, *extra):
-    return subprocess.run([sys.executable, "-m", "edge", "camera", str(model), "--source", str(video),
-                           "--headless", *extra], capture_output=True, text=True, cwd=REPO, timeout=120)
+    return subprocess.run(camera_cmd(model, video, *extra), capture_output=True, text=True, cwd=REPO, timeout=120)
 
 
-def test_headless_prints_one_json_line_per_frame(export_dir, tmp_path):
+@pytest.fixture(scope="module")
+def drawn_video(tmp_path_factory):
     rng = np.random.default_rng(0)
-    frames = [cv2.resize(draw_face(rng, i % 2 == 0), (160, 120)) for i in range(12)]
-    write_video(tmp_path / "v.avi", frames)
-    res = run_camera(export_dir / "model_int8.tflite", tmp_path / "v.avi")
+    path = tmp_path_factory.mktemp("video") / "drawn.avi"
+    write_video(path, [cv2.resize(draw_face(rng, i % 2 == 0), (160, 120)) for i in range(12)])
+    return path
+
+
+@pytest.fixture(scope="module")
+def faces_video(real_data, tmp_path_factory):
+    """Real FER2013 faces, enlarged and pasted into 320x240 frames, 15 fps."""
+    files = sorted((real_data / "happy").glob("*.jpg"))[:30] + sorted((real_data / "sad").glob("*.jpg"))[:30]
+    frames = []
+    for f in files:
+        face = cv2.resize(cv2.imread(str(f)), (160, 160), interpolation=cv2.INTER_CUBIC)
+        frame = np.full((240, 320, 3), 90, np.uint8)
+        frame[40:200, 80:240] = face
+        frames.append(frame)
+    path = tmp_path_factory.mktemp("video") / "faces.avi"
+    write_video(path, frames)
+    return path
+
+
+def test_headless_prints_one_json_line_per_frame(export_dir, drawn_video):
+    res = run_camera(export_dir / "model_int8.tflite", drawn_video)
     assert res.returncode == 0, res.stderr
     records = [json.loads(line) for line in res.stdout.splitlines()]
     assert [r["frame"] for r in records] == list(range(1, 13))
     for r in records:
-        assert set(r) == {"frame", "faces", "fps", "ms"}
-        assert isinstance(r["faces"], list) and r["ms"]["capture"] >= 0
+        assert set(r) == {"frame", "faces", "fps", "dropped", "ms"}
+        assert set(r["ms"]) == {"capture", "detect", "preprocess", "inference", "total"}
+        assert r["ms"]["total"] >= r["ms"]["detect"] >= 0 and r["dropped"] == 0
     assert "12 frames" in res.stderr
 
 
-def test_max_frames_stops_early(export_dir, tmp_path):
-    rng = np.random.default_rng(1)
-    write_video(tmp_path / "v.avi", [cv2.resize(draw_face(rng, True), (160, 120)) for _ in range(10)])
-    res = run_camera(export_dir / "model_int8.tflite", tmp_path / "v.avi", "--max-frames", "4")
+def test_max_frames_and_no_face(export_dir, drawn_video):
+    res = run_camera(export_dir / "model_int8.tflite", drawn_video, "--max-frames", "4", "--no-face")
     assert res.returncode == 0, res.stderr
-    assert len(res.stdout.splitlines()) == 4
+    records = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(records) == 4
+    for r in records:  # the whole frame, one reading each, no box
+        assert len(r["faces"]) == 1 and r["faces"][0]["face"] is None
+    assert [r["faces"][0]["label"] for r in records] == ["happy", "sad", "happy", "sad"]
 
 
-def test_real_faces_are_found_and_classified(export_dir, real_data, tmp_path):
-    """Real FER2013 faces, enlarged into a larger frame, are detected by the Haar cascade."""
-    files = sorted((real_data / "happy").glob("*.jpg"))[:40]
-    frames = []
-    for f in files:
-        face = cv2.resize(cv2.imread(str(f)), (192, 192), interpolation=cv2.INTER_CUBIC)
-        frame = np.full((240, 320, 3), 90, np.uint8)
-        frame[24:216, 64:256] = face
-        frames.append(frame)
-    write_video(tmp_path / "real.avi", frames)
-    res = run_camera(export_dir / "model_int8.tflite", tmp_path / "real.avi")
+def test_real_faces_are_found_classified_recorded_and_logged(export_dir, faces_video, tmp_path):
+    rec, log = tmp_path / "out.avi", tmp_path / "faces.csv"
+    res = run_camera(export_dir / "model_int8.tflite", faces_video, "--record", rec, "--log", log,
+                     "--faces", "all")
     assert res.returncode == 0, res.stderr
     records = [json.loads(line) for line in res.stdout.splitlines()]
     with_face = [r for r in records if r["faces"]]
     assert len(with_face) >= len(records) // 2
     for r in with_face:
         x, y, w, h = r["faces"][0]["face"]
-        # The box lies on the pasted face.
-        assert 24 <= x + w / 2 <= 296 and 0 <= y + h / 2 <= 240
-        assert r["faces"][0]["label"] in ("happy", "sad")
-        assert {"detect", "preprocess", "inference", "total"} <= set(r["ms"])
+        assert 80 <= x + w / 2 <= 240 and 40 <= y + h / 2 <= 200  # on the pasted face
+        assert r["ms"]["detect"] > 0 and r["ms"]["inference"] > 0
+    cap = cv2.VideoCapture(str(rec))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == len(records)
+    ok, first = cap.read()
+    assert ok and first.shape == (240, 320, 3)
+    rows = list(csv.DictReader(log.open()))
+    assert len(rows) == sum(len(r["faces"]) for r in records)
+    assert set(rows[0]) == {"time", "frame", "label", "confidence", "score_happy", "score_sad", "x", "y", "w", "h"}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary file left behind"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_url(url, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return r.read()
+        except (urllib.error.URLError, ConnectionError, OSError):
+            time.sleep(0.2)
+    raise AssertionError(f"{url} never answered")
+
+
+def read_mjpeg_frames(url, count):
+    frames = []
+    with urllib.request.urlopen(url, timeout=10) as r:
+        assert r.headers["Content-Type"].startswith("multipart/x-mixed-replace")
+        buf = b""
+        while len(frames) < count:
+            buf += r.read(4096)
+            m = re.search(rb"Content-Length: (\d+)\r\n\r\n", buf)
+            if m and len(buf) >= m.end() + int(m.group(1)):
+                jpeg = buf[m.end():m.end() + int(m.group(1))]
+                frames.append(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR))
+                buf = buf[m.end() + int(m.group(1)):]
+    return frames
+
+
+def serve(export_dir, video, port, *extra):
+    return subprocess.Popen(camera_cmd(export_dir / "model_int8.tflite", video, "--pace",
+                                       "--serve", f"127.0.0.1:{port}", *extra),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory):
+    """About 6 s of drawn faces at 15 fps."""
+    rng = np.random.default_rng(3)
+    path = tmp_path_factory.mktemp("video") / "long.avi"
+    write_video(path, [cv2.resize(draw_face(rng, i % 30 < 15), (160, 120)) for i in range(90)])
+    return path
+
+
+def test_mjpeg_preview_page_stream_and_404(export_dir, long_video):
+    port = free_port()
+    proc = serve(export_dir, long_video, port)
+    try:
+        page = wait_for_url(f"http://127.0.0.1:{port}/")
+        assert b'<img src="/stream.mjpg"' in page
+        frames = read_mjpeg_frames(f"http://127.0.0.1:{port}/stream.mjpg", 3)
+        assert all(f is not None and f.shape == (120, 160, 3) for f in frames)
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/etc/passwd", timeout=5)
+        assert err.value.code == 404
+        snap = cv2.imdecode(np.frombuffer(wait_for_url(f"http://127.0.0.1:{port}/snapshot.jpg"), np.uint8),
+                            cv2.IMREAD_COLOR)
+        assert snap.shape == (120, 160, 3)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    # The server stops with the loop.
+    with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+
+
+def test_stream_that_drops_reconnects_then_gives_up(export_dir, long_video):
+    """A live MJPEG stream (served by a second camera loop) that stops and comes back,
+    then stops for good: the reader reconnects once, then exits non-zero after its tries."""
+    port = free_port()
+    server = serve(export_dir, long_video, port, "--max-frames", "30")
+    wait_for_url(f"http://127.0.0.1:{port}/")
+    reader = subprocess.Popen(camera_cmd(export_dir / "model_int8.tflite", f"http://127.0.0.1:{port}/stream.mjpg",
+                                         "--reconnect-tries", "3"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        server.wait(timeout=30)  # served 30 frames, then ended: the stream drops
+        time.sleep(0.3)
+        server = serve(export_dir, long_video, port, "--max-frames", "20")  # back on the same port
+        server.wait(timeout=30)
+        out, err = reader.communicate(timeout=60)
+    finally:
+        for p in (server, reader):
+            if p.poll() is None:
+                p.kill()
+    assert reader.returncode == 1, err
+    assert "reconnecting" in err and "is back" in err
+    assert re.search(r"gave no frames after 3 reconnect tries", err.strip().splitlines()[-1])
+    assert "Traceback" not in err
+    assert len(out.splitlines()) >= 10  # frames before and after the reconnect
+
+
+def test_model_replaced_under_the_loop(export_dir, long_video, tmp_path):
+    model = tmp_path / "live.tflite"
+    shutil.copy(export_dir / "model_int8.tflite", model)
+    proc = subprocess.Popen(camera_cmd(model, long_video, "--pace"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        time.sleep(2.0)
+        bad = tmp_path / "incoming.tflite"
+        bad.write_bytes(b"\x00" * 1000)
+        os.replace(bad, model)  # a broken file shipped: refused, the old model keeps running
+        time.sleep(1.8)
+        shutil.copy(export_dir / "model_float32.tflite", bad)
+        os.replace(bad, model)  # a good one: switched to between frames
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "refused the new model file" in err and "still running the previous one" in err
+    assert "switched to the new model file" in err and "tflite-float32" in err
+    assert len(out.splitlines()) == 90  # no frame lost across both events
+
+
+def test_sigterm_releases_and_finalizes_outputs(export_dir, long_video, tmp_path):
+    rec = tmp_path / "rec.avi"
+    proc = subprocess.Popen(camera_cmd(export_dir / "model_int8.tflite", long_video, "--pace", "--record", rec),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    time.sleep(2.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    n = len(out.splitlines())
+    assert 5 < n < 90
+    assert int(cv2.VideoCapture(str(rec)).get(cv2.CAP_PROP_FRAME_COUNT)) == n
 
 
 def test_annotate_draws_box_label_and_fps():
@@ -81,3 +249,41 @@ def test_annotate_draws_box_label_and_fps():
     assert changed[5:25, 5:80].any()                                # the FPS text
     assert changed[20:38, 40:120].any()                             # the label above the box
     assert out[40, 60].tolist() == [0, 0, 220]                      # sad is drawn in red (BGR)
+
+
+def test_smoothing_follows_a_face_and_damps_a_flicker():
+    s = ScoreSmoother(0.6, ("happy", "sad"))
+
+    def pred(p_sad, box):
+        return Prediction("sad" if p_sad >= 0.5 else "happy", max(p_sad, 1 - p_sad),
+                          {"happy": 1 - p_sad, "sad": p_sad}, box)
+    for _ in range(5):
+        s.update([pred(0.1, (10, 10, 50, 50))])
+    flicker = s.update([pred(0.9, (12, 11, 50, 50))])[0]  # one odd frame of the same face
+    assert flicker.label == "happy"
+    assert flicker.scores["sad"] == pytest.approx(0.6 * s_expected_history(0.1, 0.6, 5) + 0.4 * 0.9)
+    other = s.update([pred(0.9, (200, 200, 50, 50))])[0]  # a different face: not averaged
+    assert other.label == "sad" and other.scores["sad"] == pytest.approx(0.9)
+
+
+def s_expected_history(value, alpha, n):
+    """EMA of a constant input seeded with the same constant: the constant."""
+    ema = value
+    for _ in range(n - 1):
+        ema = alpha * ema + (1 - alpha) * value
+    return ema
+
+
+def test_doctor_reports_each_check_and_fails_on_a_missing_camera(drawn_video):
+    res = subprocess.run([sys.executable, "-m", "edge", "doctor", "--source", "57"], capture_output=True,
+                         text=True, cwd=REPO, timeout=60)
+    assert res.returncode == 1
+    lines = {line.split()[1]: line for line in res.stdout.splitlines()}
+    assert lines["ai-edge-litert"].startswith("ok") and lines["onnxruntime"].startswith("ok")
+    assert lines["face"].startswith("ok")  # "face cascade"
+    camera = [line for line in res.stdout.splitlines() if "camera 57" in line][0]
+    assert camera.startswith("FAIL") and "ls /dev/video*" in camera
+    res = subprocess.run([sys.executable, "-m", "edge", "doctor", "--source", str(drawn_video)],
+                         capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert res.returncode == 0, res.stdout
+    assert "gives 160x120 frames" in res.stdout

@@ -1,0 +1,149 @@
+"""A small MJPEG preview server: the annotated frames, viewable in a browser
+on another computer.
+
+Routes: ``/`` (a page showing the stream), ``/stream.mjpg`` (the frames as
+``multipart/x-mixed-replace``, the format browsers play as motion JPEG) and
+``/snapshot.jpg`` (the newest frame). Every other path is 404. It binds
+127.0.0.1 unless told otherwise, and stops with the camera loop.
+"""
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import cv2
+import numpy as np
+
+from .errors import HappysadError
+
+BOUNDARY = b"happysadframe"
+#: JPEG quality of the preview (OpenCV's scale 0..100; its default is 95).
+JPEG_QUALITY = 80
+PAGE = b"""<!doctype html>
+<html><head><meta charset="utf-8"><title>happysad preview</title>
+<style>body{margin:0;background:#111;color:#ddd;font:14px sans-serif;text-align:center}
+img{max-width:100%;margin-top:8px}</style></head>
+<body><div>happysad camera preview</div><img src="/stream.mjpg" alt="camera stream"></body></html>
+"""
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """Parse ``HOST:PORT``, ``:PORT`` or ``PORT``; the host defaults to 127.0.0.1.
+
+    Raises:
+        ValueError: the port is not an integer in 0..65535.
+    """
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    value = int(port)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"port {value} is outside 0..65535")
+    return host, value
+
+
+class PreviewServer:
+    """Serve the newest published frame as MJPEG.
+
+    Args:
+        host, port: where to listen; port 0 picks a free one (see ``address``).
+
+    Raises:
+        HappysadError: the address cannot be bound.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 8080):
+        self._cond = threading.Condition()
+        self._jpeg: bytes | None = None
+        self._seq = 0
+        self._closed = False
+        self.clients = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep the terminal for the loop's own output
+                pass
+
+            def do_GET(self):
+                path = self.path.split("?", 1)[0]
+                if path in ("/", "/index.html"):
+                    self._send(200, "text/html; charset=utf-8", PAGE)
+                elif path == "/snapshot.jpg":
+                    jpeg = server.wait_frame(0, timeout=5.0)[0]
+                    if jpeg is None:
+                        self._send(503, "text/plain", b"no frame yet\n")
+                    else:
+                        self._send(200, "image/jpeg", jpeg)
+                elif path == "/stream.mjpg":
+                    self._stream()
+                else:
+                    self._send(404, "text/plain", b"not found\n")
+
+            def _send(self, code, ctype, body):
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _stream(self):
+                self.send_response(200)
+                self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY.decode()}")
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                with server._cond:
+                    server.clients += 1
+                seq = 0
+                try:
+                    while True:
+                        jpeg, seq = server.wait_frame(seq, timeout=10.0)
+                        if jpeg is None:
+                            return
+                        self.wfile.write(b"--" + BOUNDARY + b"\r\nContent-Type: image/jpeg\r\n"
+                                         + f"Content-Length: {len(jpeg)}\r\n\r\n".encode() + jpeg + b"\r\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    return
+                finally:
+                    with server._cond:
+                        server.clients -= 1
+
+        try:
+            self._httpd = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            raise HappysadError(f"--serve {host}:{port}: cannot listen ({exc.strerror or exc}); "
+                                "pick another port") from None
+        self._httpd.daemon_threads = True
+        self.address = self._httpd.server_address[:2]
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="preview", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        """The page's URL."""
+        return f"http://{self.address[0]}:{self.address[1]}/"
+
+    def publish(self, frame: np.ndarray) -> None:
+        """Offer a BGR frame to the viewers (JPEG-encoded once, here)."""
+        ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        if not ok:
+            return
+        with self._cond:
+            self._jpeg = buf.tobytes()
+            self._seq += 1
+            self._cond.notify_all()
+
+    def wait_frame(self, after: int, timeout: float) -> tuple[bytes | None, int]:
+        """The newest JPEG newer than sequence number ``after`` (None when closed or timed out)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._closed or self._seq > after, timeout)
+            if self._closed or self._seq <= after:
+                return None, after
+            return self._jpeg, self._seq
+
+    def close(self) -> None:
+        """Stop serving; open streams end."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._httpd.shutdown()
+        self._httpd.server_close()
