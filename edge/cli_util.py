@@ -1,7 +1,8 @@
 """What every happysad command line shares: one-line errors and exit codes.
 
-Exit codes: 0 success, 1 a problem with the input (message names it),
-2 a usage error (unknown flag, bad value), 130 interrupted.
+Exit codes: 0 success, 1 a problem with an input (message names it),
+2 a usage error (unknown flag, bad value, a path that does not exist),
+130 interrupted.
 """
 from __future__ import annotations
 
@@ -50,13 +51,14 @@ def run_main(prog: str, body: Callable[[Sequence[str] | None], int],
     """Run a command's body, turning known failures into one-line errors.
 
     Returns:
-        the exit code: the body's, 1 for :class:`HappysadError`, 130 on Ctrl-C.
+        the exit code: the body's; the error's ``exit_code`` for a
+        :class:`HappysadError` (1, or 2 for a :class:`UsageError`); 130 on Ctrl-C.
     """
     try:
         return body(argv)
     except HappysadError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import HappysadError
+from .errors import HappysadError, UsageError
 from .fileio import read_json
 from .images import find_images
 
@@ -27,7 +27,7 @@ def class_folders(data_dir: str | os.PathLike) -> list[str]:
     data_dir = Path(data_dir)
     layout = f"lay out photos as {data_dir}/happy/*.jpg and {data_dir}/sad/*.jpg"
     if not data_dir.is_dir():
-        raise HappysadError(f"{data_dir}: no such data folder; {layout}")
+        raise UsageError(f"{data_dir}: no such data folder; {layout}")
     labels = sorted(p.name for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(labels) != 2:
         raise HappysadError(f"{data_dir}: found {len(labels)} class folders {labels}, need exactly 2; {layout}")

@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from .errors import HappysadError
+from .errors import HappysadError, UsageError
 
 
 @contextlib.contextmanager
@@ -61,7 +61,7 @@ def read_json(path: str | os.PathLike, what: str = "file") -> dict:
     try:
         obj = json.loads(path.read_text())
     except FileNotFoundError:
-        raise HappysadError(f"{path}: no such {what}; check the path") from None
+        raise UsageError(f"{path}: no such {what}; check the path") from None
     except OSError as exc:
         raise HappysadError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
     except (ValueError, UnicodeDecodeError):

@@ -15,7 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import HappysadError
+from .errors import HappysadError, UsageError
+from .images import opencv_errors_only
 
 #: Seconds to wait before reconnect try k (k = 1, 2, ...): 0.5, 1, 2, 4, then 5.
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 5.0)
@@ -45,14 +46,8 @@ class OpenCVSource(FrameSource):
     def __init__(self, spec: str):
         self.name = spec
         if spec.isdigit():
-            # OpenCV logs a warning per backend it tries; the error below says it once.
-            log = cv2.utils.logging
-            level = log.getLogLevel()
-            log.setLogLevel(log.LOG_LEVEL_ERROR)
-            try:
+            with opencv_errors_only():
                 self._cap = cv2.VideoCapture(int(spec))
-            finally:
-                log.setLogLevel(level)
             if not self._cap.isOpened():
                 raise HappysadError(f"camera {spec} could not be opened; check that it is connected "
                                     "(ls /dev/video*) or pass a video file with --source")
@@ -60,7 +55,7 @@ class OpenCVSource(FrameSource):
             return
         self.live = "://" in spec
         if not self.live and not Path(spec).is_file():
-            raise HappysadError(f"{spec}: no such video file; pass a camera index, a video file, "
+            raise UsageError(f"{spec}: no such video file; pass a camera index, a video file, "
                                 "a stream URL or picamera")
         self._cap = cv2.VideoCapture(spec)
         if not self._cap.isOpened():

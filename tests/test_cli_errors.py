@@ -51,9 +51,9 @@ def test_random_bytes_as_model(tmp_path, dataset):
 
 def test_missing_model_and_missing_image(export_dir, tmp_path):
     res = cli("edge", "classify", tmp_path / "absent.tflite", tmp_path)
-    assert_one_line_error(res, 1, r"absent\.tflite: no such model file")
+    assert_one_line_error(res, 2, r"absent\.tflite: no such model file")
     res = cli("edge", "classify", export_dir / "model_int8.tflite", tmp_path / "absent.jpg")
-    assert_one_line_error(res, 1, r"absent\.jpg: no such file or folder")
+    assert_one_line_error(res, 2, r"absent\.jpg: no such file or folder")
 
 
 def test_camera_that_does_not_exist(export_dir):
@@ -63,7 +63,7 @@ def test_camera_that_does_not_exist(export_dir):
 
 def test_video_file_that_does_not_exist(export_dir, tmp_path):
     res = cli("edge", "camera", export_dir / "model_int8.tflite", "--source", tmp_path / "v.avi")
-    assert_one_line_error(res, 1, r"v\.avi: no such video file")
+    assert_one_line_error(res, 2, r"v\.avi: no such video file")
 
 
 @pytest.mark.parametrize("args,pattern", [
@@ -82,14 +82,14 @@ def test_usage_errors_exit_2(args, pattern):
 
 def test_train_on_missing_folder_says_how_to_lay_out_photos(tmp_path):
     res = cli("train", tmp_path / "nothing", "--out", tmp_path / "run")
-    assert_one_line_error(res, 1, r"no such data folder; lay out photos as .*happy/\*\.jpg")
+    assert_one_line_error(res, 2, r"no such data folder; lay out photos as .*happy/\*\.jpg")
     assert not (tmp_path / "run").exists()
 
 
 def test_export_of_missing_run(tmp_path):
-    assert_one_line_error(cli("export", tmp_path / "norun"), 1, r"norun: no such run folder")
+    assert_one_line_error(cli("export", tmp_path / "norun"), 2, r"norun: no such run folder")
 
 
 def test_bench_without_labelled_data(export_dir, tmp_path):
     res = cli("benchmarks", export_dir / "model_int8.tflite", "--split", tmp_path / "split.json")
-    assert_one_line_error(res, 1, r"split\.json: no such split file")
+    assert_one_line_error(res, 2, r"split\.json: no such split file")

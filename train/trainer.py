@@ -255,10 +255,12 @@ def train(opts: TrainOptions) -> dict:
                "train_seconds": round(train_seconds, 1), "labels": s.labels}
     write_json(out / "metrics.json", metrics)
     plots.confusion_matrix(np.array(test["confusion_matrix"]), s.labels, out / "confusion_matrix.png")
-    sample = te[:32]
-    plots.samples([preprocess(load_image(paths[i]), size, opts.color) for i in sample],
-                  [s.labels[s.y[i]] for i in sample],
-                  [s.labels[int(p >= threshold)] for p in p_test[:32]], out / "samples.png")
+    # Up to 16 test images of each class, drawn with the run's seed.
+    order = np.random.default_rng(opts.seed).permutation(len(te))
+    pick = np.concatenate([order[s.y[te[order]] == c][:16] for c in range(len(s.labels))])
+    plots.samples([preprocess(load_image(paths[te[k]]), size, opts.color) for k in pick],
+                  [s.labels[s.y[te[k]]] for k in pick],
+                  [s.labels[int(p_test[k] >= threshold)] for k in pick], out / "samples.png")
     shutil.rmtree(cache_dir, ignore_errors=True)
     print(f"test split ({opts.arch}, {metrics['epochs_run']} epochs, {train_seconds / 60:.1f} min, "
           f"{model.count_params():,} parameters, {macs / 1e6:.1f}M MACs per image):")
