@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 a problem with an input (message names it),
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from typing import Callable, Sequence
 
@@ -52,8 +53,17 @@ def run_main(prog: str, body: Callable[[Sequence[str] | None], int],
 
     Returns:
         the exit code: the body's; the error's ``exit_code`` for a
-        :class:`HappysadError` (1, or 2 for a :class:`UsageError`); 130 on Ctrl-C.
+        :class:`HappysadError` (1, or 2 for a :class:`UsageError`); 130 on
+        Ctrl-C or SIGTERM, which unwind the same way, so temporary files are
+        removed and nothing is left half-written under a final name.
     """
+    def terminate(signum, frame):
+        raise KeyboardInterrupt  # unwinds like Ctrl-C: temporary files are removed
+
+    try:
+        signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread
+        pass
     try:
         return body(argv)
     except HappysadError as exc:

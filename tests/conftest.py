@@ -46,7 +46,9 @@ def run_dir(dataset, tmp_path_factory) -> Path:
 def export_dir(run_dir) -> Path:
     """The four exported files of :func:`run_dir`."""
     from export.cli import main
-    assert main([str(run_dir), "--calib-samples", "60"]) == 0
+    # The gate is tested on its own (tests/test_export.py); here 24 validation images
+    # would make one changed label a 4 pp drop, so it is opened wide.
+    assert main([str(run_dir), "--calib-samples", "60", "--max-drop", "100"]) == 0
     return run_dir / "export"
 
 

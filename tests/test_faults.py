@@ -1,0 +1,55 @@
+"""Faults: a process killed part-way never leaves a partial file under a final name."""
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO
+from edge import Classifier, read_metadata
+
+FINAL = ("model_float32.tflite", "model_float16.tflite", "model_int8.tflite", "model_float32.onnx",
+         "model_int8.onnx", "manifest.json")
+
+
+def assert_every_final_file_whole(folder):
+    for name in FINAL:
+        path = folder / name
+        if not path.exists():
+            continue
+        if name == "manifest.json":
+            json.loads(path.read_text())
+        else:
+            read_metadata(path)
+            Classifier(path)
+
+
+def export_until_first_file_then(sig, run_dir, out):
+    proc = subprocess.Popen([sys.executable, "-m", "export", str(run_dir), "--out", str(out),
+                             "--calib-samples", "40", "--max-drop", "100"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    deadline = time.monotonic() + 120
+    while not (out / "model_float32.tflite").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    out_text, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_export_leaves_only_whole_files(run_dir, export_dir, tmp_path, sig):
+    out = tmp_path / "export"
+    shutil.copytree(export_dir, out)  # an earlier, complete export
+    before = {p.name for p in out.iterdir() if p.name in FINAL}
+    (out / "model_float32.tflite").unlink()  # its reappearance marks the re-export's progress
+    code, err = export_until_first_file_then(sig, run_dir, out)
+    assert code == (-9 if sig == signal.SIGKILL else 130), err
+    # Every final name still holds a whole file: the earlier one or a new one.
+    assert before <= {p.name for p in out.iterdir()}
+    assert_every_final_file_whole(out)
+    if sig == signal.SIGTERM:
+        assert "interrupted" in err and "Traceback" not in err
+        assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "temporary files left"
