@@ -18,6 +18,17 @@ from .images import find_images, load_image
 PROG = "happysad-edge"
 
 
+def _fraction(text: str) -> float:
+    import argparse
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{value} must be in 0..1 (1 excluded)")
+    return value
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog=PROG, description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -35,35 +46,65 @@ def build_parser() -> ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help="image file or folder (searched recursively)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
 
-    p = sub.add_parser("camera", help="classify the largest face in each camera or video frame",
-                       description="Classify the largest face in each frame of a camera or video.")
+    p = sub.add_parser("camera", help="classify faces in camera, stream or video frames",
+                       description="Classify the faces in each frame of a camera, stream or video file.")
     model_args(p)
-    p.add_argument("-s", "--source", default="0", help="camera index, video file or stream URL")
+    p.add_argument("-s", "--source", default="0",
+                   help="camera index, video file, stream URL (rtsp://, http://) or picamera")
     p.add_argument("--headless", action="store_true", help="print one JSON line per frame, no window")
     p.add_argument("-n", "--max-frames", type=non_negative_int, default=0,
                    help="stop after N frames (0: until the source ends or Ctrl-C)")
+    p.add_argument("--faces", choices=("largest", "all"), default="largest", help="which faces to classify")
+    p.add_argument("--no-face", action="store_true", help="classify the whole frame; no face detection")
+    p.add_argument("--detect-width", type=non_negative_int, default=320,
+                   help="search faces on a copy scaled down to this width, pixels (0: full size)")
+    p.add_argument("--min-face", type=positive_int, default=48,
+                   help="smallest face searched for, pixels of the original frame")
+    p.add_argument("--smooth", type=_fraction, default=0.0, metavar="ALPHA",
+                   help="average each face's scores over frames, weight ALPHA on the history (0: off)")
+    p.add_argument("--serve", metavar="HOST:PORT", default=None,
+                   help="MJPEG preview page; PORT alone binds 127.0.0.1")
+    p.add_argument("--record", metavar="FILE", default=None, help="save the annotated video (.avi or .mp4)")
+    p.add_argument("--log", metavar="FILE.csv", default=None, help="append one row per classified face")
+    p.add_argument("--reconnect-tries", type=non_negative_int, default=5,
+                   help="reopen attempts when a camera or stream stops giving frames")
+    p.add_argument("--pace", action="store_true",
+                   help="play a video file at its own frame rate (default: as fast as it decodes)")
+
+    p = sub.add_parser("doctor", help="check interpreters, CPU features, camera and face cascade",
+                       description="Check what this device has; print a fix for each problem.")
+    p.add_argument("-s", "--source", default="0", help="camera to try: index, URL or picamera")
 
     p = sub.add_parser("info", help="show a model file's metadata and tensors")
     model_args(p)
+
+    p = sub.add_parser("verify", help="check a copied model file against its export's manifest",
+                       description="Check a model file's size and sha256 against the export's "
+                                   "manifest, then that its metadata parses and it loads and runs. "
+                                   "Exit 1 with one line saying what is wrong, else print OK.")
+    model_args(p)
+    p.add_argument("-m", "--manifest", default=None, metavar="FILE",
+                   help="manifest.json written by happysad-export, if not the one next to MODEL")
+    p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     return parser
 
 
 def _classify(args) -> int:
     clf = Classifier(args.model, args.threads, args.backend)
-    failed = 0
+    status = 0  # the worst exit code met: 1 for a bad file, 2 for a missing path
     for root in args.paths:
         try:
             paths = find_images(root)
         except HappysadError as exc:
             print(f"{PROG}: error: {exc}", file=sys.stderr)
-            failed += 1
+            status = max(status, exc.exit_code)
             continue
         for path in paths:
             try:
                 pred = clf.classify_image(load_image(path))
             except HappysadError as exc:
                 print(f"{PROG}: error: {exc}", file=sys.stderr)
-                failed += 1
+                status = max(status, exc.exit_code)
                 continue
             if args.json:
                 print(json.dumps({"path": str(path), **pred.to_dict()}), flush=True)
@@ -71,14 +112,26 @@ def _classify(args) -> int:
                 face = "face " + ",".join(map(str, pred.face)) if pred.face else "whole image"
                 print(f"{path}\t{pred.label}\t{pred.confidence:.3f}\t{face}\t{pred.timings['total']:.2f} ms",
                       flush=True)
-    return 1 if failed else 0
+    return status
 
 
 def _camera(args) -> int:
-    clf = Classifier(args.model, args.threads, args.backend)
-    summary = run_camera(clf, CameraOptions(args.source, args.headless, args.max_frames))
+    from .faces import FaceDetector
+    from .preview import parse_address
+    if args.serve:
+        try:
+            parse_address(args.serve)
+        except ValueError:
+            build_parser().error(f"argument --serve: {args.serve!r} is not HOST:PORT")
+    clf = Classifier(args.model, args.threads, args.backend,
+                     detector=None if args.no_face else FaceDetector(args.min_face, args.detect_width))
+    options = CameraOptions(args.source, args.headless, args.max_frames, args.faces, args.no_face,
+                            args.smooth, args.serve, args.record, args.log, args.reconnect_tries,
+                            args.pace)
+    summary = run_camera(clf, options, threads=args.threads, backend=args.backend)
     print(f"{PROG}: {summary['frames']} frames, {summary['frames_with_face']} with a face, "
-          f"{summary['fps']} FPS", file=sys.stderr)
+          f"{summary['dropped']} dropped, {summary['reconnects']} reconnects, {summary['fps']} FPS",
+          file=sys.stderr)
     return 0
 
 
@@ -93,7 +146,8 @@ def _info(args) -> int:
                   "dtype": np.dtype(b.input_dtype).name,
                   "scale": b.input_quant[0] if b.input_quant else None,
                   "zero_point": b.input_quant[1] if b.input_quant else None},
-        "output": {"scale": b.output_quant[0] if b.output_quant else None,
+        "output": {"shape": list(b.output_shape), "dtype": np.dtype(b.output_dtype).name,
+                   "scale": b.output_quant[0] if b.output_quant else None,
                    "zero_point": b.output_quant[1] if b.output_quant else None},
         "metadata": clf.metadata.to_dict(),
     }
@@ -101,9 +155,20 @@ def _info(args) -> int:
     return 0
 
 
+def _verify(args) -> int:
+    from .verify import summary_line, verify
+    report = verify(args.model, args.manifest, args.backend, args.threads)
+    print(json.dumps({"ok": True, **report}) if args.json else summary_line(report))
+    return 0
+
+
 def _body(argv) -> int:
     args = build_parser().parse_args(argv)
-    return {"classify": _classify, "camera": _camera, "info": _info}[args.command](args)
+    if args.command == "doctor":
+        from .doctor import report
+        return report(args.source)
+    return {"classify": _classify, "camera": _camera, "info": _info,
+            "verify": _verify}[args.command](args)
 
 
 def main(argv=None) -> int:

@@ -6,6 +6,12 @@ TFLite Metadata convention packs associated files (the interpreter ignores
 bytes after the flatbuffer; ``zipfile`` finds an archive at the end of any
 file). ONNX: the same JSON in the model's ``metadata_props`` under the key
 :data:`ONNX_KEY`.
+
+Schema versions: 1 has labels, input size and color, preprocessing,
+threshold and face margin. 2 adds the input tensor's dtype, scale and zero
+point, and the verification figures measured at export (accuracy of the
+float model and of this file on the validation split, the drop in
+percentage points, the agreement). A reader of version 2 reads both.
 """
 from __future__ import annotations
 
@@ -19,7 +25,11 @@ from .errors import HappysadError
 from .preprocess import COLOR_MODES
 
 SCHEMA = "happysad.model-metadata"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: dtypes a model input may have: float32 pixels 0..255, or integers that map
+#: to pixels through the input's scale and zero point.
+INPUT_DTYPES = ("float32", "int8", "uint8")
+_INT_RANGES = {"int8": (-128, 127), "uint8": (0, 255)}
 #: Member name of the JSON file inside the zip appended to a TFLite model.
 TFLITE_MEMBER = "happysad_metadata.json"
 #: Key of the JSON string in an ONNX model's ``metadata_props``.
@@ -42,6 +52,14 @@ class ModelMetadata:
             added on each side before cropping (the framing of the training
             faces).
         extra: every other field of the JSON (run, format, quantization...).
+        input_dtype: the model input's dtype, one of :data:`INPUT_DTYPES`;
+            None in a version-1 file, which did not record it.
+        input_scale, input_zero_point: the affine quantization of an integer
+            input, pixel = scale * (q - zero_point); None for a float input.
+        verification: figures measured at export on the validation split
+            (``split``, ``n``, ``float_accuracy``, ``accuracy``, ``drop_pp``,
+            ``agreement``; accuracies and agreement are fractions 0..1, the
+            drop is in percentage points); None when not measured.
     """
 
     labels: tuple[str, ...]
@@ -50,13 +68,19 @@ class ModelMetadata:
     threshold: float = 0.5
     face_margin: float = 0.1
     extra: dict = field(default_factory=dict, compare=False)
+    input_dtype: str | None = None
+    input_scale: float | None = None
+    input_zero_point: int | None = None
+    verification: dict | None = None
 
     def to_dict(self) -> dict:
         """The JSON-ready dict, schema name and version included."""
         d = dict(self.extra)
         d.update({
             "schema": SCHEMA,
-            "schema_version": SCHEMA_VERSION,
+            # Metadata read from a version-1 file does not know its input
+            # dtype; it is written back as version 1 rather than invent one.
+            "schema_version": SCHEMA_VERSION if self.input_dtype else 1,
             "labels": list(self.labels),
             "output": "sigmoid",
             "input": {"layout": "NHWC", "height": self.image_size[0],
@@ -69,6 +93,13 @@ class ModelMetadata:
             "threshold": self.threshold,
             "face_margin": self.face_margin,
         })
+        if self.input_dtype:
+            d["input"].update({"dtype": self.input_dtype, "scale": self.input_scale,
+                               "zero_point": self.input_zero_point})
+        if self.verification is not None:
+            d["verification"] = dict(self.verification)
+        else:
+            d.pop("verification", None)
         return d
 
     @classmethod
@@ -103,10 +134,58 @@ class ModelMetadata:
             margin = float(d.get("face_margin", 0.1))
             if not 0.0 <= margin <= 1.0:
                 raise ValueError(f"face_margin {margin} is outside 0..1")
+            dtype, scale, zero_point = _input_quantization(inp, version)
+            verification = _verification(d.get("verification"))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             missing = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
             raise HappysadError(f"{source}: bad model metadata ({missing}); re-export the model") from None
-        return cls(tuple(labels), size, color, threshold, margin, extra=dict(d))
+        return cls(tuple(labels), size, color, threshold, margin, extra=dict(d), input_dtype=dtype,
+                   input_scale=scale, input_zero_point=zero_point, verification=verification)
+
+
+def _input_quantization(inp: dict, version: int) -> tuple:
+    """(dtype, scale, zero point) of the ``input`` object; all None in version 1.
+
+    Raises:
+        KeyError, ValueError, TypeError: a field is missing or out of range.
+    """
+    if version < 2:
+        return None, None, None
+    dtype = inp["dtype"]
+    if dtype not in INPUT_DTYPES:
+        raise ValueError(f"input dtype {dtype!r} is not one of {', '.join(INPUT_DTYPES)}")
+    scale, zero_point = inp.get("scale"), inp.get("zero_point")
+    if dtype == "float32":
+        if scale is not None or zero_point is not None:
+            raise ValueError("a float32 input has no scale or zero point")
+        return dtype, None, None
+    scale = float(scale)
+    if not (isinstance(zero_point, int) and scale > 0):
+        raise ValueError(f"{dtype} input needs a scale > 0 and an integer zero point")
+    low, high = _INT_RANGES[dtype]
+    if not low <= zero_point <= high:
+        raise ValueError(f"zero point {zero_point} is outside the {dtype} range {low}..{high}")
+    return dtype, scale, zero_point
+
+
+def _verification(v) -> dict | None:
+    """Check the optional ``verification`` object (see :class:`ModelMetadata`).
+
+    Raises:
+        ValueError, TypeError, KeyError: a figure is missing or out of range.
+    """
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise ValueError("verification must be an object")
+    if not (isinstance(v["n"], int) and v["n"] >= 1):
+        raise ValueError("verification n must be a positive integer")
+    for key in ("float_accuracy", "accuracy", "agreement"):
+        if not 0.0 <= float(v[key]) <= 1.0:
+            raise ValueError(f"verification {key} {v[key]} is outside 0..1")
+    if not -100.0 <= float(v["drop_pp"]) <= 100.0:
+        raise ValueError(f"verification drop_pp {v['drop_pp']} is outside -100..100")
+    return dict(v)
 
 
 def encode(meta: ModelMetadata) -> bytes:
@@ -133,11 +212,36 @@ def decode(raw: bytes, source: str) -> ModelMetadata:
 
 
 def append_to_tflite(model: bytes, meta: ModelMetadata) -> bytes:
-    """Return the TFLite flatbuffer ``model`` with the metadata zip appended."""
+    """Return the TFLite flatbuffer ``model`` with the metadata zip appended.
+
+    ``model`` must be the bare flatbuffer; to replace the metadata of a file
+    that has some, pass :func:`strip_tflite_metadata` of it.
+    """
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(TFLITE_MEMBER, encode(meta))
     return model + buf.getvalue()
+
+
+def strip_tflite_metadata(data: bytes) -> bytes:
+    """The flatbuffer of a TFLite file without the zip :func:`append_to_tflite` added.
+
+    The zip begins with a local file header (``PK\\x03\\x04``); its offset is
+    read from the archive's own central directory, so bytes of the
+    flatbuffer that happen to look like a header are never mistaken for it.
+    A file with no archive is returned unchanged.
+    """
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            infos = zf.infolist()
+    except zipfile.BadZipFile:
+        return data
+    if not infos:
+        return data
+    # ZipFile shifts header offsets by the bytes before the archive
+    # (``concat``), so they are offsets from the start of ``data``.
+    start = min(i.header_offset for i in infos)
+    return data[:start]
 
 
 def read_tflite_metadata(path: str | Path) -> ModelMetadata:

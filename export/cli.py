@@ -1,4 +1,6 @@
-"""``happysad-export``: write float32 and int8 TFLite and ONNX files from a run."""
+"""``happysad-export``: write TFLite (float32, float16, int8) and ONNX (float32,
+int8) files from a run, each verified on the validation split before it is
+written."""
 from __future__ import annotations
 
 import argparse
@@ -6,9 +8,11 @@ import sys
 from pathlib import Path
 
 from edge.cli_util import ArgumentParser, positive_int, run_main
+from edge.errors import HappysadError
+
+from . import CALIBRATIONS, FORMATS, IO_TYPES
 
 PROG = "happysad-export"
-from . import FORMATS
 
 
 def _formats(text: str) -> tuple:
@@ -21,36 +25,68 @@ def _formats(text: str) -> tuple:
     return names
 
 
+def _percentage_points(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of percentage points") from None
+    if not -100.0 <= value <= 100.0:
+        raise argparse.ArgumentTypeError(f"{value:g} must be between -100 and 100 percentage points")
+    return value
+
+
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog=PROG, description=__doc__)
     p.add_argument("run_dir", metavar="RUN_DIR", help="run folder written by happysad-train")
-    p.add_argument("-o", "--out", default=None, metavar="DIR", help="output folder (default: RUN_DIR/export)")
-    p.add_argument("--calib-samples", type=positive_int, default=300,
-                   help="representative dataset size, drawn from the train split only")
-    p.add_argument("--formats", type=_formats, default=FORMATS, metavar="LIST",
+    p.add_argument("-o", "--out", default=None, metavar="DIR", help="output folder, if not RUN_DIR/export")
+    p.add_argument("--formats", type=_formats, default=",".join(FORMATS), metavar="LIST",
                    help="comma-separated subset of: " + ", ".join(FORMATS))
+    p.add_argument("--calib-samples", type=positive_int, default=300, metavar="N",
+                   help="representative dataset size, drawn from the train split only; below 300 warns")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration draw")
+    p.add_argument("--io-type", choices=IO_TYPES, default="int8",
+                   help="input and output type of model_int8.tflite: int8 takes pixel - 128 "
+                        "(zero point -128), uint8 takes the raw camera pixels as they are (zero point 0)")
+    p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
+                   help="model_int8.onnx weights with one scale per output channel (else per tensor)")
+    p.add_argument("--calibration", choices=CALIBRATIONS, default="minmax",
+                   help="how model_int8.onnx's activation ranges are calibrated")
+    p.add_argument("--max-drop", type=_percentage_points, default=1.0, metavar="PP",
+                   help="largest accuracy drop against the Keras model on the validation split, in "
+                        "percentage points, for a file to be written")
+    p.add_argument("--debug-quant", action="store_true",
+                   help="also write a per-layer quantization error CSV for each int8 file")
     p.add_argument("-v", "--verbose", action="store_true", help="show the converters' own log output")
     return p
 
 
 def _body(argv) -> int:
     args = build_parser().parse_args(argv)
-    from .convert import ExportOptions, export_run
+    from .convert import ExportOptions, export_run, refusal_message
     manifest = export_run(ExportOptions(args.run_dir, args.out, args.calib_samples, args.formats, args.seed,
-                                        args.verbose))
+                                        args.verbose, args.io_type, args.per_channel, args.calibration,
+                                        args.max_drop, args.debug_quant))
     out = Path(args.out) if args.out else Path(args.run_dir) / "export"
+    files = manifest["files"]
     print(f"wrote {out}/:")
-    for name, rec in manifest["files"].items():
-        print(f"  {name:24s} {rec['size_bytes'] / 1e6:8.3f} MB  sha256 {rec['sha256'][:16]}…")
-    print(f"  {'manifest.json':24s}")
-    first = next(iter(manifest["files"]), None)
-    if first:
-        pick = "model_int8.tflite" if "model_int8.tflite" in manifest["files"] else first
+    for name, rec in files.items():
+        v = rec.get("verification") or {}
+        figures = (f"  {v['split']} accuracy {v['accuracy']:.4f}, drop {v['drop_pp']:+.2f} pp"
+                   if "accuracy" in v else "")
+        kept = "" if name in manifest["written"] else "  (from an earlier export, unchanged)"
+        print(f"  {name:28s} {rec['size_bytes'] / 1e6:8.3f} MB  sha256 {rec['sha256'][:16]}…{figures}{kept}")
+    for name in manifest.get("debug_reports", {}):
+        print(f"  {name:28s} {(out / name).stat().st_size / 1e6:8.3f} MB  per-layer quantization error")
+    print(f"  {'manifest.json':28s}")
+    if files:
+        pick = next((n for n in ("model_int8.tflite", "model_int8.onnx") if n in files), next(iter(files)))
         print("next:")
+        print(f"  happysad-edge verify {out / pick}")
         print(f"  happysad-edge classify {out / pick} PHOTO_OR_FOLDER")
-        print(f"  happysad-bench {' '.join(str(out / n) for n in manifest['files'])} "
+        print(f"  happysad-bench {' '.join(str(out / n) for n in files)} "
               f"--split {Path(args.run_dir) / 'split.json'}")
+    if manifest["refused"]:
+        raise HappysadError(refusal_message(manifest))
     return 0
 
 

@@ -1,11 +1,12 @@
 import json
+import re
 import zipfile
 
 import pytest
 
 from edge import HappysadError, ModelMetadata
 from edge.metadata import (MAX_METADATA_BYTES, TFLITE_MEMBER, append_to_tflite, decode, encode,
-                           read_tflite_metadata)
+                           read_tflite_metadata, strip_tflite_metadata)
 
 META = ModelMetadata(("happy", "sad"), (48, 48), "gray", 0.5, 0.1, extra={"format": "tflite-int8"})
 
@@ -60,3 +61,54 @@ def test_bad_fields(field, value):
     d[field] = value
     with pytest.raises(HappysadError, match="bad model metadata"):
         decode(json.dumps(d).encode(), "m")
+
+
+V2 = ModelMetadata(("happy", "sad"), (48, 48), "gray", 0.5, 0.1, extra={"format": "tflite-int8"},
+                   input_dtype="int8", input_scale=1.0, input_zero_point=-128,
+                   verification={"split": "val", "n": 24, "float_accuracy": 0.95, "accuracy": 0.9,
+                                 "drop_pp": 5.0, "agreement": 0.95})
+
+
+def test_schema_2_round_trip():
+    d = json.loads(encode(V2))
+    assert d["schema_version"] == 2
+    assert d["input"]["dtype"] == "int8" and d["input"]["scale"] == 1.0 and d["input"]["zero_point"] == -128
+    back = decode(encode(V2), "m")
+    assert back == V2 and back.verification["drop_pp"] == 5.0
+
+
+def test_schema_1_files_still_read():
+    """A version-1 file (no dtype, no figures) reads, and is not rewritten as version 2."""
+    d = json.loads(encode(META))
+    assert d["schema_version"] == 1 and "dtype" not in d["input"]
+    back = decode(json.dumps(d).encode(), "old")
+    assert back.input_dtype is None and back.verification is None
+    assert back.to_dict()["schema_version"] == 1
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda d: d["input"].pop("dtype"), "missing field 'dtype'"),
+    (lambda d: d["input"].update(dtype="int4"), "input dtype 'int4'"),
+    (lambda d: d["input"].update(zero_point=None), "needs a scale > 0 and an integer zero point"),
+    (lambda d: d["input"].update(zero_point=-129), "outside the int8 range"),
+    (lambda d: d["input"].update(dtype="float32"), "a float32 input has no scale"),
+    (lambda d: d["verification"].update(accuracy=1.5), "verification accuracy 1.5"),
+    (lambda d: d["verification"].pop("n"), "missing field 'n'"),
+])
+def test_bad_schema_2_fields(change, message):
+    d = json.loads(encode(V2))
+    change(d)
+    with pytest.raises(HappysadError, match=re.escape(message)):
+        decode(json.dumps(d).encode(), "m")
+
+
+def test_metadata_replaced_not_stacked(tmp_path):
+    body = b"\x1c\x00\x00\x00TFL3" + bytes(range(256)) * 4 + b"PK\x03\x04 not a zip"
+    first = append_to_tflite(body, META)
+    assert strip_tflite_metadata(first) == body
+    assert strip_tflite_metadata(body) == body
+    path = tmp_path / "m.tflite"
+    path.write_bytes(append_to_tflite(strip_tflite_metadata(first), V2))
+    assert read_tflite_metadata(path) == V2
+    with zipfile.ZipFile(path) as zf:
+        assert zf.namelist() == [TFLITE_MEMBER]

@@ -80,9 +80,9 @@ def test_split_file_is_complete_and_leak_free(run_dir, dataset):
     assert {"happy/notes.txt", "happy/empty.jpg", "sad/truncated.png", "sad/corrupt.jpg"} <= skipped
 
 
-def test_export_writes_four_files_and_manifest(export_dir):
+def test_export_writes_five_files_and_manifest(export_dir):
     manifest = json.loads((export_dir / "manifest.json").read_text())
-    assert sorted(manifest["files"]) == sorted(MODELS)
+    assert sorted(manifest["files"]) == sorted(MODELS + ("model_float16.tflite",))
     for name, rec in manifest["files"].items():
         data = (export_dir / name).read_bytes()
         assert rec["size_bytes"] == len(data)

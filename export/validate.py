@@ -1,0 +1,96 @@
+"""Verification of an exported file against the Keras model it came from.
+
+Both see the same validation images through the same preprocessing
+(:func:`edge.preprocess`); the file runs in the edge runtime
+(:class:`edge.Classifier`), exactly as a device would run it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from edge import Classifier, HappysadError, load_image, preprocess
+from edge.dataset import split_items
+
+#: The split every file is verified on. The test split stays untouched by
+#: the export, so the benchmark's figures on it remain an independent check.
+VERIFY_SPLIT = "val"
+
+
+def validation_set(split: dict, part: str = VERIFY_SPLIT) -> tuple[np.ndarray, np.ndarray]:
+    """The images and labels of one part of a split, preprocessed.
+
+    Returns:
+        (pixels, labels): uint8 (N, H, W, C) pixels 0..255 (NHWC, the model
+        input), int64 (N,) class indices into ``split["labels"]``.
+
+    Raises:
+        HappysadError: the part is empty, or an image no longer decodes.
+    """
+    items = split_items(split, part)
+    if not items:
+        raise HappysadError(f"the split has no {part} images to verify the exported files with; "
+                            "train again with a non-zero validation ratio")
+    size, color = tuple(split["image"]["size"]), split["image"]["color"]
+    pixels = np.stack([preprocess(load_image(path), size, color) for path, _ in items])
+    return pixels, np.array([label for _, label in items], dtype=np.int64)
+
+
+def keras_probabilities(model, pixels: np.ndarray) -> np.ndarray:
+    """The Keras model's sigmoid output for each image.
+
+    Args:
+        model: the run's Keras model (it rescales 0..255 to 0..1 itself).
+        pixels: uint8 (N, H, W, C).
+
+    Returns:
+        float32 (N,): p(labels[1]) per image.
+    """
+    return model.predict(pixels.astype(np.float32), batch_size=256, verbose=0).reshape(-1).astype(np.float32)
+
+
+def file_probabilities(clf: Classifier, pixels: np.ndarray) -> np.ndarray:
+    """The exported file's p(labels[1]) per image, one image per invoke as on a device.
+
+    Args:
+        clf: the file loaded by the edge runtime.
+        pixels: uint8 (N, H, W, C).
+
+    Returns:
+        float32 (N,).
+    """
+    return np.array([clf.scores(x)[1] for x in pixels], dtype=np.float32)
+
+
+def compare(reference: np.ndarray, probs: np.ndarray, labels: np.ndarray,
+            threshold: float = 0.5, split: str = VERIFY_SPLIT) -> dict:
+    """Figures of a file against the float reference on the same images.
+
+    Args:
+        reference: float (N,) the Keras model's p(labels[1]).
+        probs: float (N,) the file's p(labels[1]).
+        labels: int (N,) true class indices.
+        threshold: p at or above which the class is labels[1].
+        split: name of the part the images come from, recorded as is.
+
+    Returns:
+        dict: ``split``, ``n``; ``float_accuracy`` and ``accuracy`` (the
+        reference's and the file's share of correct labels, 0..1);
+        ``drop_pp`` = (float_accuracy - accuracy) * 100, percentage points,
+        positive when the file is worse; ``agreement`` (share of images where
+        both give the same label, 0..1); ``max_abs_diff`` (largest
+        |probs - reference|, in probability units).
+    """
+    ref_label = (reference >= threshold).astype(np.int64)
+    label = (probs >= threshold).astype(np.int64)
+    float_acc = float(np.mean(ref_label == labels))
+    acc = float(np.mean(label == labels))
+    return {"split": split, "n": int(len(labels)), "float_accuracy": round(float_acc, 6),
+            "accuracy": round(acc, 6), "drop_pp": round((float_acc - acc) * 100, 4),
+            "agreement": round(float(np.mean(label == ref_label)), 6),
+            "max_abs_diff": round(float(np.max(np.abs(probs - reference))), 6)}
+
+
+def missed_by(figures: dict, max_drop: float) -> float | None:
+    """How many percentage points a file's drop exceeds ``max_drop`` by; None if it does not."""
+    over = figures["drop_pp"] - max_drop
+    return round(over, 4) if over > 0 else None
