@@ -8,8 +8,14 @@ DATA ?= ../shared/data/fer2013-happy-sad
 RUN ?= runs/demo
 EPOCHS ?= 30
 SEED ?= 0
+# make bench: thread counts to sweep, and where its files go (the README's
+# performance table is copied from $(BENCH_OUT)/bench.md).
+BENCH_THREADS ?= 1,2
+BENCH_OUT ?= $(RUN)/bench
+BENCH_MODELS = $(RUN)/export/model_float32.tflite $(RUN)/export/model_int8.tflite \
+	$(RUN)/export/model_float32.onnx $(RUN)/export/model_int8.onnx
 
-.PHONY: demo test venv clean
+.PHONY: demo test bench edge-speed soak venv clean
 
 venv: $(VENV)/.installed
 
@@ -25,17 +31,43 @@ demo: venv
 	$(PY) -m export $(RUN)
 	$(PY) -m benchmarks $(RUN)/export/model_float32.tflite $(RUN)/export/model_int8.tflite \
 	    $(RUN)/export/model_float32.onnx $(RUN)/export/model_int8.onnx \
-	    --split $(RUN)/split.json --json $(RUN)/bench.json
+	    --split $(RUN)/split.json --json $(RUN)/bench.json --cold-runs 0
 	$(PY) -m edge classify $(RUN)/export/model_int8.tflite \
 	    $$($(PY) -c "from edge.dataset import read_split, split_items; s = read_split('$(RUN)/split.json'); print(' '.join(str(p) for p, _ in split_items(s, 'test')[::300]))")
 	@echo
 	@echo "make demo: done. Artifacts:"
-	@echo "  $(RUN)/model.keras, metrics.json, curves.png, history.csv, split.json   (training)"
-	@echo "  $(RUN)/export/model_{float32,int8}.{tflite,onnx}, manifest.json         (export)"
-	@echo "  $(RUN)/bench.json                                                       (benchmark)"
+	@echo "  $(RUN)/model.keras, metrics.json, data_report.json, split.json, config.json   (training)"
+	@echo "  $(RUN)/curves.png, confusion_matrix.png, samples.png, history.csv, logs/    (training reports)"
+	@echo "  $(RUN)/export/model_{float32,float16,int8}.tflite, model_{float32,int8}.onnx, manifest.json   (export)"
+	@echo "  $(RUN)/bench.json                                                            (benchmark)"
+	@echo "Next: make bench (the README's performance table), make edge-speed, make soak."
 
 test: venv
 	$(PY) -m pytest -q
+
+# The suite behind the README's performance table, on an existing run: the
+# four exported files and the Keras model, on the run's test split. It never
+# trains or exports.
+bench: venv
+	@for f in $(BENCH_MODELS) $(RUN)/model.keras $(RUN)/split.json; do \
+	    test -f "$$f" || { echo "make bench: $$f is missing; run make demo first (or make bench RUN=DIR for another run)" >&2; exit 1; }; \
+	done
+	$(PY) -m benchmarks $(BENCH_MODELS) $(RUN)/model.keras --split $(RUN)/split.json \
+	    --threads $(BENCH_THREADS) --runs 1000 --min-seconds 2 --warmup 50 --cold-runs 5 \
+	    --json $(BENCH_OUT)/bench.json --csv $(BENCH_OUT)/bench.csv \
+	    --markdown $(BENCH_OUT)/bench.md --plot $(BENCH_OUT)/bench.png
+	$(PY) -m benchmarks.readme $(BENCH_OUT)/bench.md README.md
+
+# The edge runtime's speed goals (per-face path vs invoke, camera loop vs
+# detection + classification, cold start vs TensorFlow) on the demo run.
+edge-speed: venv
+	@test -f $(RUN)/export/model_int8.tflite || { echo "make edge-speed: run make demo first" >&2; exit 1; }
+	$(PY) -m benchmarks.edge_speed $(RUN)/export/model_int8.tflite --keras $(RUN)/model.keras --data "$(DATA)"
+
+# The camera loop over a 10,000-frame video: frames, errors, memory growth.
+soak: venv
+	@test -f $(RUN)/export/model_int8.tflite || { echo "make soak: run make demo first" >&2; exit 1; }
+	$(PY) -m benchmarks.soak $(RUN)/export/model_int8.tflite --data "$(DATA)"
 
 clean:
 	rm -rf $(VENV) runs

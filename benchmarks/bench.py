@@ -1,8 +1,10 @@
-"""Latency and accuracy of exported models, measured through ``edge``.
+"""Latency, cost and accuracy of model files, measured through ``edge``.
 
-Every model is loaded with :class:`edge.Classifier`, the code a device runs,
-and judged on the same decoded images, so the accuracy drop between a float
-and an int8 file is measured, not estimated.
+Every .tflite/.onnx model is loaded with :class:`edge.Classifier`, the code
+a device runs, and judged on the same decoded images, so the accuracy drop
+between a float and an int8 file is measured, not estimated. A .keras model
+(where TensorFlow is installed) gets a row too, the reference for speed-up
+and memory ratios.
 """
 from __future__ import annotations
 
@@ -11,14 +13,20 @@ import platform
 import sys
 import time
 from dataclasses import dataclass, field
+from importlib import metadata as md
 from pathlib import Path
 
 import numpy as np
 
-from edge import Classifier, HappysadError, load_image, preprocess
+from edge import HappysadError, load_image
 from edge.backends import default_backend, model_format
 from edge.dataset import labelled_images, read_split, split_items
+from edge.errors import UsageError
 from edge.metrics import classification_metrics
+
+from .coldstart import cold_start
+from .runners import import_keras, is_keras_path, load_runner
+from .timing import STAGES, fps, percentiles, time_once, time_stages
 
 
 @dataclass
@@ -26,14 +34,19 @@ class BenchOptions:
     """Settings of :func:`run_bench`.
 
     Attributes:
-        models: .tflite / .onnx files.
+        models: .tflite / .onnx files, and optionally a .keras model.
         data: labelled folder (one sub-folder per class), or None.
         split: ``RUN_DIR/split.json``, or None (one of data/split is needed).
         part: which part of the split to use.
         data_root: where the split's images are, if moved.
-        threads: interpreter threads (None: the interpreter's default).
-        runs: timed inferences per model, after ``warmup`` untimed ones.
+        threads: interpreter thread counts to sweep; None in the list means
+            the interpreter's default. A .keras model runs once, at
+            TensorFlow's default.
+        runs: least number of timed inferences per model and thread count,
+            after ``warmup`` untimed ones.
         warmup: untimed inferences first (allocation, caches, XNNPACK packing).
+        min_seconds: least timed wall time per model and thread count, s.
+        cold_runs: fresh processes per model for the cold start (0: skip).
     """
 
     models: list
@@ -41,10 +54,11 @@ class BenchOptions:
     split: str | None = None
     part: str = "test"
     data_root: str | None = None
-    threads: int | None = None
+    threads: list = field(default_factory=lambda: [None])
     runs: int = 200
     warmup: int = 20
-    backends: dict = field(default_factory=dict)
+    min_seconds: float = 0.0
+    cold_runs: int = 3
 
 
 def _log(msg: str) -> None:
@@ -82,72 +96,127 @@ def load_labelled(opts: BenchOptions):
     return list(labels), paths, np.array(ys, dtype=np.int64), images
 
 
-def percentiles(samples_ms) -> dict:
-    """mean, std, min, max, p50, p90, p99 of latency samples (ms).
+def check_models(models) -> None:
+    """Fail fast, before any image is decoded, on a model that cannot run here.
 
-    Percentiles use numpy's default linear interpolation between ranks.
+    Imports each runtime once, so the first model's load time does not carry
+    the import.
+
+    Raises:
+        UsageError: a model file is missing (exit status 2).
+        HappysadError: a model's runtime is not installed.
     """
-    a = np.asarray(samples_ms, dtype=np.float64)
-    p50, p90, p99 = np.percentile(a, [50, 90, 99])
-    return {"mean": float(a.mean()), "std": float(a.std()), "min": float(a.min()),
-            "max": float(a.max()), "p50": float(p50), "p90": float(p90), "p99": float(p99)}
+    for model in models:
+        if is_keras_path(model):
+            if not Path(model).is_file():
+                raise UsageError(f"{model}: no such model file; check the path")
+            import_keras()
+        elif model_format(model) == "tflite":
+            default_backend("tflite")
+        else:
+            try:
+                import onnxruntime  # noqa: F401
+            except ImportError:
+                raise HappysadError("backend onnxruntime is not installed: pip install onnxruntime") from None
 
 
-def latency(clf: Classifier, pixels: np.ndarray, runs: int, warmup: int) -> dict:
-    """Single-image inference latency in ms: write input, invoke, read output.
-
-    Args:
-        pixels: one preprocessed input (uint8 H, W, C).
-        runs: timed runs; warmup: untimed runs before them.
-    """
-    for _ in range(warmup):
-        clf.scores(pixels)
-    samples = np.empty(runs)
-    for i in range(runs):
-        t0 = time.perf_counter()
-        clf.scores(pixels)
-        samples[i] = (time.perf_counter() - t0) * 1e3
-    return percentiles(samples)
-
-
-def bench_model(path: str, labels, y, images, opts: BenchOptions) -> dict:
-    """Size, load time, latency and accuracy of one model file.
+def latency_row(runner, image: np.ndarray, opts: BenchOptions) -> dict:
+    """First-inference time and timed latency of one loaded model.
 
     Returns:
-        dict with model, format, backend, size_mb (10^6 bytes), load_ms,
-        latency_ms (see :func:`percentiles`), fps (1000 / p50), predictions
-        (int list), and the :func:`edge.metrics.classification_metrics` figures.
+        dict with first_ms (the first inference after load, untimed warm-up
+        excluded, ms), latency_ms (:func:`~benchmarks.timing.percentiles` of
+        whole runs), stages_ms ({stage: percentiles}), fps (1000 / p50, Hz),
+        samples_ms (every timed run, ms).
+    """
+    pre, invoke, post = runner.stages(image)
+    first_ms, _ = time_once(lambda: post(invoke(pre())))
+    per_stage = time_stages((pre, invoke, post), opts.runs, opts.warmup, opts.min_seconds)
+    total = per_stage.sum(axis=1)
+    lat = percentiles(total)
+    return {"first_ms": first_ms, "latency_ms": lat,
+            "stages_ms": {s: percentiles(per_stage[:, i]) for i, s in enumerate(STAGES)},
+            "fps": fps(lat["p50"]), "samples_ms": [round(float(v), 5) for v in total]}
+
+
+def bench_model(path: str, labels, y, images, image_path, opts: BenchOptions) -> list[dict]:
+    """Every figure of one model file: one row per thread count.
+
+    Accuracy is measured once, with the first thread count (the labels do not
+    depend on it); cost and cold start are per file.
+
+    Returns:
+        list of dicts with model, name, format, backend, threads, size_mb
+        (10^6 bytes), params and macs (None where not available), load_ms,
+        the :func:`latency_row` figures, cold_start ({ms, peak_rss_mb} or
+        None), predictions (int list) and the
+        :func:`edge.metrics.classification_metrics` figures.
 
     Raises:
         HappysadError: the model cannot be loaded, or its labels differ from the data's.
     """
-    t0 = time.perf_counter()
-    clf = Classifier(path, opts.threads)
-    load_ms = (time.perf_counter() - t0) * 1e3
-    if list(clf.labels) != list(labels):
-        raise HappysadError(f"{path}: model labels {list(clf.labels)} differ from the data's {labels}")
-    preds = np.array([clf.labels.index(clf.classify_image(im).label) for im in images], dtype=np.int64)
-    pixels = preprocess(images[0], clf.metadata.image_size, clf.metadata.color)
-    lat = latency(clf, pixels, opts.runs, opts.warmup)
-    meta = clf.metadata.extra
-    return {"model": str(path), "format": meta.get("format", Path(path).suffix[1:]),
-            "backend": clf.backend.name, "size_mb": os.path.getsize(path) / 1e6,
-            "load_ms": load_ms, "latency_ms": lat, "fps": 1e3 / lat["p50"] if lat["p50"] else 0.0,
-            **classification_metrics(y, preds, labels), "predictions": preds.tolist()}
+    name = Path(path).name
+    sweep = [None] if is_keras_path(path) else list(opts.threads)
+    rows, metrics, cost = [], None, None
+    for threads in sweep:
+        runner = load_runner(path, labels, threads)
+        if metrics is None:
+            t0 = time.perf_counter()
+            preds = runner.predict(images)
+            metrics = {**classification_metrics(y, preds, labels), "predictions": preds.tolist()}
+            cost = runner.cost()
+            _log(f"  {name}: accuracy {metrics['accuracy']:.4f} on {len(images)} images "
+                 f"({time.perf_counter() - t0:.1f} s)")
+        lat = latency_row(runner, images[0], opts)
+        _log(f"  {name}, threads {threads or 'default'}: load {runner.load_ms:.1f} ms, "
+             f"p50 {lat['latency_ms']['p50']:.3f} ms over {len(lat['samples_ms'])} runs")
+        rows.append({"model": str(path), "name": name, "format": runner.format,
+                     "backend": runner.backend, "threads": threads, "size_mb": runner.size_mb,
+                     "params": cost[0], "macs": cost[1], "load_ms": runner.load_ms, **lat})
+        del runner
+    cold = cold_start(path, image_path, opts.cold_runs)
+    if cold:
+        _log(f"  {name}: cold start {cold['ms']:.0f} ms, peak RSS {cold['peak_rss_mb']:.0f} MB "
+             f"(median of {opts.cold_runs})")
+    for row in rows:
+        row.update(metrics, cold_start=cold)
+    return rows
 
 
 def reference_for(result: dict, results: list) -> dict:
-    """The float model a result is compared with: the float32 file of the
-    same format family (TFLite or ONNX) when one was measured, else the first."""
+    """The float model a result's accuracy is compared with: the float32 file
+    of the same format family (TFLite or ONNX) when one was measured, else
+    the Keras model, else the first model given."""
     family = result["format"].split("-")[0]
-    for r in results:
-        if r["format"] == f"{family}-float32":
-            return r
+    for want in (f"{family}-float32", "keras-float32"):
+        for r in results:
+            if r["format"] == want:
+                return r
     return results[0]
 
 
-def machine_info() -> dict:
-    """CPU model, cores, OS, Python and interpreter versions."""
+def add_comparisons(results: list[dict]) -> None:
+    """Add reference, drop_pp, agreement, and the ratios against Keras, in place.
+
+    drop_pp: reference accuracy minus this accuracy, in percentage points.
+    agreement: share (0..1) of images given the reference's label.
+    speedup: Keras p50 / this p50 (x); memory_ratio: Keras cold-start peak
+    RSS / this one (x); both None without a Keras row.
+    """
+    keras_row = next((r for r in results if r["format"] == "keras-float32"), None)
+    for r in results:
+        ref = reference_for(r, results)
+        r["reference"] = ref["model"]
+        r["drop_pp"] = (ref["accuracy"] - r["accuracy"]) * 100
+        r["agreement"] = float(np.mean(np.array(r["predictions"]) == np.array(ref["predictions"])))
+        r["speedup"] = r["memory_ratio"] = None
+        if keras_row is not None:
+            r["speedup"] = keras_row["latency_ms"]["p50"] / r["latency_ms"]["p50"]
+            if keras_row["cold_start"] and r["cold_start"]:
+                r["memory_ratio"] = keras_row["cold_start"]["peak_rss_mb"] / r["cold_start"]["peak_rss_mb"]
+
+
+def _cpu_model() -> str:
     cpu = platform.processor() or platform.machine()
     try:
         fields = {}
@@ -158,16 +227,19 @@ def machine_info() -> dict:
         cpu = fields.get("model name") or fields.get("model") or fields.get("hardware") or cpu
     except OSError:
         pass
+    return cpu
+
+
+def machine_info() -> dict:
+    """CPU model, cores, OS, Python and the installed runtimes' versions."""
     versions = {}
-    for mod, name in (("ai_edge_litert", "ai-edge-litert"), ("tflite_runtime", "tflite-runtime"),
-                      ("onnxruntime", "onnxruntime"), ("numpy", "numpy"), ("cv2", "opencv")):
+    for name in ("ai-edge-litert", "tflite-runtime", "onnxruntime", "numpy",
+                 "opencv-python-headless", "tensorflow-cpu", "tensorflow", "keras", "onnx"):
         try:
-            from importlib import metadata as md
-            dist = {"cv2": "opencv-python-headless"}.get(mod, name)
-            versions[name] = md.version(dist)
-        except Exception:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
             continue
-    return {"cpu": cpu, "machine": platform.machine(), "cores": os.cpu_count(),
+    return {"cpu": _cpu_model(), "machine": platform.machine(), "cores": os.cpu_count(),
             "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
             "versions": versions}
 
@@ -176,65 +248,28 @@ def run_bench(opts: BenchOptions) -> dict:
     """Measure every model on the same images.
 
     Returns:
-        {"machine", "settings", "results": [...]} where each result also has
-        reference (model compared with), drop_pp (reference accuracy minus
-        this accuracy, in percentage points) and agreement (share of images
-        given the reference's label).
+        {"machine", "settings", "results": [...]}: one result per model and
+        thread count (see :func:`bench_model` and :func:`add_comparisons`).
+
+    Raises:
+        HappysadError: bad data, or a model that cannot be loaded.
     """
+    check_models(opts.models)
     labels, paths, y, images = load_labelled(opts)
-    # Import the interpreters before timing, so the first model's load time
-    # does not carry the import.
-    for fmt in sorted({model_format(m) for m in opts.models}):
-        if fmt == "tflite":
-            default_backend("tflite")
-        else:
-            import onnxruntime  # noqa: F401
-    _log(f"{len(images)} labelled images; {opts.warmup} warm-up + {opts.runs} timed runs per model")
+    _log(f"{len(images)} labelled images; per model and thread count: {opts.warmup} warm-up + "
+         f"at least {opts.runs} timed runs"
+         + (f" and {opts.min_seconds:g} s" if opts.min_seconds else "")
+         + f"; {opts.cold_runs} cold starts per model")
     results = []
+    start = time.perf_counter()
     for i, model in enumerate(opts.models, 1):
-        _log(f"[{i}/{len(opts.models)}] {model}")
-        results.append(bench_model(model, labels, y, images, opts))
-    for r in results:
-        ref = reference_for(r, results)
-        r["reference"] = ref["model"]
-        r["drop_pp"] = (ref["accuracy"] - r["accuracy"]) * 100
-        r["agreement"] = float(np.mean(np.array(r["predictions"]) == np.array(ref["predictions"])))
-    settings = {"images": len(images), "source": opts.split or opts.data,
+        _log(f"[{i}/{len(opts.models)}] {model} ({time.perf_counter() - start:.0f} s elapsed)")
+        results.extend(bench_model(model, labels, y, images, paths[0], opts))
+    add_comparisons(results)
+    settings = {"images": len(images), "labels": labels, "source": opts.split or opts.data,
                 "part": opts.part if opts.split else None, "threads": opts.threads,
-                "runs": opts.runs, "warmup": opts.warmup}
+                "runs": opts.runs, "warmup": opts.warmup, "min_seconds": opts.min_seconds,
+                "cold_runs": opts.cold_runs, "latency_image": str(paths[0]),
+                "date": time.strftime("%Y-%m-%d", time.gmtime()),
+                "seconds": time.perf_counter() - start}
     return {"machine": machine_info(), "settings": settings, "results": results}
-
-
-COLUMNS = [("model", "{}"), ("backend", "{}"), ("size MB", "{:.3f}"), ("load ms", "{:.1f}"),
-           ("mean ms", "{:.3f}"), ("p50 ms", "{:.3f}"), ("p90 ms", "{:.3f}"), ("p99 ms", "{:.3f}"),
-           ("accuracy", "{:.4f}"), ("precision", "{:.4f}"), ("recall", "{:.4f}"), ("F1", "{:.4f}"),
-           ("drop pp", "{:+.2f}"), ("agreement", "{:.4f}")]
-
-
-def table_rows(report: dict) -> list[list[str]]:
-    """The table's cells, one list per model, in :data:`COLUMNS` order."""
-    rows = []
-    for r in report["results"]:
-        lat = r["latency_ms"]
-        values = [Path(r["model"]).name, r["backend"], r["size_mb"], r["load_ms"], lat["mean"],
-                  lat["p50"], lat["p90"], lat["p99"], r["accuracy"], r["precision"], r["recall"],
-                  r["f1"], r["drop_pp"], r["agreement"]]
-        rows.append([fmt.format(v) for (_, fmt), v in zip(COLUMNS, values)])
-    return rows
-
-
-def format_table(report: dict) -> str:
-    """A plain-text table, columns aligned."""
-    header = [name for name, _ in COLUMNS]
-    rows = table_rows(report)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w)  # noqa: E731
-                                   for i, (c, w) in enumerate(zip(cells, widths)))
-    s = report["settings"]
-    m = report["machine"]
-    notes = (f"latency: single image, {s['warmup']} warm-up + {s['runs']} timed runs; "
-             f"accuracy on {s['images']} images of {s['source']}"
-             + (f" ({s['part']})" if s.get("part") else "")
-             + f"; drop pp: accuracy below the float reference, in percentage points\n"
-             f"machine: {m['cpu']}, {m['cores']} cores, {m['os']}, Python {m['python']}")
-    return "\n".join([line(header), *(line(r) for r in rows), notes])

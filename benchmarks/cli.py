@@ -1,41 +1,126 @@
-"""``happysad-bench``: latency and accuracy of model files, side by side."""
+"""``happysad-bench``: latency, cost and accuracy of model files, side by side."""
 from __future__ import annotations
 
+import argparse
 import sys
 
-from edge.cli_util import ArgumentParser, positive_int, non_negative_int, run_main
+from edge.cli_util import ArgumentParser, non_negative_int, positive_int, run_main
 from edge.fileio import write_json
 
 PROG = "happysad-bench"
+#: Exit status when a model misses a gate or regressed against --compare.
+EXIT_GATE = 3
+
+EPILOG = f"""exit status: 0 all good; 1 bad input (message says what to do); 2 usage
+error; {EXIT_GATE} a model missed a gate (--max-drop, --max-p50-ms,
+--min-accuracy) or regressed against --compare (each reason on stderr; the
+table and files are still written)."""
+
+
+def thread_list(text: str) -> list[int]:
+    """argparse type: thread counts to sweep, ``4`` or ``1,2,4``."""
+    try:
+        return [positive_int(part.strip()) for part in text.split(",")]
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}; give counts like 1,2,4") from None
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{value:g} must be 0 or more")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in 0..1 (an accuracy, not a percentage)."""
+    value = non_negative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"{value:g} must be between 0 and 1 (0.9 for 90%)")
+    return value
 
 
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(prog=PROG, description=__doc__)
-    p.add_argument("models", nargs="+", metavar="MODEL", help=".tflite or .onnx files")
+    p = ArgumentParser(prog=PROG, description=__doc__, epilog=EPILOG)
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help=".tflite or .onnx files, and a .keras model where TensorFlow is installed")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", metavar="DIR", help="labelled images: one sub-folder per class")
     src.add_argument("--split", metavar="SPLIT_JSON", help="RUN_DIR/split.json from happysad-train")
     p.add_argument("--part", choices=("train", "val", "test"), default="test", help="which part of --split")
     p.add_argument("--data-root", metavar="DIR", default=None,
                    help="where the split's images are now, if the folder moved")
-    p.add_argument("-t", "--threads", type=positive_int, default=None,
-                   help="interpreter threads (default: the interpreter's own)")
-    p.add_argument("--runs", type=positive_int, default=200, help="timed single-image runs per model")
-    p.add_argument("--warmup", type=non_negative_int, default=20, help="untimed runs before timing")
-    p.add_argument("--json", metavar="FILE", default=None, help="also write every figure as JSON")
+    t = p.add_argument_group("latency")
+    t.add_argument("-t", "--threads", type=thread_list, default=None, metavar="N[,N...]",
+                   help="interpreter threads; several, comma-separated, are swept (None: the interpreter's own)")
+    t.add_argument("--runs", type=positive_int, default=200, help="least timed single-image runs per model")
+    t.add_argument("--min-seconds", type=non_negative_float, default=0.0, metavar="S",
+                   help="least timed seconds per model; runs go on past --runs until reached")
+    t.add_argument("--warmup", type=non_negative_int, default=20, help="untimed runs before timing")
+    t.add_argument("--cold-runs", type=non_negative_int, default=3, metavar="N",
+                   help="fresh processes per model for cold start and peak memory (0: skip)")
+    o = p.add_argument_group("output")
+    o.add_argument("--json", metavar="FILE", default=None, help="every figure, the machine and the settings")
+    o.add_argument("--csv", metavar="FILE", default=None, help="every scalar figure, one row per model and threads")
+    o.add_argument("--markdown", metavar="FILE", default=None, help="the latency/cost and accuracy tables")
+    o.add_argument("--plot", metavar="PNG", default=None,
+                   help="latency distributions and accuracy against latency (needs matplotlib)")
+    g = p.add_argument_group("gates (exit status 3 when a model misses one)")
+    g.add_argument("--max-drop", type=non_negative_float, default=None, metavar="PP",
+                   help="most accuracy drop against the float reference, percentage points")
+    g.add_argument("--max-p50-ms", type=non_negative_float, default=None, metavar="MS",
+                   help="slowest median latency, ms")
+    g.add_argument("--min-accuracy", type=fraction, default=None, metavar="A", help="least accuracy, 0..1")
+    g.add_argument("--compare", metavar="OLD_JSON", default=None,
+                   help="an earlier --json report from this machine; flag regressions against it")
+    g.add_argument("--tolerance", type=non_negative_float, default=20.0, metavar="PCT",
+                   help="--compare: p50 growth allowed, percent")
+    g.add_argument("--tolerance-pp", type=non_negative_float, default=0.5, metavar="PP",
+                   help="--compare: accuracy fall allowed, percentage points")
     return p
 
 
 def _body(argv) -> int:
     args = build_parser().parse_args(argv)
-    from .bench import BenchOptions, format_table, run_bench
+    from .bench import BenchOptions, run_bench
+    from .report import (check_gates, compare_reports, format_csv, format_markdown, format_table,
+                         import_pyplot, read_report, write_plot, write_text)
+    # Fail on a missing tool or file before minutes of measuring, not after.
+    if args.plot:
+        import_pyplot()
+    old = read_report(args.compare) if args.compare else None
     report = run_bench(BenchOptions(args.models, args.data, args.split, args.part, args.data_root,
-                                    args.threads, args.runs, args.warmup))
-    print(format_table(report))
-    if args.json:
-        write_json(args.json, report)
-        print(f"wrote {args.json}", file=sys.stderr)
-    return 0
+                                    args.threads or [None], args.runs, args.warmup,
+                                    args.min_seconds, args.cold_runs))
+    print(format_table(report), flush=True)
+    reasons = check_gates(report, args.max_drop, args.max_p50_ms, args.min_accuracy)
+    regressions = compare_reports(report, old, args.tolerance, args.tolerance_pp) if old else []
+    report["gates"] = {"max_drop_pp": args.max_drop, "max_p50_ms": args.max_p50_ms,
+                       "min_accuracy": args.min_accuracy, "failed": reasons}
+    if old is not None:
+        report["compare"] = {"against": args.compare, "tolerance_pct": args.tolerance,
+                             "tolerance_pp": args.tolerance_pp, "regressions": regressions}
+    for path, write in ((args.json, lambda p: write_json(p, report)),
+                        (args.csv, lambda p: write_text(p, format_csv(report))),
+                        (args.markdown, lambda p: write_text(p, format_markdown(report))),
+                        (args.plot, lambda p: write_plot(report, p))):
+        if path:
+            write(path)
+            print(f"wrote {path}", file=sys.stderr)
+    if old is not None and old.get("machine", {}).get("cpu") != report["machine"]["cpu"]:
+        print(f"note: {args.compare} was measured on {old.get('machine', {}).get('cpu')}, this run on "
+              f"{report['machine']['cpu']}; latency compares only on one machine", file=sys.stderr)
+    if old is not None and not regressions:
+        print(f"no regression against {args.compare}", file=sys.stderr)
+    for reason in reasons:
+        print(f"{PROG}: gate failed: {reason}", file=sys.stderr)
+    for reason in regressions:
+        print(f"{PROG}: regression: {reason}", file=sys.stderr)
+    return EXIT_GATE if reasons or regressions else 0
 
 
 def main(argv=None) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import HappysadError
+from .errors import HappysadError, UsageError
 
 BACKENDS = ("litert", "tflite-runtime", "onnxruntime")
 _TFLITE_MODULES = {"litert": "ai_edge_litert.interpreter",
@@ -29,15 +29,15 @@ def model_format(path: str | os.PathLike) -> str:
         HappysadError: the file is missing or unreadable.
     """
     path = Path(path)
-    if path.suffix.lower() in (".tflite", ".onnx"):
-        if not path.is_file():
-            raise HappysadError(f"{path}: no such model file; check the path")
-        return path.suffix.lower()[1:]
     try:
         with open(path, "rb") as fh:
             head = fh.read(8)
+    except (FileNotFoundError, NotADirectoryError):
+        raise UsageError(f"{path}: no such model file; check the path") from None
     except OSError as exc:
         raise HappysadError(f"{path}: cannot read model ({exc.strerror or exc}); check the path") from None
+    if path.suffix.lower() in (".tflite", ".onnx"):
+        return path.suffix.lower()[1:]
     return "tflite" if head[4:8] == b"TFL3" else "onnx"
 
 
@@ -90,7 +90,9 @@ def dequantize(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
 
 
 class Backend:
-    """A loaded model. Subclasses fill the attributes and :meth:`_invoke`.
+    """A loaded model. Subclasses fill the attributes and the three stages
+    :meth:`set_input`, :meth:`invoke` and :meth:`get_output`, which
+    :meth:`run` chains (a benchmark can time them apart).
 
     Attributes:
         name: backend name, one of :data:`BACKENDS`.
@@ -98,6 +100,7 @@ class Backend:
         input_dtype: numpy dtype fed to the interpreter.
         input_quant, output_quant: (scale, zero point) of an integer input
             or output tensor, None for float ones.
+        output_shape, output_dtype: the output tensor's shape and numpy dtype.
         load_ms: time to load the file and prepare the interpreter, ms.
     """
 
@@ -106,6 +109,8 @@ class Backend:
     input_dtype = np.float32
     input_quant: tuple[float, int] | None = None
     output_quant: tuple[float, int] | None = None
+    output_shape: tuple[int, ...] = ()
+    output_dtype = np.float32
     load_ms = 0.0
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
@@ -124,10 +129,25 @@ class Backend:
         if pixels.shape != self.input_shape[1:]:
             raise HappysadError(f"input of shape {pixels.shape} does not fit the model's "
                                 f"{self.input_shape[1:]}; check the model's metadata")
-        return self._invoke(pixels)
+        self.set_input(pixels)
+        self.invoke()
+        return self.get_output()
 
-    def _invoke(self, pixels: np.ndarray) -> np.ndarray:  # pragma: no cover
-        raise NotImplementedError
+    def set_input(self, pixels: np.ndarray) -> None:
+        """Write one image into the input tensor, quantized for an integer input.
+
+        Args:
+            pixels: uint8 array (H, W, C) from :func:`edge.preprocess`.
+        """
+        raise NotImplementedError  # pragma: no cover
+
+    def invoke(self) -> None:
+        """Run the interpreter on the input written by :meth:`set_input`."""
+        raise NotImplementedError  # pragma: no cover
+
+    def get_output(self) -> np.ndarray:
+        """The last invoke's outputs for the image: float32 (1,), dequantized."""
+        raise NotImplementedError  # pragma: no cover
 
 
 class TFLiteBackend(Backend):
@@ -158,16 +178,31 @@ class TFLiteBackend(Backend):
         # TFLite reports (0.0, 0) for a float tensor.
         self.input_quant = tuple(inp["quantization"]) if inp["quantization"][0] else None
         self.output_quant = tuple(out["quantization"]) if out["quantization"][0] else None
+        self.output_shape = tuple(int(d) for d in out["shape"])
+        self.output_dtype = out["dtype"]
         # Preallocated input buffer, reused for every image.
         self._buffer = np.zeros(self.input_shape, dtype=self.input_dtype)
+        # int8 input with scale 1 and zero point -128 (what the export gives
+        # every model that starts with Rescaling(1/255)): q = x - 128, which
+        # for x in 0..255 is x with its top bit flipped, read as two's-
+        # complement int8. One XOR into the buffer, no arithmetic, no copy.
+        self._xor128 = (self.input_dtype == np.int8 and self.input_quant is not None
+                        and self.input_quant[0] == 1.0 and self.input_quant[1] == -128)
+        self._buffer_bytes = self._buffer.view(np.uint8)
 
-    def _invoke(self, pixels: np.ndarray) -> np.ndarray:
-        if self.input_quant:
+    def set_input(self, pixels: np.ndarray) -> None:
+        if self._xor128:
+            np.bitwise_xor(pixels, 0x80, out=self._buffer_bytes[0])
+        elif self.input_quant:
             self._buffer[0] = quantize(pixels, *self.input_quant, self.input_dtype)
         else:
             self._buffer[0] = pixels
         self._interp.set_tensor(self._in_index, self._buffer)
+
+    def invoke(self) -> None:
         self._interp.invoke()
+
+    def get_output(self) -> np.ndarray:
         out = self._interp.get_tensor(self._out_index)[0]
         if self.output_quant:
             return dequantize(out, *self.output_quant)
@@ -200,11 +235,18 @@ class OnnxBackend(Backend):
         shape = [d if isinstance(d, int) else 1 for d in inp.shape]
         self.input_shape = tuple(shape)
         self.input_dtype = np.float32
+        out = self.session.get_outputs()[0]
+        self.output_shape = tuple(d if isinstance(d, int) else 1 for d in out.shape)
         self._buffer = np.zeros(self.input_shape, dtype=np.float32)
 
-    def _invoke(self, pixels: np.ndarray) -> np.ndarray:
+    def set_input(self, pixels: np.ndarray) -> None:
         self._buffer[0] = pixels
-        return self.session.run(None, {self._in_name: self._buffer})[0][0].astype(np.float32)
+
+    def invoke(self) -> None:
+        self._outputs = self.session.run(None, {self._in_name: self._buffer})
+
+    def get_output(self) -> np.ndarray:
+        return self._outputs[0][0].astype(np.float32)
 
 
 def load_backend(path: str | os.PathLike, threads: int | None = None,

@@ -222,8 +222,9 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
     and every output flushed and closed.
 
     Returns:
-        summary dict: frames, frames_with_face, dropped (live frames replaced
-        before they were classified), reconnects, seconds, fps (Hz).
+        summary dict: frames, frames_with_face, errors (frames whose
+        classification failed; the loop goes on), dropped (live frames
+        replaced before they were classified), reconnects, seconds, fps (Hz).
 
     Raises:
         HappysadError: the source cannot be opened, or a live source gave up
@@ -249,7 +250,7 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
     clf = classifier
     smoother = ScoreSmoother(options.smooth, clf.labels, clf.metadata.threshold)
     times = collections.deque(maxlen=FPS_WINDOW)
-    frames = with_face = 0
+    frames = with_face = errors = 0
     start = time.perf_counter()
     try:
         if options.serve:
@@ -268,7 +269,15 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
                 clf = new
                 smoother = ScoreSmoother(options.smooth, clf.labels, clf.metadata.threshold)
             t1 = time.perf_counter()
-            results = smoother.update(_classify_frame(clf, frame, options))
+            try:
+                results = smoother.update(_classify_frame(clf, frame, options))
+            except (HappysadError, cv2.error) as exc:
+                # One bad frame must not end a run that is meant to last months.
+                errors += 1
+                if errors <= 3 or errors % 1000 == 0:
+                    print(f"frame {frames + 1}: {str(exc).splitlines()[0]} ({errors} errors so far)",
+                          file=sys.stderr, flush=True)
+                results = []
             frames += 1
             with_face += bool(results) and not options.no_face
             times.append(time.perf_counter())
@@ -304,6 +313,6 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
             cv2.destroyAllWindows()
         out.flush()
     seconds = time.perf_counter() - start
-    return {"frames": frames, "frames_with_face": with_face, "dropped": capture.dropped,
+    return {"frames": frames, "frames_with_face": with_face, "errors": errors, "dropped": capture.dropped,
             "reconnects": capture.reconnects, "seconds": round(seconds, 3),
             "fps": round(frames / seconds, 2) if seconds > 0 else 0.0}

@@ -107,7 +107,16 @@ class Classifier:
         Returns:
             float32 array (2,): [p(labels[0]), p(labels[1])].
         """
-        p = float(np.clip(self.backend.run(pixels)[0], 0.0, 1.0))
+        return self.scores_from_output(self.backend.run(pixels))
+
+    def scores_from_output(self, output: np.ndarray) -> np.ndarray:
+        """Class probabilities from the backend's float32 output (1,), as
+        :meth:`scores` computes them; for timing the stages apart.
+
+        Returns:
+            float32 array (2,): [p(labels[0]), p(labels[1])].
+        """
+        p = float(np.clip(output[0], 0.0, 1.0))
         return np.array([1.0 - p, p], dtype=np.float32)
 
     def predict_index(self, scores: np.ndarray) -> int:
@@ -161,7 +170,7 @@ class Classifier:
         height, width = frame.shape[:2]
         results = []
         for box in boxes:
-            region = expand_box(box, self.metadata.face_margin, width, height)
+            region = expand_box(box, self.metadata.face_margin, width, height, self.metadata.image_size)
             results.append(self.classify(crop(frame, region), face=box,
                                          timings={"detect": detect_ms}))
         return results

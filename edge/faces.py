@@ -68,18 +68,34 @@ class FaceDetector:
         return sorted(boxes, key=lambda b: b[2] * b[3], reverse=True)
 
 
-def expand_box(box: Box, margin: float, width: int, height: int) -> Box:
+def expand_box(box: Box, margin: float, width: int, height: int, multiple: tuple[int, int] | None = None) -> Box:
     """Grow ``box`` by ``margin`` times its size on each side, clipped to the image.
 
     FER2013 faces are framed a little wider than the Haar cascade's box (the
     cascade stops at the brows and the chin), so the crop adds a margin;
     0.1 of the box on each side is the default recorded in each model's
     metadata as ``face_margin``.
+
+    Args:
+        multiple: (height, width) of the model input. When given, the grown
+            box's sides are rounded to whole multiples of it, about the same
+            centre, so shrinking the crop averages whole k x k blocks:
+            OpenCV's INTER_AREA takes its fast integer-ratio path (about 4x
+            faster for a 230-pixel face), and the framing moves by at most
+            half an input size.
     """
     x, y, w, h = box
     dx, dy = int(round(w * margin)), int(round(h * margin))
-    x0, y0 = max(0, x - dx), max(0, y - dy)
-    x1, y1 = min(width, x + w + dx), min(height, y + h + dy)
+    x0, y0, x1, y1 = x - dx, y - dy, x + w + dx, y + h + dy
+    if multiple:
+        mh, mw = multiple
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        sw = max(1, round((x1 - x0) / mw)) * mw
+        sh = max(1, round((y1 - y0) / mh)) * mh
+        x0, y0 = int(round(cx - sw / 2)), int(round(cy - sh / 2))
+        x1, y1 = x0 + sw, y0 + sh
+    x0, y0 = max(0, x0), max(0, y0)
+    x1, y1 = min(width, x1), min(height, y1)
     return x0, y0, x1 - x0, y1 - y0
 
 

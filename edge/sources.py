@@ -8,6 +8,7 @@ file is read frame by frame, every frame, and its end is the end of the run.
 from __future__ import annotations
 
 import sys
+import queue
 import threading
 import time
 from pathlib import Path
@@ -18,6 +19,8 @@ import numpy as np
 from .errors import HappysadError, UsageError
 from .images import opencv_errors_only
 
+#: Frames of a video file decoded ahead of the loop.
+PREFETCH = 4
 #: Seconds to wait before reconnect try k (k = 1, 2, ...): 0.5, 1, 2, 4, then 5.
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 5.0)
 
@@ -146,7 +149,7 @@ class Capture:
     ``dropped``. When the source stops giving frames the thread closes it and
     reopens it after :data:`BACKOFF_S` waits, saying so on stderr; after
     ``reconnect_tries`` failed tries in a row it gives up and :meth:`read`
-    raises. A video file is read synchronously, every frame.
+    raises. A video file is read every frame, :data:`PREFETCH` frames ahead.
 
     Args:
         spec: what :func:`open_source` takes.
@@ -176,10 +179,13 @@ class Capture:
         self._taken = 0
         self._failed: str | None = None
         self._stop = threading.Event()
-        self._thread = None
-        if self.live:
-            self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
-            self._thread.start()
+        # A live source drops stale frames; a file keeps every frame, decoded
+        # a few ahead so decoding overlaps classification (OpenCV releases
+        # the GIL while it decodes and detects).
+        self._queue = None if self.live else queue.Queue(maxsize=PREFETCH)
+        target = self._run if self.live else self._prefetch
+        self._thread = threading.Thread(target=target, name="capture", daemon=True)
+        self._thread.start()
 
     def _reopen(self) -> bool:
         self._source.release()
@@ -210,6 +216,20 @@ class Capture:
             self._seq += 1
             self._lock.notify_all()
 
+    def _prefetch(self):
+        while not self._stop.is_set():
+            if self._pace:
+                self._wait_for_frame_time()
+            frame = self._source.read()
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(frame, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+            if frame is None:
+                return
+
     def _run(self):
         while not self._stop.is_set():
             frame = self._source.read()
@@ -237,11 +257,13 @@ class Capture:
             HappysadError: a live source gave up after its reconnect tries.
         """
         if not self.live:
-            if self._stop.is_set():
-                return None
-            if self._pace:
-                self._wait_for_frame_time()
-            return self._source.read()
+            while not self._stop.is_set():
+                try:
+                    return self._queue.get(timeout=0.2)
+                except queue.Empty:
+                    if not self._thread.is_alive() and self._queue.empty():
+                        return None
+            return None
         with self._lock:
             while self._seq == self._taken and self._failed is None and not self._stop.is_set():
                 self._lock.wait(0.5)
@@ -276,6 +298,5 @@ class Capture:
         self._stop.set()
         with self._lock:
             self._lock.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._thread.join(timeout=5)
         self._source.release()

@@ -158,6 +158,8 @@ def base_metadata(split: dict, metrics: dict, run_dir: Path) -> dict:
         "run": {"name": run_dir.resolve().name, "arch": metrics.get("arch"),
                 "keras_test_accuracy": metrics.get("accuracy"),
                 "keras_test_balanced_accuracy": metrics.get("balanced_accuracy"),
+                # 0.5, or the one --tune-threshold chose on the validation split.
+                "threshold": float(metrics.get("threshold", 0.5)),
                 "data_fingerprint": data_fingerprint(split)},
         "package_version": __version__,
         "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -168,7 +170,8 @@ def _metadata(split, extra: dict, fmt: str, quant: dict, io: tuple,
               verification: dict | None = None) -> ModelMetadata:
     """The metadata of one file; ``io`` is (input dtype name, scale, zero point)."""
     size = tuple(split["image"]["size"])
-    return ModelMetadata(tuple(split["labels"]), size, split["image"]["color"], 0.5, 0.1,
+    return ModelMetadata(tuple(split["labels"]), size, split["image"]["color"],
+                         extra["run"]["threshold"], 0.1,
                          extra={**extra, "format": fmt, "quantization": quant},
                          input_dtype=io[0], input_scale=io[1], input_zero_point=io[2],
                          verification=verification)
@@ -524,7 +527,7 @@ class _Refused(Exception):
 
 
 def ship(path: Path, body: bytes, meta_for, reference: np.ndarray, pixels: np.ndarray,
-         labels: np.ndarray, max_drop: float) -> tuple[dict, bool]:
+         labels: np.ndarray, max_drop: float, threshold: float = 0.5) -> tuple[dict, bool]:
     """Write one model file under a temporary name, verify it, rename it if it passes.
 
     The temporary file is loaded by :class:`edge.Classifier`, as a device
@@ -558,7 +561,7 @@ def ship(path: Path, body: bytes, meta_for, reference: np.ndarray, pixels: np.nd
                   float(quant[0]) if quant else None, int(quant[1]) if quant else None)
             del backend
             _write_synced(tmp, embed(body, meta_for(io, None)))
-            figures = compare(reference, file_probabilities(Classifier(tmp), pixels), labels)
+            figures = compare(reference, file_probabilities(Classifier(tmp), pixels), labels, threshold)
             _write_synced(tmp, embed(tmp.read_bytes(), meta_for(io, figures)))
             if missed_by(figures, max_drop) is not None:
                 raise _Refused()
@@ -635,7 +638,8 @@ def export_run(opts: ExportOptions) -> dict:
                  "scales and zero points may not cover real inputs (raise --calib-samples)")
     pixels, labels = validation_set(split)
     reference = keras_probabilities(model, pixels)
-    ref = compare(reference, reference, labels)
+    threshold = float(metrics.get("threshold", 0.5))
+    ref = compare(reference, reference, labels, threshold)
     _log(f"verifying on the {VERIFY_SPLIT} split: {len(labels)} images, Keras accuracy "
          f"{ref['float_accuracy']:.4f}, max drop {opts.max_drop:g} pp")
     extra = base_metadata(split, metrics, run_dir)
@@ -661,7 +665,7 @@ def export_run(opts: ExportOptions) -> dict:
         def meta_for(io, figures, fmt=fmt, quant=quant):
             return _metadata(split, extra, fmt, quant, io, figures)
 
-        figures, ok = ship(path, body, meta_for, reference, pixels, labels, opts.max_drop)
+        figures, ok = ship(path, body, meta_for, reference, pixels, labels, opts.max_drop, threshold)
         verdict = "ok" if ok else "REFUSED"
         _log(f"  {VERIFY_SPLIT}: accuracy {figures['accuracy']:.4f} (Keras {figures['float_accuracy']:.4f}), "
              f"drop {figures['drop_pp']:+.2f} pp, agreement {figures['agreement']:.4f}: {verdict}")

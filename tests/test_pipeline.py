@@ -198,3 +198,19 @@ def test_bench_table_and_json(export_dir, run_dir, tmp_path):
     assert rows["model_float32.tflite"]["drop_pp"] == 0
     assert rows["model_int8.tflite"]["size_mb"] < rows["model_float32.tflite"]["size_mb"] / 2
     assert report["machine"]["cores"] >= 1
+
+
+def test_tuned_threshold_travels_into_exported_files(run_dir, tmp_path):
+    """A run trained with --tune-threshold exports files whose metadata carry that threshold."""
+    import shutil
+
+    from export.cli import main
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("export"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["threshold"] = 0.37
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    assert main([str(run), "--formats", "tflite-int8", "--calib-samples", "20", "--max-drop", "100"]) == 0
+    clf = Classifier(run / "export" / "model_int8.tflite")
+    assert clf.metadata.threshold == 0.37
+    assert clf.predict_index(np.array([0.62, 0.38], np.float32)) == 1  # 0.38 >= 0.37: labels[1]

@@ -58,3 +58,23 @@ def test_load_image_reasons(tmp_path):
         load_image(tmp_path / "text.jpg")
     with pytest.raises(HappysadError, match="cannot read"):
         load_image(tmp_path / "missing.jpg")
+
+
+def test_int8_xor_fast_path_equals_affine_quantization():
+    from edge.backends import quantize
+    x = np.arange(256, dtype=np.uint8)
+    flipped = np.bitwise_xor(x, 0x80).view(np.int8)
+    np.testing.assert_array_equal(flipped, quantize(x, 1.0, -128, np.int8))
+    np.testing.assert_array_equal(flipped.astype(int), x.astype(int) - 128)
+
+
+def test_face_crop_snaps_to_whole_multiples_of_the_input():
+    from edge.faces import expand_box
+    x, y, w, h = expand_box((100, 80, 190, 190), 0.1, 640, 480, (48, 48))
+    assert w % 48 == 0 and h % 48 == 0 and w == 240  # 190 + 2*19 = 228 -> 240
+    assert abs((x + w / 2) - 195) <= 1 and abs((y + h / 2) - 175) <= 1  # same centre
+    # At the image edge the box stays inside the image.
+    x, y, w, h = expand_box((0, 0, 100, 100), 0.1, 640, 480, (48, 48))
+    assert x >= 0 and y >= 0 and (w, h) == (96, 96)  # 120 rounds to 2 x 48
+    x, y, w, h = expand_box((600, 440, 60, 60), 0.1, 640, 480, (48, 48))
+    assert x + w <= 640 and y + h <= 480

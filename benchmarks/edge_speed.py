@@ -1,0 +1,134 @@
+"""``python -m benchmarks.edge_speed``: the edge runtime's own speed goals.
+
+Three figures, each a ratio taken within one run, so a noisy shared machine
+moves both sides alike:
+
+1. The per-face path (preprocess a face crop, write the input, invoke, read
+   the output, scores and label) against the interpreter's invoke alone:
+   goal at most 1.5x.
+2. The camera loop on a recorded video (decode, detect, classify, JSON line
+   out) against the frame rate detection plus classification allow on the
+   same frames already decoded: goal at least 90%.
+3. A fresh edge process from start to first prediction against the same
+   prediction with TensorFlow and the Keras model: goal at least 20x faster
+   and at most a tenth of the peak memory.
+
+Exit status 3 when a goal is missed, as ``happysad-bench``'s gates.
+"""
+from __future__ import annotations
+
+import io
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edge import Classifier, HappysadError
+from edge.camera import CameraOptions, run as run_camera
+from edge.cli_util import ArgumentParser, positive_int, run_main
+from edge.faces import crop, expand_box
+
+from .coldstart import cold_start
+from .timing import time_stages
+from .video import face_frames, write_video
+
+PROG = "python -m benchmarks.edge_speed"
+GOALS = {"per_face_over_invoke": 1.5, "loop_over_allowed": 0.9, "cold_speedup": 20.0, "cold_memory": 10.0}
+
+
+def per_face_ratio(clf: Classifier, frames, runs: int) -> dict:
+    """p50 of the whole per-face path and of invoke alone, on the first face found (ms)."""
+    for frame in frames:
+        boxes = clf.detector.detect(frame)
+        if boxes:
+            break
+    else:
+        raise HappysadError("no face found in the benchmark frames; check --data")
+    h, w = frame.shape[:2]
+    face = crop(frame, expand_box(boxes[0], clf.metadata.face_margin, w, h, clf.metadata.image_size))
+    whole = time_stages([lambda: clf.classify(face)], runs, warmup=50)[:, 0]
+    clf.backend.set_input(np.zeros(clf.backend.input_shape[1:], np.uint8))
+    invoke = time_stages([clf.backend.invoke], runs, warmup=50)[:, 0]
+    p_whole, p_invoke = float(np.median(whole)), float(np.median(invoke))
+    return {"per_face_p50_ms": p_whole, "invoke_p50_ms": p_invoke, "per_face_over_invoke": p_whole / p_invoke}
+
+
+def loop_ratio(clf: Classifier, frames, video: Path) -> dict:
+    """Frames per second of the camera loop on ``video`` against detection plus
+    classification alone on the same (already decoded) frames (Hz)."""
+    # The loop first, so both sides run after the same warm-up of caches.
+    sink = io.StringIO()
+    summary = run_camera(clf, CameraOptions(source=str(video), headless=True), out=sink)
+    t0 = time.perf_counter()
+    for frame in frames:
+        clf.classify_faces(frame, largest_only=True)
+    allowed = len(frames) / (time.perf_counter() - t0)
+    return {"loop_fps": summary["fps"], "allowed_fps": allowed, "loop_over_allowed": summary["fps"] / allowed,
+            "frames": summary["frames"], "frames_with_face": summary["frames_with_face"]}
+
+
+def cold_ratio(model, keras_model, image, runs: int) -> dict:
+    """Medians of ``runs`` fresh processes each: edge model and Keras model."""
+    edge_cs = cold_start(model, image, runs)
+    keras_cs = cold_start(keras_model, image, runs)
+    return {"edge_ms": edge_cs["ms"], "edge_peak_rss_mb": edge_cs["peak_rss_mb"],
+            "keras_ms": keras_cs["ms"], "keras_peak_rss_mb": keras_cs["peak_rss_mb"],
+            "cold_speedup": keras_cs["ms"] / edge_cs["ms"],
+            "cold_memory": keras_cs["peak_rss_mb"] / edge_cs["peak_rss_mb"]}
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("model", metavar="MODEL", help="the .tflite or .onnx file a device runs")
+    p.add_argument("--keras", metavar="MODEL.keras", default=None,
+                   help="the run's Keras model, for the cold-start comparison (needs TensorFlow)")
+    p.add_argument("--data", metavar="DIR", default="../shared/data/fer2013-happy-sad",
+                   help="labelled face photos to build the video from")
+    p.add_argument("--frames", type=positive_int, default=300, help="frames in the test video")
+    p.add_argument("--runs", type=positive_int, default=2000, help="timed runs for the per-face ratio")
+    p.add_argument("--cold-runs", type=positive_int, default=5, help="fresh processes per side")
+    p.add_argument("--workdir", metavar="DIR", default="runs/edge-speed", help="where the test video goes")
+    return p
+
+
+def _body(argv) -> int:
+    args = build_parser().parse_args(argv)
+    clf = Classifier(args.model)
+    frames = face_frames(args.data, args.frames)
+    work = Path(args.workdir)
+    video = write_video(work / "faces.avi", frames)
+    still = work / "face.png"
+    import cv2
+    cv2.imwrite(str(still), frames[0])
+    figures = {**per_face_ratio(clf, frames, args.runs), **loop_ratio(clf, frames, video)}
+    if args.keras:
+        figures.update(cold_ratio(args.model, args.keras, still, args.cold_runs))
+    lines = [
+        f"per-face path p50 {figures['per_face_p50_ms']:.3f} ms, invoke alone {figures['invoke_p50_ms']:.3f} ms: "
+        f"{figures['per_face_over_invoke']:.2f}x (goal <= {GOALS['per_face_over_invoke']}x)",
+        f"camera loop {figures['loop_fps']:.1f} FPS on {figures['frames']} frames ({figures['frames_with_face']} "
+        f"with a face), detection + classification allow {figures['allowed_fps']:.1f} FPS: "
+        f"{figures['loop_over_allowed']:.1%} (goal >= {GOALS['loop_over_allowed']:.0%})",
+    ]
+    if args.keras:
+        lines.append(f"cold start to first prediction: edge {figures['edge_ms']:.0f} ms, {figures['edge_peak_rss_mb']:.0f} MB; "
+                     f"Keras {figures['keras_ms']:.0f} ms, {figures['keras_peak_rss_mb']:.0f} MB: "
+                     f"{figures['cold_speedup']:.1f}x faster (goal >= {GOALS['cold_speedup']:g}x), "
+                     f"{figures['cold_memory']:.1f}x less memory (goal >= {GOALS['cold_memory']:g}x)")
+    print("\n".join(lines))
+    missed = [k for k, goal in GOALS.items() if k in figures and
+              (figures[k] > goal if k == "per_face_over_invoke" else figures[k] < goal)]
+    if missed:
+        print(f"{PROG}: missed: {', '.join(missed)}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def main(argv=None) -> int:
+    """Entry point; returns the exit code (3 when a goal is missed)."""
+    return run_main(PROG, _body, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

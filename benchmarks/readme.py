@@ -1,0 +1,72 @@
+"""Put a Markdown file between two marker comments of another, in place.
+
+``make bench`` uses it to copy the table it writes into the README, between
+``<!-- bench:start -->`` and ``<!-- bench:end -->``; the rest of the README
+is left byte for byte as it was.
+
+    python -m benchmarks.readme runs/demo/bench/bench.md README.md
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from edge import HappysadError
+from edge.errors import UsageError
+from edge.cli_util import ArgumentParser, run_main
+from edge.fileio import write_bytes
+
+PROG = "python -m benchmarks.readme"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def replace_between_markers(text: str, block: str, start: str = START, end: str = END) -> str:
+    """``text`` with everything between ``start`` and ``end`` replaced by ``block``.
+
+    The markers stay, each on its own line; ``block`` is set between them
+    with one trailing newline.
+
+    Raises:
+        HappysadError: either marker is missing, appears twice, or ``end``
+            comes before ``start``.
+    """
+    for marker in (start, end):
+        if text.count(marker) != 1:
+            raise HappysadError(f"the marker {marker} must appear exactly once (found "
+                                f"{text.count(marker)}); put {start} and {end} around the table")
+    head, rest = text.split(start)
+    if end not in rest:
+        raise HappysadError(f"{end} comes before {start}; put the start marker first")
+    _, tail = rest.split(end)
+    return f"{head}{start}\n{block.rstrip()}\n{end}{tail}"
+
+
+def _body(argv) -> int:
+    p = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    p.add_argument("block", help="Markdown file to insert (happysad-bench --markdown)")
+    p.add_argument("target", help="file with the two markers, e.g. README.md")
+    args = p.parse_args(argv)
+    try:
+        block = Path(args.block).read_text()
+        text = Path(args.target).read_text()
+    except FileNotFoundError as exc:
+        raise UsageError(f"{exc.filename}: no such file; check the path") from None
+    except OSError as exc:
+        raise HappysadError(f"{exc.filename}: cannot read ({exc.strerror})") from None
+    try:
+        new = replace_between_markers(text, block)
+    except HappysadError as exc:
+        raise HappysadError(f"{args.target}: {exc}") from None
+    if new != text:
+        write_bytes(args.target, new.encode())
+    print(f"updated {args.target} from {args.block}", file=sys.stderr)
+    return 0
+
+
+def main(argv=None) -> int:
+    """Entry point; returns the exit code."""
+    return run_main(PROG, _body, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""One interface over the models a benchmark compares.
+
+:class:`EdgeRunner` measures a .tflite or .onnx file through
+:class:`edge.Classifier`, the code a device runs. :class:`KerasRunner` runs
+the float Keras model the files were exported from, as the reference every
+edge figure can be read against; it imports Keras (and so TensorFlow) only
+when it is built.
+
+Each runner splits one image's path into three stages, timed apart:
+
+- ``preprocess``: :func:`edge.preprocess` of the decoded image, then the
+  write into the input tensor (quantized with the input's scale and zero
+  point for an int8 model);
+- ``invoke``: the interpreter run;
+- ``postprocess``: the read of the output (dequantized for an int8 model),
+  the class scores and the decision threshold.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edge import Classifier, HappysadError, preprocess
+from edge.errors import UsageError
+from edge.faces import FaceDetector, crop, expand_box
+from edge.metadata import ModelMetadata
+
+from .cost import file_size_mb, keras_cost, onnx_cost, tflite_cost
+from .timing import time_once
+
+TRAIN_EXTRA = "pip install 'happysad[train]' (the train extra)"
+
+
+def is_keras_path(path: str | os.PathLike) -> bool:
+    """True for a ``.keras`` file (the float model happysad-train writes)."""
+    return Path(path).suffix.lower() == ".keras"
+
+
+def import_keras():
+    """Import Keras, or say how to install it.
+
+    Raises:
+        HappysadError: TensorFlow/Keras is not installed.
+    """
+    try:
+        import keras
+    except ImportError:
+        raise HappysadError(f"a .keras model needs TensorFlow; {TRAIN_EXTRA}, "
+                            "or benchmark the exported .tflite/.onnx files") from None
+    return keras
+
+
+class EdgeRunner:
+    """A .tflite or .onnx file, loaded through :class:`edge.Classifier`.
+
+    Attributes:
+        path, name (file name), format (``tflite-int8``...), backend (runtime name),
+        threads (None: the interpreter's default), load_ms (constructing the
+        Classifier: reading the file, its metadata, preparing the interpreter),
+        labels, size (H, W), color, size_mb, params and macs (None where not
+        available; see :mod:`benchmarks.cost`).
+
+    Raises:
+        HappysadError: the file cannot be loaded (see :class:`edge.Classifier`).
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None,
+                 backend: str | None = None):
+        self.path = Path(path)
+        self.threads = threads
+        self.load_ms, self.clf = time_once(lambda: Classifier(path, threads, backend))
+        meta = self.clf.metadata
+        self.labels = list(meta.labels)
+        self.size, self.color = meta.image_size, meta.color
+        self.name = self.path.name
+        self.format = meta.extra.get("format", self.path.suffix[1:])
+        self.backend = self.clf.backend.name
+        self.size_mb = file_size_mb(path)
+        self._cost = None
+
+    def cost(self) -> tuple[int | None, int | None]:
+        """(parameters, MACs per image), read from the graph once."""
+        if self._cost is None:
+            if self.clf.backend.name == "onnxruntime":
+                self._cost = onnx_cost(self.path)
+            else:  # the TFLite interpreter edge's backend holds
+                self._cost = tflite_cost(getattr(self.clf.backend, "_interp", None))
+        return self._cost
+
+    def stages(self, image: np.ndarray) -> tuple:
+        """The three stage callables for one decoded image (see module doc)."""
+        clf, backend = self.clf, self.clf.backend
+        meta = clf.metadata
+
+        def pre():
+            backend.set_input(preprocess(image, meta.image_size, meta.color))
+
+        def invoke(_):
+            backend.invoke()
+
+        def post(_):
+            return clf.predict_index(clf.scores_from_output(backend.get_output()))
+
+        return pre, invoke, post
+
+    def predict(self, images: list) -> np.ndarray:
+        """Class indices (int64 (N,)) the way ``happysad-edge classify`` gives
+        them: the largest face of an image larger than the input, else the whole."""
+        return np.array([self.labels.index(self.clf.classify_image(im).label) for im in images],
+                        dtype=np.int64)
+
+
+class KerasRunner:
+    """The float Keras model (``RUN_DIR/model.keras``), loaded with safe_mode.
+
+    Its input is float32 NHWC pixels 0..255 (the model rescales by 1/255
+    itself); size and color come from its input shape (1 channel: gray),
+    labels from the labelled data, and the decision threshold and face margin
+    are the defaults every exported file records. Inference uses
+    ``predict_on_batch``, Keras' compiled path (a plain ``model(x)`` call
+    runs eagerly and is several times slower for one image).
+
+    Attributes: as :class:`EdgeRunner`; backend is ``keras-<backend>``.
+
+    Raises:
+        HappysadError: Keras is not installed, or the file does not load.
+    """
+
+    threads = None  # TensorFlow fixes its thread pools when it starts
+
+    def __init__(self, path: str | os.PathLike, labels: list[str]):
+        keras = import_keras()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UsageError(f"{path}: no such model file; check the path")
+
+        def load():
+            return keras.saving.load_model(str(path), safe_mode=True, compile=False)
+
+        try:
+            self.load_ms, self.model = time_once(load)
+        except Exception as exc:  # Keras raises many types for a bad file
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise HappysadError(f"{path}: not a loadable Keras model ({first})") from None
+        _, height, width, channels = self.model.input_shape
+        self.labels = list(labels)
+        self.size, self.color = (int(height), int(width)), "gray" if channels == 1 else "rgb"
+        self.meta = ModelMetadata(tuple(labels), self.size, self.color)
+        self.name = self.path.name
+        self.format = "keras-float32"
+        self.backend = f"keras-{keras.backend.backend()}"
+        self.size_mb = file_size_mb(path)
+        self._detector = None
+
+    def cost(self) -> tuple[int, int]:
+        """(parameters, MACs per image); see :func:`benchmarks.cost.keras_cost`."""
+        return keras_cost(self.model)
+
+    def _input(self, image: np.ndarray) -> np.ndarray:
+        """float32 (1, H, W, C) 0..255 for one decoded image."""
+        return preprocess(image, self.size, self.color)[None].astype(np.float32)
+
+    def stages(self, image: np.ndarray) -> tuple:
+        """The three stage callables for one decoded image (see module doc)."""
+        model, threshold = self.model, self.meta.threshold
+
+        def pre():
+            return self._input(image)
+
+        def invoke(x):
+            return model.predict_on_batch(x)
+
+        def post(out):
+            return int(float(np.asarray(out).reshape(-1)[0]) >= threshold)
+
+        return pre, invoke, post
+
+    def _face_or_whole(self, image: np.ndarray) -> np.ndarray:
+        # The choice Classifier.classify_image makes, so every model sees
+        # the same pixels.
+        height, width = self.size
+        if image.shape[0] <= height and image.shape[1] <= width:
+            return image
+        if self._detector is None:
+            self._detector = FaceDetector()
+        boxes = self._detector.detect(image)
+        if not boxes:
+            return image
+        box = expand_box(boxes[0], self.meta.face_margin, image.shape[1], image.shape[0])
+        return crop(image, box)
+
+    def predict(self, images: list, batch_size: int = 256) -> np.ndarray:
+        """Class indices (int64 (N,)), in batches of ``batch_size``."""
+        x = np.stack([preprocess(self._face_or_whole(im), self.size, self.color) for im in images])
+        p = self.model.predict(x.astype(np.float32), batch_size=batch_size, verbose=0).reshape(-1)
+        return (p >= self.meta.threshold).astype(np.int64)
+
+
+def load_runner(path: str | os.PathLike, labels: list[str], threads: int | None = None):
+    """An :class:`EdgeRunner`, or a :class:`KerasRunner` for a .keras file
+    (which ignores ``threads``).
+
+    Raises:
+        HappysadError: the model cannot be loaded, or its labels differ from
+            the data's.
+    """
+    if is_keras_path(path):
+        return KerasRunner(path, labels)
+    runner = EdgeRunner(path, threads)
+    if runner.labels != list(labels):
+        raise HappysadError(f"{path}: model labels {runner.labels} differ from the data's {list(labels)}")
+    return runner
