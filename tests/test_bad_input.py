@@ -255,3 +255,17 @@ def test_full_disk_keeps_earlier_report(dataset, tmp_path):
     assert "data_report.json: cannot write (File too large)" in error_lines(res)[-1]
     assert (tmp_path / "data_report.json").read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_keras_model_with_code_inside_is_refused(run_dir, tmp_path):
+    """A .keras file carrying a Lambda layer (Python code) is not deserialized: safe mode."""
+    import keras
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("export", "model.keras"))
+    evil = keras.Sequential([keras.Input((48, 48, 1)), keras.layers.Lambda(lambda x: x * 0.0 + 1.0),
+                             keras.layers.Flatten(), keras.layers.Dense(1, activation="sigmoid")])
+    evil.save(run / "model.keras")
+    res = cli("export", run)
+    assert res.returncode == 1
+    assert "model.keras: cannot load the Keras model" in error_lines(res)[-1]
+    assert not (run / "export").exists() or not list((run / "export").iterdir())
