@@ -134,31 +134,9 @@ def keras_cost(model) -> tuple[int, int]:
     """(parameters, MACs per image) of a Keras model.
 
     Parameters are Keras' own ``count_params()`` (BatchNorm included); MACs
-    follow the formula above over Conv2D, DepthwiseConv2D, SeparableConv2D
-    (depthwise plus pointwise) and Dense layers, nested models included.
+    are :func:`train.models.count_macs`, the formula above over Conv2D,
+    DepthwiseConv2D, SeparableConv2D and Dense layers. Only called where
+    TensorFlow is installed, which is where ``train`` runs too.
     """
-    import keras
-    from keras import layers
-
-    def macs_of(m):
-        total = 0
-        for layer in m.layers:
-            if isinstance(layer, keras.Model):
-                total += macs_of(layer)
-                continue
-            out = layer.output.shape
-            if isinstance(layer, layers.SeparableConv2D):
-                kh, kw = layer.kernel_size
-                cin = layer.input.shape[-1]
-                total += out[1] * out[2] * cin * (kh * kw + out[3])
-            elif isinstance(layer, layers.DepthwiseConv2D):
-                kh, kw = layer.kernel_size
-                total += out[1] * out[2] * out[3] * kh * kw
-            elif isinstance(layer, layers.Conv2D):
-                kh, kw = layer.kernel_size
-                total += out[1] * out[2] * out[3] * kh * kw * layer.input.shape[-1]
-            elif isinstance(layer, layers.Dense):
-                total += layer.input.shape[-1] * layer.units
-        return int(total)
-
-    return int(model.count_params()), macs_of(model)
+    from train.models import count_macs
+    return int(model.count_params()), count_macs(model)
