@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .classifier import Classifier, Prediction
+from .classifier import Classifier, Prediction, _stamp
 from .errors import HappysadError
 from .smoothing import ScoreSmoother
 from .sources import Capture
@@ -107,15 +107,10 @@ class ModelWatcher:
     def __init__(self, classifier: Classifier, threads=None, backend=None):
         self.classifier = classifier
         self._threads, self._backend = threads, backend
-        self._stamp = self._stat()
+        # The file as it was when the classifier loaded it, so a replacement
+        # made before the loop started is noticed too.
+        self._stamp = classifier.file_stamp
         self._next = time.monotonic() + RELOAD_CHECK_S
-
-    def _stat(self):
-        try:
-            st = os.stat(self.classifier.path)
-            return (st.st_ino, st.st_size, st.st_mtime_ns)
-        except OSError:
-            return None
 
     def poll(self) -> Classifier | None:
         """Call between frames; returns the new classifier when it switched, else None."""
@@ -123,7 +118,7 @@ class ModelWatcher:
         if now < self._next:
             return None
         self._next = now + RELOAD_CHECK_S
-        stamp = self._stat()
+        stamp = _stamp(self.classifier.path)
         if stamp is None or stamp == self._stamp:
             return None
         self._stamp = stamp
