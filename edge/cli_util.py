@@ -57,13 +57,16 @@ def run_main(prog: str, body: Callable[[Sequence[str] | None], int],
         Ctrl-C or SIGTERM, which unwind the same way, so temporary files are
         removed and nothing is left half-written under a final name.
     """
+    terminated = []
+
     def terminate(signum, frame):
+        terminated.append(signum)
         raise KeyboardInterrupt  # unwinds like Ctrl-C: temporary files are removed
 
     try:
-        signal.signal(signal.SIGTERM, terminate)
+        previous = signal.signal(signal.SIGTERM, terminate)
     except ValueError:  # not the main thread
-        pass
+        previous = None
     try:
         return body(argv)
     except HappysadError as exc:
@@ -74,3 +77,13 @@ def run_main(prog: str, body: Callable[[Sequence[str] | None], int],
         return 130
     except BrokenPipeError:  # e.g. piped into `head`
         return 0
+    except Exception:
+        # A library that caught the interrupt and raised its own error
+        # (a converter calling back into Python) is still an interruption.
+        if terminated:
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return 130
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

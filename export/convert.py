@@ -202,6 +202,9 @@ def converter_output_held(verbose: bool = False):
 
         try:
             yield
+        except KeyboardInterrupt:  # stopped, not failed: the converters' chatter is not news
+            restore()
+            raise
         except BaseException:
             restore()
             held.seek(0)
