@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .classifier import Classifier, Prediction, _stamp
+from .classifier import Classifier, Prediction, stat_stamp
 from .errors import HappysadError
 from .smoothing import ScoreSmoother
 from .sources import Capture
@@ -118,7 +118,7 @@ class ModelWatcher:
         if now < self._next:
             return None
         self._next = now + RELOAD_CHECK_S
-        stamp = _stamp(self.classifier.path)
+        stamp = stat_stamp(self.classifier.path)
         if stamp is None or stamp == self._stamp:
             return None
         self._stamp = stamp

@@ -61,8 +61,11 @@ def _onnx_metadata(backend, path) -> ModelMetadata:
     return read_onnx_metadata(custom, str(path))
 
 
-def _stamp(path: Path):
-    """(inode, size, mtime in ns) of a file, or None when it cannot be read."""
+def stat_stamp(path: Path):
+    """(inode, size, mtime in ns) of a file, or None when it cannot be read.
+
+    A file renamed over ``path`` changes the inode; one rewritten in place
+    changes the size or the mtime."""
     try:
         st = os.stat(path)
     except OSError:
@@ -87,7 +90,7 @@ class Classifier:
     def __init__(self, model_path: str | os.PathLike, threads: int | None = None,
                  backend: str | None = None, detector: FaceDetector | None = None):
         self.path = Path(model_path)
-        self.file_stamp = _stamp(self.path)  # which file was loaded, for noticing a replacement
+        self.file_stamp = stat_stamp(self.path)  # which file was loaded, for noticing a replacement
         fmt = model_format(self.path)
         meta = read_tflite_metadata(self.path) if fmt == "tflite" else None
         self.backend: Backend = load_backend(self.path, threads, backend)

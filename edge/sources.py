@@ -112,7 +112,6 @@ class PicameraSource(FrameSource):
         except Exception as exc:  # libcamera raises RuntimeError and others
             raise HappysadError(f"picamera: the camera does not start ({exc}); check the ribbon "
                                 "cable and that no other program holds the camera") from None
-        self._height = size[1]
 
     def read(self):
         try:

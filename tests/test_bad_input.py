@@ -3,7 +3,6 @@ exit code, no traceback, and the rest of the work goes on."""
 import json
 import os
 import shutil
-import stat
 import subprocess
 import sys
 import tempfile

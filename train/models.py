@@ -10,8 +10,6 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from . import ARCHS, DEFAULT_ARCH  # noqa: F401 (re-exported)
-
 
 def build_seed(size=(48, 48), channels=1) -> keras.Model:
     """The classic of the seed projects: Conv2D 16, MaxPool, Conv2D 32,
@@ -67,7 +65,7 @@ def build_compact(size=(48, 48), channels=1) -> keras.Model:
 
 
 def build_model(arch: str, size=(48, 48), channels=1) -> keras.Model:
-    """Build an untrained model by name (one of :data:`ARCHS`)."""
+    """Build an untrained model by name (one of :data:`train.ARCHS`)."""
     return {"compact": build_compact, "seed": build_seed}[arch](size, channels)
 
 

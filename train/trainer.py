@@ -232,13 +232,15 @@ def train(opts: TrainOptions) -> dict:
     write_bytes(out / "history.csv", _history_csv(history))
     plots.curves(history, out / "curves.png")
 
-    def probabilities(idx):
+    def probabilities(idx, ds=None):
         if not len(idx):
             return np.zeros(0)
-        ds = image_dataset(paths[idx], None, size, opts.color, 256)
+        if ds is None:
+            ds = image_dataset(paths[idx], None, size, opts.color, 256)
         return model.predict(ds, verbose=0).ravel()
 
-    p_val, p_test = probabilities(va), probabilities(te)
+    # The validation pipeline is in order and already cached: no second decode.
+    p_val, p_test = probabilities(va, val_ds), probabilities(te)
     threshold = best_threshold(s.y[va], p_val) if opts.tune_threshold and len(va) else 0.5
 
     def evaluate(idx, p):
