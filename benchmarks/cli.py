@@ -62,7 +62,7 @@ def build_parser() -> ArgumentParser:
                    help="least timed seconds per model; runs go on past --runs until reached")
     t.add_argument("--warmup", type=non_negative_int, default=20, help="untimed runs before timing")
     t.add_argument("--cold-runs", type=non_negative_int, default=3, metavar="N",
-                   help="fresh processes per model for cold start and peak memory (0: skip)")
+                   help="fresh processes per model for cold start and peak memory, after one untimed (0: skip)")
     o = p.add_argument_group("output")
     o.add_argument("--json", metavar="FILE", default=None, help="every figure, the machine and the settings")
     o.add_argument("--csv", metavar="FILE", default=None, help="every scalar figure, one row per model and threads")

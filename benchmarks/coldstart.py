@@ -3,12 +3,21 @@
 The child imports the runtime (``edge``, or Keras and TensorFlow for a
 .keras model), loads the model, decodes one image and classifies it, then
 reports the time and its own peak resident memory. The parent notes
-``time.monotonic()`` just before starting it and the child notes it just
-after the prediction: the monotonic clock is one system-wide clock on Linux
-and macOS, so the difference is the wall time from process start to first
-prediction (interpreter start and imports included). The model file is
-likely in the OS page cache after the first run, as it would be on a device
-that restarts its service; a first read from disk after a reboot is slower.
+``time.monotonic()`` just before starting it and the child notes it after
+each stage: the monotonic clock is one system-wide clock on Linux and
+macOS, so the differences are wall times from process start (interpreter
+start and imports included). The stages (Python itself, numpy, OpenCV,
+``edge`` or TensorFlow, the interpreter library, the model, decoding, the
+prediction) show where the time and the memory go; numpy, OpenCV and the
+interpreter are imported on their own only so that their share is seen
+apart, as the runtime imports them anyway.
+
+Each measurement starts with one untimed process, so the files are in the
+OS page cache, as on a device that restarts its service (a first read from
+disk after a reboot is slower), and Python's compiled bytecode is cached as
+an installed package has it: the children run with bytecode writing on even
+where ``PYTHONDONTWRITEBYTECODE`` is set, or a checkout's modules would be
+compiled again in every timed process.
 """
 from __future__ import annotations
 
@@ -42,41 +51,70 @@ def peak_rss_mb():
         pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 1e6 if sys.platform == "darwin" else rss * 1024 / 1e6
+stages = []
+def mark(stage):
+    stages.append([stage, time.monotonic(), peak_rss_mb()])
 def done(label):
-    t = time.monotonic()
-    print(json.dumps({"t_end": t, "peak_rss_mb": peak_rss_mb(), "label": label}))
+    print(json.dumps({"stages": stages, "label": label}))
+mark("python")
+import numpy
+mark("numpy")
+import cv2
+mark("opencv")
 """
 
 _CHILD_EDGE = _CHILD_COMMON + """
 from edge import Classifier, load_image
+from edge.backends import default_backend, model_format
+mark("edge")
+if model_format(sys.argv[1]) == "onnx":
+    import onnxruntime
+else:
+    default_backend("tflite")  # imports ai-edge-litert, else tflite-runtime
+mark("interpreter library")
 clf = Classifier(sys.argv[1])
-done(clf.classify(load_image(sys.argv[2])).label)
+mark("model")
+image = load_image(sys.argv[2])
+mark("decode")
+label = clf.classify(image).label
+mark("classify")
+done(label)
 """
 
 _CHILD_KERAS = _CHILD_COMMON + """
-import keras, numpy as np
+import keras
+mark("tensorflow + keras")
 from edge import load_image, preprocess
+mark("edge")
 model = keras.saving.load_model(sys.argv[1], safe_mode=True, compile=False)
 _, h, w, c = model.input_shape
+mark("model")
 x = preprocess(load_image(sys.argv[2]), (h, w), "gray" if c == 1 else "rgb")
+mark("decode")
 p = float(model.predict_on_batch(x[None].astype("float32")).reshape(-1)[0])
+mark("classify")
 done(int(p >= 0.5))
 """
 
 
 def child_env() -> dict:
-    """The child's environment: this ``edge`` first on the path, TensorFlow's
-    info logs off."""
+    """The child's environment: this ``edge`` first on the path, bytecode
+    caching on (as an installed package has it), TensorFlow's info logs off."""
     env = dict(os.environ)
     root = str(Path(edge.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return env
 
 
 def cold_start_once(model: str | os.PathLike, image: str | os.PathLike,
                     timeout_s: float = 300.0) -> dict:
-    """One fresh process: {"ms": start to first prediction, "peak_rss_mb": MB (10^6 bytes)}.
+    """One fresh process, from its start to its first prediction.
+
+    Returns:
+        {"ms": ms, "peak_rss_mb": MB (10^6 bytes), "stages": [{"stage",
+        "ms" (this stage alone), "peak_rss_mb" (the process's peak so far)}]}.
 
     Raises:
         HappysadError: the child failed; the message carries its last line.
@@ -93,21 +131,35 @@ def cold_start_once(model: str | os.PathLike, image: str | os.PathLike,
     if res.returncode != 0 or not lines:
         last = (res.stderr.strip().splitlines() or ["no output"])[-1][:200]
         raise HappysadError(f"{model}: cold-start process failed ({last})")
-    out = json.loads(lines[-1])
-    return {"ms": (out["t_end"] - t0) * 1e3, "peak_rss_mb": out["peak_rss_mb"]}
+    marks = json.loads(lines[-1])["stages"]
+    stages, before = [], t0
+    for name, t, peak in marks:
+        stages.append({"stage": name, "ms": (t - before) * 1e3, "peak_rss_mb": peak})
+        before = t
+    return {"ms": (marks[-1][1] - t0) * 1e3, "peak_rss_mb": marks[-1][2], "stages": stages}
 
 
 def cold_start(model: str | os.PathLike, image: str | os.PathLike, runs: int) -> dict | None:
-    """Median cold start over ``runs`` fresh processes (None when runs is 0).
+    """Median cold start over ``runs`` fresh processes, after one untimed one
+    (None when runs is 0).
 
     Returns:
         {"ms", "peak_rss_mb"}: medians, in ms and MB; {"runs_ms",
-        "runs_peak_rss_mb"}: every run's figures.
+        "runs_peak_rss_mb"}: every run's figures; "stages": per stage, the
+        median of its own ms and of the peak RSS so far (MB).
+
+    Raises:
+        HappysadError: a child failed.
     """
     if runs < 1:
         return None
+    cold_start_once(model, image)  # page cache and bytecode cache, untimed
     samples = [cold_start_once(model, image) for _ in range(runs)]
     ms = [s["ms"] for s in samples]
     rss = [s["peak_rss_mb"] for s in samples]
+    stages = [{"stage": first["stage"],
+               "ms": float(np.median([s["stages"][k]["ms"] for s in samples])),
+               "peak_rss_mb": float(np.median([s["stages"][k]["peak_rss_mb"] for s in samples]))}
+              for k, first in enumerate(samples[0]["stages"])]
     return {"ms": float(np.median(ms)), "peak_rss_mb": float(np.median(rss)),
-            "runs_ms": ms, "runs_peak_rss_mb": rss}
+            "runs_ms": ms, "runs_peak_rss_mb": rss, "stages": stages}

@@ -100,7 +100,7 @@ def settings_line(report: dict) -> str:
     s = report["settings"]
     timed = f"at least {s['runs']} timed runs" + (f" and {s['min_seconds']:g} s" if s["min_seconds"] else "")
     source = f"{s['images']} images of {s['source']}" + (f" ({s['part']})" if s.get("part") else "")
-    cold = (f"median of {s['cold_runs']} fresh processes" if s["cold_runs"] else "not measured")
+    cold = (f"median of {s['cold_runs']} fresh processes after an untimed one" if s["cold_runs"] else "not measured")
     return (f"latency: one image, preprocess + invoke + postprocess, {s['warmup']} warm-up runs "
             f"excluded, {timed}; accuracy on {source}; cold start: {cold}")
 

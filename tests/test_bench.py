@@ -126,6 +126,19 @@ def test_cold_start_measures_a_fresh_process(export_dir, dataset, run_dir):
     assert len(edge_cold["runs_ms"]) == 2 and edge_cold["ms"] > 0
     # A Python process with numpy and OpenCV holds tens of MB; TensorFlow holds far more.
     assert 20 < edge_cold["peak_rss_mb"] < keras_cold["peak_rss_mb"]
+    assert [st["stage"] for st in edge_cold["stages"]] == [
+        "python", "numpy", "opencv", "edge", "interpreter library", "model", "decode", "classify"]
+    assert [st["stage"] for st in keras_cold["stages"]] == [
+        "python", "numpy", "opencv", "tensorflow + keras", "edge", "model", "decode", "classify"]
+    for cold in (edge_cold, keras_cold):
+        peaks = [st["peak_rss_mb"] for st in cold["stages"]]
+        assert peaks == sorted(peaks) and all(st["ms"] > 0 for st in cold["stages"])
+    # One run: its stages add up to its total and end at its peak.
+    assert sum(st["ms"] for st in keras_cold["stages"]) == pytest.approx(keras_cold["ms"])
+    assert keras_cold["stages"][-1]["peak_rss_mb"] == keras_cold["peak_rss_mb"]
+    # TensorFlow's import is what makes the Keras process heavy.
+    tf_stage = keras_cold["stages"][3]
+    assert tf_stage["peak_rss_mb"] - keras_cold["stages"][2]["peak_rss_mb"] > edge_cold["peak_rss_mb"]
     assert cold_start(export_dir / "model_int8.tflite", image, runs=0) is None
 
 

@@ -1,0 +1,63 @@
+"""``python -m benchmarks.edge_speed``: the edge runtime's goals, run as a user runs it."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from test_cli_errors import assert_one_line_error
+
+PROG = [sys.executable, "-m", "benchmarks.edge_speed"]
+
+
+@pytest.fixture(scope="module")
+def speed(export_dir, run_dir, real_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("speed")
+    res = subprocess.run(PROG + [str(export_dir / "model_int8.tflite"), "--keras", str(run_dir / "model.keras"),
+                                 "--data", str(real_data), "--frames", "40", "--runs", "300",
+                                 "--cold-runs", "1", "--workdir", str(out / "work"),
+                                 "--json", str(out / "speed.json")],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    return res, json.loads((out / "speed.json").read_text())
+
+
+def test_figures_are_ratios_of_what_was_measured(speed):
+    res, fig = speed
+    assert res.returncode in (0, 3), res.stderr
+    assert fig["per_face_over_invoke"] == pytest.approx(fig["per_face_p50_ms"] / fig["invoke_p50_ms"])
+    assert fig["per_face_p50_ms"] > fig["invoke_p50_ms"] > 0
+    assert fig["loop_over_allowed"] == pytest.approx(fig["loop_fps"] / fig["allowed_fps"])
+    assert fig["frames"] == 40 and 0 < fig["frames_with_face"] <= 40
+    assert fig["cold_speedup"] == pytest.approx(fig["keras_ms"] / fig["edge_ms"])
+    assert fig["cold_memory"] == pytest.approx(fig["keras_peak_rss_mb"] / fig["edge_peak_rss_mb"])
+    # The floor is part of the edge process, so it allows at least the measured ratios.
+    assert fig["floor_ms"] < fig["edge_ms"] and fig["floor_peak_rss_mb"] < fig["edge_peak_rss_mb"]
+    assert fig["floor_speedup"] > fig["cold_speedup"] and fig["floor_memory"] > fig["cold_memory"]
+    assert fig["edge_stages"][-1]["peak_rss_mb"] == fig["edge_peak_rss_mb"]
+
+
+def test_output_names_every_figure_and_exit_3_lists_the_missed_goals(speed):
+    res, fig = speed
+    out = res.stdout
+    for text in ("per-face path p50", "camera loop", "cold start to first prediction",
+                 "  edge: python", "  Keras: python", "tensorflow + keras", "the floor"):
+        assert text in out
+    goals = fig["goals"]
+    missed = [k for k, goal in goals.items()
+              if (fig[k] > goal if k == "per_face_over_invoke" else fig[k] < goal)]
+    if missed:
+        assert res.returncode == 3
+        assert res.stderr.strip().splitlines()[-1] == f"python -m benchmarks.edge_speed: missed: {', '.join(missed)}"
+    else:
+        assert res.returncode == 0
+
+
+def test_missing_keras_model_is_a_usage_error_before_any_work(export_dir, tmp_path):
+    res = subprocess.run(PROG + [str(export_dir / "model_int8.tflite"), "--keras", str(tmp_path / "none.keras"),
+                                 "--workdir", str(tmp_path / "work")],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert_one_line_error(res, 2, r"none\.keras: no such Keras model; check --keras")
+    assert not (tmp_path / "work").exists()
