@@ -139,6 +139,17 @@ def cold_start_once(model: str | os.PathLike, image: str | os.PathLike,
     return {"ms": (marks[-1][1] - t0) * 1e3, "peak_rss_mb": marks[-1][2], "stages": stages}
 
 
+def _summary(samples: list[dict]) -> dict:
+    ms = [s["ms"] for s in samples]
+    rss = [s["peak_rss_mb"] for s in samples]
+    stages = [{"stage": first["stage"],
+               "ms": float(np.median([s["stages"][k]["ms"] for s in samples])),
+               "peak_rss_mb": float(np.median([s["stages"][k]["peak_rss_mb"] for s in samples]))}
+              for k, first in enumerate(samples[0]["stages"])]
+    return {"ms": float(np.median(ms)), "peak_rss_mb": float(np.median(rss)),
+            "runs_ms": ms, "runs_peak_rss_mb": rss, "stages": stages}
+
+
 def cold_start(model: str | os.PathLike, image: str | os.PathLike, runs: int) -> dict | None:
     """Median cold start over ``runs`` fresh processes, after one untimed one
     (None when runs is 0).
@@ -151,15 +162,26 @@ def cold_start(model: str | os.PathLike, image: str | os.PathLike, runs: int) ->
     Raises:
         HappysadError: a child failed.
     """
+    return cold_starts([model], image, runs)[0]
+
+
+def cold_starts(models: list, image: str | os.PathLike, runs: int) -> list[dict | None]:
+    """:func:`cold_start` for several models, their processes interleaved
+    (a, b, a, b, ...) so that a burst of load on a shared machine falls on
+    every model alike and their ratios hold.
+
+    Returns:
+        one :func:`cold_start` dict per model, in order (None each when runs is 0).
+
+    Raises:
+        HappysadError: a child failed.
+    """
     if runs < 1:
-        return None
-    cold_start_once(model, image)  # page cache and bytecode cache, untimed
-    samples = [cold_start_once(model, image) for _ in range(runs)]
-    ms = [s["ms"] for s in samples]
-    rss = [s["peak_rss_mb"] for s in samples]
-    stages = [{"stage": first["stage"],
-               "ms": float(np.median([s["stages"][k]["ms"] for s in samples])),
-               "peak_rss_mb": float(np.median([s["stages"][k]["peak_rss_mb"] for s in samples]))}
-              for k, first in enumerate(samples[0]["stages"])]
-    return {"ms": float(np.median(ms)), "peak_rss_mb": float(np.median(rss)),
-            "runs_ms": ms, "runs_peak_rss_mb": rss, "stages": stages}
+        return [None] * len(models)
+    for model in models:
+        cold_start_once(model, image)  # page cache and bytecode cache, untimed
+    samples = [[] for _ in models]
+    for _ in range(runs):
+        for k, model in enumerate(models):
+            samples[k].append(cold_start_once(model, image))
+    return [_summary(s) for s in samples]

@@ -31,7 +31,7 @@ from edge.cli_util import ArgumentParser, positive_int, run_main
 from edge.faces import crop, expand_box
 from edge.fileio import write_json
 
-from .coldstart import cold_start
+from .coldstart import cold_starts
 from .timing import time_stages
 from .video import face_frames, write_video
 
@@ -82,15 +82,14 @@ def added(stages: list[dict]) -> list[float]:
 
 
 def cold_ratio(model, keras_model, image, runs: int) -> dict:
-    """Medians of ``runs`` fresh processes each: edge model and Keras model.
+    """Medians of ``runs`` fresh processes each, interleaved: edge model and Keras model.
 
     Besides the two ratios, the floor: the time and the memory that Python,
     numpy, OpenCV and the interpreter library take in the edge process
     (:data:`FLOOR_STAGES`), and the ratios the Keras process would have
     against that floor alone, the best an edge process could reach here.
     """
-    edge_cs = cold_start(model, image, runs)
-    keras_cs = cold_start(keras_model, image, runs)
+    edge_cs, keras_cs = cold_starts([model, keras_model], image, runs)
     floor = [(st["ms"], mb) for st, mb in zip(edge_cs["stages"], added(edge_cs["stages"]))
              if st["stage"] in FLOOR_STAGES]
     floor_ms = sum(ms for ms, _ in floor)
