@@ -193,16 +193,17 @@ class FaceLog:
         self._fh.close()
 
 
-def _classify_frame(clf: Classifier, frame, options: CameraOptions) -> list[Prediction]:
+def _classify_frame(clf: Classifier, frame, options: CameraOptions) -> tuple[list[Prediction], float]:
+    """The frame's predictions and the detection time (ms, 0 with --no-face)."""
     if options.no_face:
-        return [clf.classify(frame)]
-    return clf.classify_faces(frame, largest_only=options.faces == "largest")
+        return [clf.classify(frame)], 0.0
+    boxes, detect_ms = clf.detect_faces(frame, largest_only=options.faces == "largest")
+    return clf.classify_boxes(frame, boxes, detect_ms), detect_ms
 
 
-def _stage_ms(results: list[Prediction], capture_ms: float, total_ms: float) -> dict:
-    ms = {"capture": capture_ms, "detect": 0.0, "preprocess": 0.0, "inference": 0.0}
+def _stage_ms(results: list[Prediction], capture_ms: float, detect_ms: float, total_ms: float) -> dict:
+    ms = {"capture": capture_ms, "detect": detect_ms, "preprocess": 0.0, "inference": 0.0}
     for r in results:
-        ms["detect"] = r.timings.get("detect", ms["detect"])
         ms["preprocess"] += r.timings.get("preprocess", 0.0)
         ms["inference"] += r.timings.get("inference", 0.0)
     ms["total"] = total_ms
@@ -264,8 +265,10 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
                 clf = new
                 smoother = ScoreSmoother(options.smooth, clf.labels, clf.metadata.threshold)
             t1 = time.perf_counter()
+            detect_ms = 0.0
             try:
-                results = smoother.update(_classify_frame(clf, frame, options))
+                found, detect_ms = _classify_frame(clf, frame, options)
+                results = smoother.update(found)
             except (HappysadError, cv2.error) as exc:
                 # One bad frame must not end a run that is meant to last months.
                 errors += 1
@@ -282,7 +285,8 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
             if headless:
                 record = {"frame": frames, "faces": [r.to_dict() for r in results], "fps": round(fps, 2),
                           "dropped": capture.dropped,
-                          "ms": _stage_ms(results, capture_ms, (time.perf_counter() - t1) * 1e3 + capture_ms)}
+                          "ms": _stage_ms(results, capture_ms, detect_ms,
+                                          (time.perf_counter() - t1) * 1e3 + capture_ms)}
                 out.write(json.dumps(record) + "\n")
                 out.flush()
             if server or options.record or not headless:

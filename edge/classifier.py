@@ -172,14 +172,35 @@ class Classifier:
             one :class:`Prediction` per face, largest first; empty when no
             face is found.
         """
-        return self._classify_boxes(frame, *self._detect(frame, largest_only))
+        return self.classify_boxes(frame, *self.detect_faces(frame, largest_only))
 
-    def _detect(self, frame, largest_only):
+    def detect_faces(self, frame: np.ndarray, largest_only: bool = True) -> tuple[list[Box], float]:
+        """Find the faces in a frame, timed.
+
+        Args:
+            frame: uint8 (H, W) gray or (H, W, 3) BGR.
+            largest_only: keep only the largest face.
+
+        Returns:
+            (boxes as (x, y, w, h) in frame pixels, largest first; the
+            detection time in ms, spent whether a face was found or not).
+        """
         t0 = time.perf_counter()
         boxes = self.detector.detect(frame)
         return (boxes[:1] if largest_only else boxes), (time.perf_counter() - t0) * 1e3
 
-    def _classify_boxes(self, frame, boxes, detect_ms) -> list[Prediction]:
+    def classify_boxes(self, frame: np.ndarray, boxes: list[Box], detect_ms: float = 0.0) -> list[Prediction]:
+        """Classify each detected face of a frame.
+
+        Args:
+            frame: uint8 (H, W) gray or (H, W, 3) BGR.
+            boxes: faces from :meth:`detect_faces`; each is widened by the
+                model's face margin before cropping, as in training.
+            detect_ms: the detection time, carried into each prediction's timings.
+
+        Returns:
+            one :class:`Prediction` per box, in order.
+        """
         height, width = frame.shape[:2]
         results = []
         for box in boxes:
@@ -198,7 +219,7 @@ class Classifier:
         height, width = self.metadata.image_size
         if image.shape[0] <= height and image.shape[1] <= width:
             return self.classify(image)
-        boxes, detect_ms = self._detect(image, largest_only=True)
+        boxes, detect_ms = self.detect_faces(image, largest_only=True)
         if boxes:
-            return self._classify_boxes(image, boxes, detect_ms)[0]
+            return self.classify_boxes(image, boxes, detect_ms)[0]
         return self.classify(image, timings={"detect": detect_ms})

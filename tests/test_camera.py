@@ -72,7 +72,10 @@ def test_headless_prints_one_json_line_per_frame(export_dir, drawn_video):
     for r in records:
         assert set(r) == {"frame", "faces", "fps", "dropped", "ms"}
         assert set(r["ms"]) == {"capture", "detect", "preprocess", "inference", "total"}
-        assert r["ms"]["total"] >= r["ms"]["detect"] >= 0 and r["dropped"] == 0
+        assert r["ms"]["total"] >= r["ms"]["detect"] > 0 and r["dropped"] == 0
+        assert r["ms"]["total"] >= r["ms"]["capture"] + r["ms"]["detect"] + r["ms"]["inference"]
+    # Detection takes its time whether or not it finds a face.
+    assert any(not r["faces"] for r in records)
     assert "12 frames" in res.stderr
 
 
