@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from edge import Classifier, HappysadError
-from edge.errors import UsageError
 from edge.camera import CameraOptions, run as run_camera
 from edge.cli_util import ArgumentParser, positive_int, run_main
+from edge.errors import UsageError
 from edge.faces import crop, expand_box
 from edge.fileio import write_json
 
