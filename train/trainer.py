@@ -45,6 +45,9 @@ class TrainOptions:
             (``tf.distribute.MirroredStrategy`` over the local GPUs).
         cache: "disk" caches decoded images in the run folder (memory stays
             flat however large the folder), "memory" keeps them in RAM.
+        deterministic: make two runs with the same seed on the same machine
+            give bit-identical weights (``tf.config.experimental.
+            enable_op_determinism``); see :func:`weights_sha256`.
     """
 
     data_dir: str
@@ -61,6 +64,7 @@ class TrainOptions:
     tune_threshold: bool = False
     strategy: str = "default"
     cache: str = "disk"
+    deterministic: bool = False
     verbose: int = field(default=1, compare=False)
 
 
@@ -93,6 +97,22 @@ def check_data(data_dir, report_path: Path, size=(48, 48), color="gray") -> tupl
     print(report_summary(report))
     print(f"data report: {report_path}")
     return s, report
+
+
+def weights_sha256(model) -> str:
+    """sha256 (hex) over every weight tensor of ``model``, in layer order.
+
+    Each tensor's shape, dtype and raw bytes are hashed, so two models agree
+    exactly when every weight agrees bit for bit. The ``.keras`` zip is not
+    compared: it holds a timestamp and compresses differently from run to run.
+    """
+    import hashlib
+    digest = hashlib.sha256()
+    for w in model.get_weights():
+        a = np.ascontiguousarray(w)
+        digest.update(f"{a.dtype.str}{a.shape}".encode())
+        digest.update(a.tobytes())
+    return digest.hexdigest()
 
 
 def _history_csv(history: dict) -> bytes:
@@ -182,7 +202,13 @@ def train(opts: TrainOptions) -> dict:
                                                   "tensorflow": tf.__version__,
                                                   "keras": keras.__version__,
                                                   "happysad": __version__}})
+    # Python's, numpy's and TensorFlow's generators; file order is fixed
+    # already (the scan sorts, the split is seeded, tf.data maps in order).
     keras.utils.set_random_seed(opts.seed)
+    if opts.deterministic:
+        # Picks deterministic kernels and makes the ones with none raise,
+        # rather than differ silently between runs.
+        tf.config.experimental.enable_op_determinism()
     root = Path(s.data_dir)
     paths = np.array([root / p for p in s.paths])
     tr, va, te = (np.flatnonzero(part == p) for p in range(3))
@@ -253,6 +279,7 @@ def train(opts: TrainOptions) -> dict:
     metrics = {"split": "test", **test, "threshold_source": "validation" if opts.tune_threshold else "default",
                "validation": evaluate(va, p_val), "arch": opts.arch,
                "parameters": int(model.count_params()), "macs_per_image": macs,
+               "weights_sha256": weights_sha256(model), "deterministic": opts.deterministic,
                "epochs_run": len(history["loss"]), "best_epoch": int(np.argmin(history[monitor])) + 1,
                "train_seconds": round(train_seconds, 1), "labels": s.labels}
     write_json(out / "metrics.json", metrics)
@@ -267,6 +294,8 @@ def train(opts: TrainOptions) -> dict:
     print(f"test split ({opts.arch}, {metrics['epochs_run']} epochs, {train_seconds / 60:.1f} min, "
           f"{model.count_params():,} parameters, {macs / 1e6:.1f}M MACs per image):")
     print(format_metrics(test, s.labels))
+    print(f"weights sha256 {metrics['weights_sha256']}"
+          + (" (deterministic)" if opts.deterministic else ""))
     print(f"wrote {out}/: model.keras, metrics.json, split.json, data_report.json, config.json, "
           "history.csv, curves.png, confusion_matrix.png, samples.png, logs/")
     return metrics
