@@ -28,7 +28,6 @@ from edge import Classifier, HappysadError
 from edge.camera import CameraOptions, run as run_camera
 from edge.cli_util import ArgumentParser, positive_int, run_main
 from edge.errors import UsageError
-from edge.faces import crop, expand_box
 from edge.fileio import write_json
 
 from .coldstart import cold_starts
@@ -42,13 +41,12 @@ GOALS = {"per_face_over_invoke": 1.5, "loop_over_allowed": 0.9, "cold_speedup": 
 def per_face_ratio(clf: Classifier, frames, runs: int) -> dict:
     """p50 of the whole per-face path and of invoke alone, on the first face found (ms)."""
     for frame in frames:
-        boxes = clf.detector.detect(frame)
-        if boxes:
+        faces, _ = clf.detect_faces(frame)
+        if faces:
             break
     else:
         raise HappysadError("no face found in the benchmark frames; check --data")
-    h, w = frame.shape[:2]
-    face = crop(frame, expand_box(boxes[0], clf.metadata.face_margin, w, h, clf.metadata.image_size))
+    face = clf.crop_face(frame, faces[0])
     whole = time_stages([lambda: clf.classify(face)], runs, warmup=50)[:, 0]
     clf.backend.set_input(np.zeros(clf.backend.input_shape[1:], np.uint8))
     invoke = time_stages([clf.backend.invoke], runs, warmup=50)[:, 0]

@@ -24,7 +24,7 @@ import numpy as np
 
 from edge import Classifier, HappysadError, preprocess
 from edge.errors import UsageError
-from edge.faces import FaceDetector, crop, expand_box
+from edge.faces import DEFAULT_DETECTOR, face_crop, make_detector
 from edge.metadata import ModelMetadata
 
 from .cost import file_size_mb, keras_cost, onnx_cost, tflite_cost
@@ -184,12 +184,11 @@ class KerasRunner:
         if image.shape[0] <= height and image.shape[1] <= width:
             return image
         if self._detector is None:
-            self._detector = FaceDetector()
-        boxes = self._detector.detect(image)
-        if not boxes:
+            self._detector = make_detector(DEFAULT_DETECTOR)
+        faces = self._detector.detect(image)
+        if not faces:
             return image
-        box = expand_box(boxes[0], self.meta.face_margin, image.shape[1], image.shape[0])
-        return crop(image, box)
+        return face_crop(image, faces[0], self.size, self.meta.face_margin, self.meta.face_shift)
 
     def predict(self, images: list, batch_size: int = 256) -> np.ndarray:
         """Class indices (int64 (N,)), in batches of ``batch_size``."""

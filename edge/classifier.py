@@ -10,7 +10,7 @@ import numpy as np
 
 from .backends import Backend, load_backend, model_format
 from .errors import HappysadError
-from .faces import Box, FaceDetector, crop, expand_box
+from .faces import DEFAULT_DETECTOR, Box, Face, face_crop, make_detector
 from .metadata import ModelMetadata, read_onnx_metadata, read_tflite_metadata
 from .preprocess import preprocess
 
@@ -26,7 +26,10 @@ class Prediction:
         face: (x, y, w, h) of the detected face in the input image's pixels,
             or None when the whole image was classified.
         timings: per stage, in ms: ``detect`` (when faces were searched),
-            ``preprocess``, ``inference``, ``total``.
+            ``crop`` (for a face), ``preprocess``, ``inference``, ``total``.
+        keypoints: float32 (K, 2) of the face in image pixels (eyes first),
+            or None (whole image, or a detector without keypoints).
+        face_score: the detector's score of the face, 0..1, or None.
     """
 
     label: str
@@ -34,13 +37,25 @@ class Prediction:
     scores: dict
     face: Box | None = None
     timings: dict = field(default_factory=dict)
+    keypoints: np.ndarray | None = None
+    face_score: float | None = None
+
+    @property
+    def basis(self) -> str:
+        """``"face"`` when a detected face was classified, else ``"whole-image"``."""
+        return "face" if self.face is not None else "whole-image"
 
     def to_dict(self) -> dict:
-        """JSON-ready dict: label, confidence, scores, face (list or null), ms."""
+        """JSON-ready dict: label, confidence, scores, basis, face (list or
+        null), face_score, keypoints (list of [x, y] or null), ms."""
+        kp = None if self.keypoints is None else [[round(float(x), 1), round(float(y), 1)]
+                                                   for x, y in self.keypoints]
         return {"label": self.label, "confidence": round(self.confidence, 6),
                 "scores": {k: round(v, 6) for k, v in self.scores.items()},
+                "basis": self.basis,
                 "face": list(self.face) if self.face is not None else None,
-                "ms": round(self.timings.get("total", 0.0), 3)}
+                "face_score": None if self.face_score is None else round(self.face_score, 4),
+                "keypoints": kp, "ms": round(self.timings.get("total", 0.0), 3)}
 
 
 def read_metadata(path: str | os.PathLike) -> ModelMetadata:
@@ -80,7 +95,9 @@ class Classifier:
         model_path: a .tflite or .onnx file exported by happysad-export.
         threads: interpreter threads (None: the interpreter's default).
         backend: force ``litert``, ``tflite-runtime`` or ``onnxruntime``.
-        detector: face detector to use; created on first need when None.
+        detector: a name from :data:`edge.faces.DETECTORS` or a detector
+            object (anything with ``detect(image) -> list[Face]``); a named
+            one is created on first need.
 
     Raises:
         HappysadError: the file is missing, not a model, carries no valid
@@ -88,7 +105,7 @@ class Classifier:
     """
 
     def __init__(self, model_path: str | os.PathLike, threads: int | None = None,
-                 backend: str | None = None, detector: FaceDetector | None = None):
+                 backend: str | None = None, detector=DEFAULT_DETECTOR):
         self.path = Path(model_path)
         self.file_stamp = stat_stamp(self.path)  # which file was loaded, for noticing a replacement
         fmt = model_format(self.path)
@@ -101,13 +118,14 @@ class Classifier:
             raise HappysadError(f"{self.path}: model input {self.backend.input_shape[1:]} does not "
                                 f"match its metadata {expected}; re-export the model")
         self.labels = self.metadata.labels
-        self._detector = detector
+        self._detector = detector if detector is not None else DEFAULT_DETECTOR
+        self._threads = threads
 
     @property
-    def detector(self) -> FaceDetector:
+    def detector(self):
         """The face detector, created on first use."""
-        if self._detector is None:
-            self._detector = FaceDetector()
+        if isinstance(self._detector, str):
+            self._detector = make_detector(self._detector, threads=self._threads)
         return self._detector
 
     def scores(self, pixels: np.ndarray) -> np.ndarray:
@@ -136,13 +154,14 @@ class Classifier:
         """Class index for a score pair, applying the model's threshold."""
         return int(scores[1] >= self.metadata.threshold)
 
-    def classify(self, image: np.ndarray, face: Box | None = None,
+    def classify(self, image: np.ndarray, face: Box | Face | None = None,
                  timings: dict | None = None) -> Prediction:
         """Classify a whole image (or an already cropped face).
 
         Args:
             image: uint8 (H, W) gray or (H, W, 3) BGR.
-            face: box to report in the result (the caller cropped it).
+            face: the box or :class:`Face` to report in the result (the
+                caller cropped it).
             timings: stage times (ms) measured so far, merged into the result.
 
         Returns:
@@ -157,9 +176,12 @@ class Classifier:
         ms = dict(timings or {})
         ms["preprocess"] = (t1 - t0) * 1e3
         ms["inference"] = (t2 - t1) * 1e3
-        ms["total"] = ms.get("detect", 0.0) + (time.perf_counter() - t0) * 1e3
+        ms["total"] = ms.get("detect", 0.0) + ms.get("crop", 0.0) + (time.perf_counter() - t0) * 1e3
+        f = face if isinstance(face, Face) else (Face(tuple(face)) if face is not None else None)
         return Prediction(self.labels[idx], float(s[idx]),
-                          {name: float(v) for name, v in zip(self.labels, s)}, face, ms)
+                          {name: float(v) for name, v in zip(self.labels, s)},
+                          f.box if f else None, ms, f.keypoints if f else None,
+                          f.score if f and f.keypoints is not None else None)
 
     def classify_faces(self, frame: np.ndarray, largest_only: bool = True) -> list[Prediction]:
         """Detect faces in a frame and classify each (or the largest).
@@ -174,7 +196,7 @@ class Classifier:
         """
         return self.classify_boxes(frame, *self.detect_faces(frame, largest_only))
 
-    def detect_faces(self, frame: np.ndarray, largest_only: bool = True) -> tuple[list[Box], float]:
+    def detect_faces(self, frame: np.ndarray, largest_only: bool = True) -> tuple[list[Face], float]:
         """Find the faces in a frame, timed.
 
         Args:
@@ -182,44 +204,69 @@ class Classifier:
             largest_only: keep only the largest face.
 
         Returns:
-            (boxes as (x, y, w, h) in frame pixels, largest first; the
-            detection time in ms, spent whether a face was found or not).
+            (faces in frame pixels, largest first; the detection time in ms,
+            spent whether a face was found or not).
         """
         t0 = time.perf_counter()
-        boxes = self.detector.detect(frame)
-        return (boxes[:1] if largest_only else boxes), (time.perf_counter() - t0) * 1e3
+        faces = self.detector.detect(frame)
+        return (faces[:1] if largest_only else faces), (time.perf_counter() - t0) * 1e3
 
-    def classify_boxes(self, frame: np.ndarray, boxes: list[Box], detect_ms: float = 0.0) -> list[Prediction]:
+    def crop_face(self, frame: np.ndarray, face: Face | Box) -> np.ndarray:
+        """The face cut out, levelled and framed as this model's metadata
+        says (``face_margin``, ``face_shift``): :func:`edge.faces.face_crop`."""
+        face = face if isinstance(face, Face) else Face(tuple(face))
+        return face_crop(frame, face, self.metadata.image_size, self.metadata.face_margin,
+                         self.metadata.face_shift)
+
+    def classify_boxes(self, frame: np.ndarray, faces: list, detect_ms: float = 0.0) -> list[Prediction]:
         """Classify each detected face of a frame.
 
         Args:
             frame: uint8 (H, W) gray or (H, W, 3) BGR.
-            boxes: faces from :meth:`detect_faces`; each is widened by the
-                model's face margin before cropping, as in training.
+            faces: :class:`Face` records (or bare (x, y, w, h) boxes) from
+                :meth:`detect_faces`; each is cropped by :meth:`crop_face`.
             detect_ms: the detection time, carried into each prediction's timings.
 
         Returns:
-            one :class:`Prediction` per box, in order.
+            one :class:`Prediction` per face, in order.
         """
-        height, width = frame.shape[:2]
         results = []
-        for box in boxes:
-            region = expand_box(box, self.metadata.face_margin, width, height, self.metadata.image_size)
-            results.append(self.classify(crop(frame, region), face=box,
-                                         timings={"detect": detect_ms}))
+        for face in faces:
+            face = face if isinstance(face, Face) else Face(tuple(face))
+            t0 = time.perf_counter()
+            region = self.crop_face(frame, face)
+            crop_ms = (time.perf_counter() - t0) * 1e3
+            results.append(self.classify(region, face=face, timings={"detect": detect_ms, "crop": crop_ms}))
         return results
 
-    def classify_image(self, image: np.ndarray) -> Prediction:
+    def classify_photo(self, image: np.ndarray, faces: str = "largest",
+                       no_face: str = "whole") -> list[Prediction]:
         """Classify a photo the way ``happysad-edge classify`` does.
 
-        An image larger than the model input is searched for faces and the
-        largest is classified; with no face found, or for an image no larger
-        than the input (already a face crop), the whole image is classified.
+        An image no larger than the model input is taken as a face crop
+        already and classified whole. A larger one is searched for faces:
+        the largest (``faces="largest"``) or each (``"all"``) is classified.
+        With no face found, ``no_face="whole"`` classifies the whole image
+        (its prediction's ``basis`` is ``"whole-image"``, ``face`` None) and
+        ``"skip"`` gives no prediction.
+
+        Returns:
+            predictions, largest face first; empty only with ``no_face="skip"``.
+
+        Raises:
+            ValueError: ``faces`` or ``no_face`` is not one of the values above.
         """
+        if faces not in ("largest", "all") or no_face not in ("whole", "skip"):
+            raise ValueError(f"faces={faces!r} or no_face={no_face!r} is not supported")
         height, width = self.metadata.image_size
         if image.shape[0] <= height and image.shape[1] <= width:
-            return self.classify(image)
-        boxes, detect_ms = self.detect_faces(image, largest_only=True)
-        if boxes:
-            return self.classify_boxes(image, boxes, detect_ms)[0]
-        return self.classify(image, timings={"detect": detect_ms})
+            return [self.classify(image)]
+        found, detect_ms = self.detect_faces(image, largest_only=faces == "largest")
+        if found:
+            return self.classify_boxes(image, found, detect_ms)
+        return [self.classify(image, timings={"detect": detect_ms})] if no_face == "whole" else []
+
+    def classify_image(self, image: np.ndarray) -> Prediction:
+        """The largest face of a photo classified, else the whole photo
+        (:meth:`classify_photo` with its defaults)."""
+        return self.classify_photo(image)[0]

@@ -13,6 +13,7 @@ from .camera import CameraOptions, run as run_camera
 from .classifier import Classifier
 from .cli_util import ArgumentParser, non_negative_int, positive_int, run_main
 from .errors import HappysadError
+from .faces import DEFAULT_DETECTOR, DETECTORS
 from .images import find_images, load_image
 
 PROG = "happysad-edge"
@@ -33,6 +34,10 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog=PROG, description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def detector_arg(p):
+        p.add_argument("-d", "--detector", choices=DETECTORS, default=DEFAULT_DETECTOR,
+                       help="face detector (haar is the fallback where a DNN detector cannot run)")
+
     def model_args(p):
         p.add_argument("model", metavar="MODEL", help="a .tflite or .onnx file from happysad-export")
         p.add_argument("-t", "--threads", type=positive_int, default=None,
@@ -45,6 +50,12 @@ def build_parser() -> ArgumentParser:
     model_args(p)
     p.add_argument("paths", nargs="+", metavar="PATH", help="image file or folder (searched recursively)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    detector_arg(p)
+    p.add_argument("--faces", choices=("largest", "all"), default="largest",
+                   help="classify the largest face of each image, or every face")
+    p.add_argument("--no-face", choices=("whole", "skip"), default="whole",
+                   help="when no face is found: classify the whole image (marked basis whole-image), "
+                        "or give no label")
 
     p = sub.add_parser("camera", help="classify faces in camera, stream or video frames",
                        description="Classify the faces in each frame of a camera, stream or video file.")
@@ -55,6 +66,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("-n", "--max-frames", type=non_negative_int, default=0,
                    help="stop after N frames (0: until the source ends or Ctrl-C)")
     p.add_argument("--faces", choices=("largest", "all"), default="largest", help="which faces to classify")
+    detector_arg(p)
+    p.add_argument("--detect-every", type=positive_int, default=2, metavar="N",
+                   help="search for faces on every Nth frame and hold the boxes in between")
     p.add_argument("--no-face", action="store_true", help="classify the whole frame; no face detection")
     p.add_argument("--detect-width", type=non_negative_int, default=320,
                    help="search faces on a copy scaled down to this width, pixels (0: full size)")
@@ -90,7 +104,9 @@ def build_parser() -> ArgumentParser:
 
 
 def _classify(args) -> int:
-    clf = Classifier(args.model, args.threads, args.backend)
+    from .faces import make_detector
+    clf = Classifier(args.model, args.threads, args.backend,
+                     detector=make_detector(args.detector, threads=args.threads))
     status = 0  # the worst exit code met: 1 for a bad file, 2 for a missing path
     for root in args.paths:
         try:
@@ -101,22 +117,37 @@ def _classify(args) -> int:
             continue
         for path in paths:
             try:
-                pred = clf.classify_image(load_image(path))
+                preds = clf.classify_photo(load_image(path), args.faces, args.no_face)
             except HappysadError as exc:
                 print(f"{PROG}: error: {exc}", file=sys.stderr)
                 status = max(status, exc.exit_code)
                 continue
-            if args.json:
-                print(json.dumps({"path": str(path), **pred.to_dict()}), flush=True)
-            else:
-                face = "face " + ",".join(map(str, pred.face)) if pred.face else "whole image"
-                print(f"{path}\t{pred.label}\t{pred.confidence:.3f}\t{face}\t{pred.timings['total']:.2f} ms",
-                      flush=True)
+            _print_photo(path, preds, args)
     return status
 
 
+def _print_photo(path, preds, args) -> None:
+    """One JSON line per image, or one text line per face (a line saying
+    "no face" when ``--no-face skip`` left the image without a label)."""
+    if args.json:
+        record = {"path": str(path)}
+        if args.faces == "all":
+            record["faces"] = [p.to_dict() for p in preds]
+        else:
+            record.update(preds[0].to_dict() if preds else
+                          {"label": None, "confidence": None, "basis": "no-face", "face": None})
+        print(json.dumps(record), flush=True)
+        return
+    if not preds:
+        print(f"{path}\t-\t-\tno face", flush=True)
+    for pred in preds:
+        face = "face " + ",".join(map(str, pred.face)) if pred.face else "whole image"
+        print(f"{path}\t{pred.label}\t{pred.confidence:.3f}\t{face}\t{pred.timings['total']:.2f} ms",
+              flush=True)
+
+
 def _camera(args) -> int:
-    from .faces import FaceDetector
+    from .faces import make_detector
     from .preview import parse_address
     if args.serve:
         try:
@@ -124,10 +155,11 @@ def _camera(args) -> int:
         except ValueError:
             build_parser().error(f"argument --serve: {args.serve!r} is not HOST:PORT")
     clf = Classifier(args.model, args.threads, args.backend,
-                     detector=None if args.no_face else FaceDetector(args.min_face, args.detect_width))
+                     detector=None if args.no_face else make_detector(args.detector, args.min_face,
+                                                                      args.detect_width, args.threads))
     options = CameraOptions(args.source, args.headless, args.max_frames, args.faces, args.no_face,
                             args.smooth, args.serve, args.record, args.log, args.reconnect_tries,
-                            args.pace)
+                            args.pace, args.detect_every)
     summary = run_camera(clf, options, threads=args.threads, backend=args.backend)
     print(f"{PROG}: {summary['frames']} frames, {summary['frames_with_face']} with a face, "
           f"{summary['dropped']} dropped, {summary['reconnects']} reconnects, {summary['fps']} FPS",

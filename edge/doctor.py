@@ -83,11 +83,12 @@ def checks(source: str = "0") -> list[tuple[str, str, str]]:
     try:
         import cv2
         lines.append(("ok", "opencv", cv2.__version__))
-        from .faces import FaceDetector
-        FaceDetector()
-        lines.append(("ok", "face cascade", "Haar frontal-face cascade loads"))
+        from .faces import DETECTORS, make_detector
+        for name in DETECTORS:
+            make_detector(name, fallback=False)
+        lines.append(("ok", "face detectors", ", ".join(DETECTORS) + " load (models pass their sha256)"))
     except Exception as exc:
-        lines.append(("FAIL", "face cascade", f"{exc}"))
+        lines.append(("FAIL", "face detectors", f"{exc}"))
     lines.append(_camera_line(source))
     return lines
 

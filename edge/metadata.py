@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import HappysadError
+from .faces import DEFAULT_FACE_MARGIN, DEFAULT_FACE_SHIFT
 from .preprocess import COLOR_MODES
 
 SCHEMA = "happysad.model-metadata"
@@ -51,6 +52,9 @@ class ModelMetadata:
         face_margin: fraction of the detected face box's width and height
             added on each side before cropping (the framing of the training
             faces).
+        face_shift: the square crop's centre moved down from the face
+            box's centre by this fraction of the crop side
+            (:func:`edge.faces.face_crop`).
         extra: every other field of the JSON (run, format, quantization...).
         input_dtype: the model input's dtype, one of :data:`INPUT_DTYPES`;
             None in a version-1 file, which did not record it.
@@ -66,12 +70,13 @@ class ModelMetadata:
     image_size: tuple[int, int]
     color: str
     threshold: float = 0.5
-    face_margin: float = 0.1
+    face_margin: float = DEFAULT_FACE_MARGIN
     extra: dict = field(default_factory=dict, compare=False)
     input_dtype: str | None = None
     input_scale: float | None = None
     input_zero_point: int | None = None
     verification: dict | None = None
+    face_shift: float = DEFAULT_FACE_SHIFT
 
     def to_dict(self) -> dict:
         """The JSON-ready dict, schema name and version included."""
@@ -92,6 +97,7 @@ class ModelMetadata:
                               "the model divides by 255 itself"),
             "threshold": self.threshold,
             "face_margin": self.face_margin,
+            "face_shift": self.face_shift,
         })
         if self.input_dtype:
             d["input"].update({"dtype": self.input_dtype, "scale": self.input_scale,
@@ -131,16 +137,20 @@ class ModelMetadata:
             threshold = float(d.get("threshold", 0.5))
             if not 0.0 <= threshold <= 1.0:
                 raise ValueError(f"threshold {threshold} is outside 0..1")
-            margin = float(d.get("face_margin", 0.1))
+            margin = float(d.get("face_margin", 0.1))  # version 1 and 2 files: 0.1
             if not 0.0 <= margin <= 1.0:
                 raise ValueError(f"face_margin {margin} is outside 0..1")
+            shift = float(d.get("face_shift", 0.0))
+            if not -0.5 <= shift <= 0.5:
+                raise ValueError(f"face_shift {shift} is outside -0.5..0.5")
             dtype, scale, zero_point = _input_quantization(inp, version)
             verification = _verification(d.get("verification"))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             missing = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
             raise HappysadError(f"{source}: bad model metadata ({missing}); re-export the model") from None
         return cls(tuple(labels), size, color, threshold, margin, extra=dict(d), input_dtype=dtype,
-                   input_scale=scale, input_zero_point=zero_point, verification=verification)
+                   input_scale=scale, input_zero_point=zero_point, verification=verification,
+                   face_shift=shift)
 
 
 def _input_quantization(inp: dict, version: int) -> tuple:
