@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from edge.cli_util import ArgumentParser, non_negative_int, positive_int, run_main
+from edge.faces import DETECTORS
 from edge.fileio import write_json
 
 PROG = "happysad-bench"
@@ -54,6 +55,12 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--part", choices=("train", "val", "test"), default="test", help="which part of --split")
     p.add_argument("--data-root", metavar="DIR", default=None,
                    help="where the split's images are now, if the folder moved")
+    f = p.add_argument_group("whole photos (--pipeline)")
+    f.add_argument("--pipeline", action="store_true",
+                   help="measure the photo path per face detector on --data (photos of any size): faces "
+                        "found, accuracy where found and over all photos, abstentions, detect/crop/classify ms")
+    f.add_argument("--detectors", default=",".join(DETECTORS), metavar="LIST",
+                   help="--pipeline: comma-separated face detectors, of " + ", ".join(DETECTORS))
     t = p.add_argument_group("latency")
     t.add_argument("-t", "--threads", type=thread_list, default=None, metavar="N[,N...]",
                    help="interpreter threads; several, comma-separated, are swept (None: the interpreter's own)")
@@ -84,8 +91,33 @@ def build_parser() -> ArgumentParser:
     return p
 
 
+def _pipeline(args, parser) -> int:
+    from .pipeline import format_pipeline, run_pipeline
+    names = [n.strip() for n in args.detectors.split(",") if n.strip()]
+    bad = [n for n in names if n not in DETECTORS]
+    if bad or not names:
+        parser.error(f"argument --detectors: unknown detector {', '.join(bad) or repr(args.detectors)}; "
+                     f"choose from {', '.join(DETECTORS)}")
+    if not args.data or len(args.models) != 1:
+        parser.error("--pipeline measures one model on --data DIR (photos in one sub-folder per class)")
+    report = run_pipeline(args.models[0], args.data, names, (args.threads or [None])[0])
+    table = format_pipeline(report)
+    print(table, flush=True)
+    if args.json:
+        write_json(args.json, report)
+        print(f"wrote {args.json}", file=sys.stderr)
+    if args.markdown:
+        from .report import write_text
+        write_text(args.markdown, table + "\n")
+        print(f"wrote {args.markdown}", file=sys.stderr)
+    return 0
+
+
 def _body(argv) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.pipeline:
+        return _pipeline(args, parser)
     from .bench import BenchOptions, run_bench
     from .report import (check_gates, compare_reports, format_csv, format_markdown, format_table,
                          import_pyplot, read_report, write_plot, write_text)

@@ -9,4 +9,8 @@ FORMATS = ("tflite-float32", "tflite-float16", "tflite-int8", "onnx-float32", "o
 #: Input and output types of the full-integer TFLite file (``--io-type``).
 IO_TYPES = ("int8", "uint8")
 #: Calibration methods of the int8 ONNX file (``--calibration``), onnxruntime's names lower-cased.
-CALIBRATIONS = ("minmax", "entropy", "percentile")
+#: ``auto`` (the default) calibrates with each and keeps the file that loses
+#: least on the validation split.
+CALIBRATIONS = ("auto", "minmax", "entropy", "percentile")
+#: The methods ``auto`` tries, in order of preference on a tie.
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")

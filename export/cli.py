@@ -49,8 +49,9 @@ def build_parser() -> ArgumentParser:
                         "(zero point -128), uint8 takes the raw camera pixels as they are (zero point 0)")
     p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
                    help="model_int8.onnx weights with one scale per output channel (else per tensor)")
-    p.add_argument("--calibration", choices=CALIBRATIONS, default="minmax",
-                   help="how model_int8.onnx's activation ranges are calibrated")
+    p.add_argument("--calibration", choices=CALIBRATIONS, default="auto",
+                   help="how model_int8.onnx's activation ranges are calibrated; auto tries minmax, "
+                        "entropy and percentile and keeps the one that loses least on the validation split")
     p.add_argument("--max-drop", type=_percentage_points, default=1.0, metavar="PP",
                    help="largest accuracy drop against the Keras model on the validation split, in "
                         "percentage points, for a file to be written")

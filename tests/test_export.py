@@ -148,7 +148,7 @@ def test_onnx_per_channel_and_calibration_are_applied(export_dir, variant):
     common = set(default_a) & set(entropy_a)
     assert common and any(default_a[k] != pytest.approx(entropy_a[k], rel=1e-3) for k in common)
     q = read_metadata(variant[0] / "model_int8.onnx").extra["quantization"]
-    assert q["calibration"] == "Entropy" and q["weights"] == "int8, per-tensor"
+    assert q["calibration"] == "Entropy" and q["weights"] == "int8 (7-bit range, reduce_range), per-tensor"
     assert manifest_of(variant[0])["options"]["calibration"] == "entropy"
 
 
@@ -215,3 +215,27 @@ def test_bad_options_are_usage_errors(tmp_path, args, pattern, capsys):
         main([str(tmp_path), *args])
     assert exc.value.code == 2
     assert re.search(pattern, capsys.readouterr().err)
+
+
+def test_onnx_int8_weights_fit_in_7_bits_and_auto_calibration_is_recorded(export_dir):
+    """Weights in -64..64 (reduce_range, symmetric), so x86 CPUs without VNNI, whose int8
+    kernels add two uint8 x int8 products in a saturating int16, give the same
+    answers as the rest; the default calibration is chosen on the validation
+    split and the choice recorded."""
+    import onnx
+    from onnx import numpy_helper
+    model = onnx.load(str(export_dir / "model_int8.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    weights = [inits[n.input[0]] for n in model.graph.node
+               if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].dtype == np.int8
+               and inits[n.input[0]].ndim == 4]
+    assert weights
+    assert all(w.min() >= -64 and w.max() <= 64 for w in weights)  # 255 * 64 * 2 < 32767
+    assert max(int(np.abs(w).max()) for w in weights) >= 60  # the 7-bit range is used, not shrunk further
+    q = read_metadata(export_dir / "model_int8.onnx").extra["quantization"]
+    assert q["weights"].startswith("int8 (7-bit range")
+    trials = q["calibration_choice"]["val_accuracy"]
+    assert set(trials) == {"minmax", "entropy", "percentile"}
+    assert trials[q["calibration"].lower()] == max(trials.values())
+    options = manifest_of(export_dir)["options"]
+    assert options["calibration"] == "auto" and options["calibration_chosen"] in trials
