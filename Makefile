@@ -18,7 +18,7 @@ BENCH_OUT ?= $(RUN)/bench
 BENCH_MODELS = $(RUN)/export/model_float32.tflite $(RUN)/export/model_int8.tflite \
 	$(RUN)/export/model_float32.onnx $(RUN)/export/model_int8.onnx
 
-.PHONY: demo test bench edge-speed soak venv clean
+.PHONY: demo test bench bench-wild quant-check edge-speed soak venv clean
 
 venv: $(VENV)/.installed
 
@@ -59,6 +59,20 @@ bench: venv
 	    --json $(BENCH_OUT)/bench.json --csv $(BENCH_OUT)/bench.csv \
 	    --markdown $(BENCH_OUT)/bench.md --plot $(BENCH_OUT)/bench.png
 	$(PY) -m benchmarks.readme $(BENCH_OUT)/bench.md README.md
+
+# int8 against float32 for models trained with 10 seeds (short runs): the
+# README's quantization table. Slow: about 3 minutes a seed on 2 cores.
+quant-check: venv
+	$(PY) -m benchmarks.quant_check "$(DATA)" --out runs/quant-check --seeds 10 --epochs 8
+
+# The photo path per face detector on ordinary photos: the README's
+# "Faces in ordinary photos" table.
+WILD ?= ../shared/data/wild-dev
+bench-wild: venv
+	@test -f $(RUN)/export/model_int8.tflite || { echo "make bench-wild: run make demo first" >&2; exit 1; }
+	@test -d "$(WILD)" || { echo "make bench-wild: no photos at $(WILD); pass WILD=DIR (one sub-folder per class)" >&2; exit 1; }
+	$(PY) -m benchmarks $(RUN)/export/model_int8.tflite --pipeline --data "$(WILD)" \
+	    --json $(RUN)/bench-wild.json --markdown $(RUN)/bench-wild.md
 
 # The edge runtime's speed goals (per-face path vs invoke, camera loop vs
 # detection + classification, cold start vs TensorFlow) on the demo run.

@@ -412,11 +412,16 @@ def make_detector(name: str = DEFAULT_DETECTOR, min_size: int = 16, detect_width
     return HaarDetector(max(min_size, 32), detect_width)
 
 
-#: How a face is framed for the classifier, measured on wild-dev with the
+#: How a face is framed for the classifier, chosen on wild-dev with the
 #: demo model (README, "Faces in ordinary photos"): the square crop's side
-#: is the detector box's longer side times (1 + 2 * margin), its centre the
-#: box's centre moved down by ``shift`` times the side.
-DEFAULT_FACE_MARGIN = 0.1
+#: is the mean of the detector box's width and height times (1 + 2 *
+#: margin), its centre the box's centre moved down by ``shift`` times the
+#: side. YuNet's boxes are taller than wide; FER2013's faces are square
+#: crops about as wide as the face: of the framings tried (margin -0.1..0.1,
+#: shift 0 or 0.05, side from the longer side, the mean or the width) this
+#: one was right most often where a face was found (92.4% against 88.9% for
+#: the earlier 0.1 margin on the longer side).
+DEFAULT_FACE_MARGIN = 0.0
 DEFAULT_FACE_SHIFT = 0.0
 #: Largest tilt levelled, degrees; beyond it the eye keypoints are more
 #: likely wrong than the head that tilted.
@@ -440,7 +445,7 @@ def face_crop(image: np.ndarray, face: Face, input_size: tuple[int, int],
     """The face as the classifier wants it: levelled, square, framed like the
     training faces.
 
-    The crop is a square of side S = max(w, h) * (1 + 2 * margin) about the
+    The crop is a square of side S = (w + h) / 2 * (1 + 2 * margin) about the
     box centre (moved down by shift * S), rotated so the eyes lie on a
     horizontal line (when the face has keypoints and ``level``). It is
     sampled at k times the model input, k = round(S / input width) >= 1,
@@ -456,7 +461,7 @@ def face_crop(image: np.ndarray, face: Face, input_size: tuple[int, int],
         uint8 (k*height, k*width) or (k*height, k*width, 3), same channels as ``image``.
     """
     x, y, w, h = face.box
-    side = max(w, h, 1) * (1 + 2 * margin)
+    side = max((w + h) / 2, 1) * (1 + 2 * margin)
     cx, cy = x + w / 2, y + h / 2
     angle = eye_angle(face) if level else 0.0
     # The shift is along the face's own vertical axis, so a tilted face

@@ -24,6 +24,7 @@ from edge import HappysadError, __version__, load_image, preprocess
 from edge.dataset import read_split, split_items
 from edge.backends import load_backend
 from edge.errors import UsageError
+from edge.faces import DEFAULT_FACE_MARGIN, DEFAULT_FACE_SHIFT
 from edge.fileio import atomic_path, read_json, write_bytes, write_json
 from edge.metadata import ONNX_KEY, ModelMetadata, append_to_tflite, encode, strip_tflite_metadata
 
@@ -173,10 +174,10 @@ def _metadata(split, extra: dict, fmt: str, quant: dict, io: tuple,
     """The metadata of one file; ``io`` is (input dtype name, scale, zero point)."""
     size = tuple(split["image"]["size"])
     return ModelMetadata(tuple(split["labels"]), size, split["image"]["color"],
-                         extra["run"]["threshold"], 0.1,
+                         extra["run"]["threshold"], DEFAULT_FACE_MARGIN,
                          extra={**extra, "format": fmt, "quantization": quant},
                          input_dtype=io[0], input_scale=io[1], input_zero_point=io[2],
-                         verification=verification)
+                         verification=verification, face_shift=DEFAULT_FACE_SHIFT)
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ import pytest
 
 from edge import Classifier, load_image, preprocess, read_metadata
 from edge.dataset import read_split, split_items
+from edge.faces import DEFAULT_FACE_MARGIN
 
 FIVE = ("model_float32.tflite", "model_float16.tflite", "model_int8.tflite",
         "model_float32.onnx", "model_int8.onnx")
@@ -58,7 +59,7 @@ def test_five_files_each_verified_and_described(export_dir, val):
         assert v["split"] == "val" and v["n"] == len(val[1])
         assert v["drop_pp"] == pytest.approx((v["float_accuracy"] - v["accuracy"]) * 100, abs=1e-3)
         assert v["drop_pp"] <= 1.0  # the default --max-drop
-        assert len(meta.extra["run"]["data_fingerprint"]) == 64 and meta.face_margin == 0.1
+        assert len(meta.extra["run"]["data_fingerprint"]) == 64 and meta.face_margin == DEFAULT_FACE_MARGIN
         # The metadata states the input tensor the interpreter actually has.
         b = Classifier(export_dir / name).backend
         assert meta.input_dtype == np.dtype(b.input_dtype).name
