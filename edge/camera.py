@@ -31,6 +31,11 @@ from .sources import Capture
 #: Frames over which the displayed FPS is averaged, as the TFLite Raspberry
 #: Pi examples do, so the figure does not jitter frame to frame.
 FPS_WINDOW = 10
+#: Camera defaults (``happysad-edge camera``): faces are searched on a copy
+#: this wide, no smaller than this (pixels of the frame), on every Nth frame.
+DETECT_WIDTH = 320
+MIN_FACE = 48
+DETECT_EVERY = 2
 #: How often the model file is checked for a replacement, seconds.
 RELOAD_CHECK_S = 1.0
 
@@ -67,7 +72,7 @@ class CameraOptions:
     log: str | None = None
     reconnect_tries: int = 5
     pace: bool = False
-    detect_every: int = 1
+    detect_every: int = DETECT_EVERY
 
 
 class FaceTracker:

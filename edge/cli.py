@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .backends import BACKENDS
-from .camera import CameraOptions, run as run_camera
+from .camera import DETECT_EVERY, DETECT_WIDTH, MIN_FACE, CameraOptions, run as run_camera
 from .classifier import Classifier
 from .cli_util import ArgumentParser, non_negative_int, positive_int, run_main
 from .errors import HappysadError
@@ -67,12 +67,12 @@ def build_parser() -> ArgumentParser:
                    help="stop after N frames (0: until the source ends or Ctrl-C)")
     p.add_argument("--faces", choices=("largest", "all"), default="largest", help="which faces to classify")
     detector_arg(p)
-    p.add_argument("--detect-every", type=positive_int, default=2, metavar="N",
+    p.add_argument("--detect-every", type=positive_int, default=DETECT_EVERY, metavar="N",
                    help="search for faces on every Nth frame and hold the boxes in between")
     p.add_argument("--no-face", action="store_true", help="classify the whole frame; no face detection")
-    p.add_argument("--detect-width", type=non_negative_int, default=320,
+    p.add_argument("--detect-width", type=non_negative_int, default=DETECT_WIDTH,
                    help="search faces on a copy scaled down to this width, pixels (0: full size)")
-    p.add_argument("--min-face", type=positive_int, default=48,
+    p.add_argument("--min-face", type=positive_int, default=MIN_FACE,
                    help="smallest face searched for, pixels of the original frame")
     p.add_argument("--smooth", type=_fraction, default=0.0, metavar="ALPHA",
                    help="average each face's scores over frames, weight ALPHA on the history (0: off)")
