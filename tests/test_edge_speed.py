@@ -37,13 +37,21 @@ def test_figures_are_ratios_of_what_was_measured(speed):
     assert fig["floor_ms"] < fig["edge_ms"] and fig["floor_peak_rss_mb"] < fig["edge_peak_rss_mb"]
     assert fig["floor_speedup"] > fig["cold_speedup"] and fig["floor_memory"] > fig["cold_memory"]
     assert fig["edge_stages"][-1]["peak_rss_mb"] == fig["edge_peak_rss_mb"]
+    dets = fig["detectors"]
+    assert set(dets) == {"yunet", "blazeface", "blazeface-full", "haar"}
+    for d in dets.values():
+        assert d["detect_speedup_vs_haar"] == pytest.approx(dets["haar"]["detect_p50_ms"] / d["detect_p50_ms"])
+        assert d["loop_speedup_vs_haar"] == pytest.approx(d["loop_fps"] / dets["haar"]["loop_fps"])
+        assert 0 < d["detect_share"] < 1 and d["frames_with_face"] > 0
+    assert fig["detect_speedup_vs_haar"] == dets["yunet"]["detect_speedup_vs_haar"]
 
 
 def test_output_names_every_figure_and_exit_3_lists_the_missed_goals(speed):
     res, fig = speed
     out = res.stdout
     for text in ("per-face path p50", "camera loop", "cold start to first prediction",
-                 "  edge: python", "  Keras: python", "tensorflow + keras", "the floor"):
+                 "  edge: python", "  Keras: python", "tensorflow + keras", "the floor",
+                 "detector yunet: p50", "detector haar: p50", "default detector yunet"):
         assert text in out
     goals = fig["goals"]
     missed = [k for k, goal in goals.items()

@@ -161,8 +161,10 @@ def test_classify_json_schema(export_dir, dataset):
     lines = [json.loads(line) for line in res.stdout.splitlines()]
     assert len(lines) == 60  # 62 files with an image suffix, two of them broken
     for obj in lines:
-        assert set(obj) == {"path", "label", "confidence", "scores", "face", "ms"}
-        assert obj["label"] in ("happy", "sad") and obj["face"] is None
+        assert set(obj) == {"path", "label", "confidence", "scores", "basis", "face", "face_score", "keypoints",
+                            "ms"}
+        # 48x48 crops: classified whole, no detection.
+        assert obj["label"] in ("happy", "sad") and obj["face"] is None and obj["basis"] == "whole-image"
         assert abs(sum(obj["scores"].values()) - 1) < 1e-5
         assert obj["confidence"] == max(obj["scores"].values())
         assert obj["ms"] > 0
