@@ -216,3 +216,39 @@ def test_dnn_detectors_agree_on_clear_faces():
             ious.append(iou(a[0].box, b[0].box))
     assert len(ious) >= 15
     assert np.mean(np.array(ious) >= 0.6) >= 0.8, sorted(ious)
+
+
+def test_bench_pipeline_per_detector(export_dir, real_data, tmp_path):
+    """happysad-bench --pipeline: per detector, faces found, accuracy where found and over
+    all photos (whole-photo fallback), abstentions, and ms per stage, on photos of any size."""
+    from edge import Classifier, load_image
+    root = tmp_path / "photos"
+    for label in ("happy", "sad"):
+        (root / label).mkdir(parents=True)
+        for i, path in enumerate(sorted((real_data / label).glob("*.jpg"))[:6]):
+            face = cv2.resize(cv2.imread(str(path)), (150, 150), interpolation=cv2.INTER_CUBIC)
+            photo = np.full((360, 480, 3), 90, np.uint8)
+            photo[100:250, 150:300] = face
+            cv2.imwrite(str(root / label / f"{i}.jpg"), photo)
+        cv2.imwrite(str(root / label / "blank.jpg"), np.full((300, 400, 3), 120, np.uint8))
+    out = tmp_path / "wild.json"
+    res = subprocess.run([sys.executable, "-m", "benchmarks", str(export_dir / "model_int8.tflite"), "--pipeline",
+                          "--data", str(root), "--detectors", "yunet,haar", "--json", str(out)],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "| yunet |" in res.stdout and "| haar |" in res.stdout
+    report = json.loads(out.read_text())
+    assert list(report["detectors"]) == ["yunet", "haar"]
+    clf = Classifier(export_dir / "model_int8.tflite", detector="yunet")
+    paths = sorted(root.glob("*/*.jpg"))
+    truth = [0 if p.parent.name == "happy" else 1 for p in paths]
+    preds = [clf.classify_photo(load_image(p)) for p in paths]
+    yunet = report["detectors"]["yunet"]
+    found = [p[0].basis == "face" for p in preds]
+    right = [clf.labels.index(p[0].label) == t for p, t in zip(preds, truth)]
+    assert yunet["photos"] == 14 and yunet["found"] == sum(found) >= 10  # the blank photos have none
+    assert yunet["accuracy_all"] == pytest.approx(np.mean(right), abs=1e-4)
+    assert yunet["accuracy_found"] == pytest.approx(np.mean([r for r, f in zip(right, found) if f]), abs=1e-4)
+    assert yunet["answered_skip"] == pytest.approx(sum(found) / 14, abs=1e-4)
+    assert yunet["ms"]["detect"]["p90"] >= yunet["ms"]["detect"]["p50"] > 0
+    assert yunet["ms"]["crop"]["p50"] > 0 and yunet["ms"]["classify"]["p50"] > 0
