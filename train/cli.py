@@ -56,6 +56,9 @@ def build_parser() -> ArgumentParser:
                    help="mirrored: tf.distribute.MirroredStrategy over this machine's GPUs")
     p.add_argument("--cache", choices=("disk", "memory"), default="disk",
                    help="where decoded images are cached between epochs")
+    p.add_argument("--augment", choices=("basic", "camera"), default="camera",
+                   help="training augmentation: basic (flip, rotation, shift, zoom, brightness, contrast) or "
+                        "camera (basic with more crop jitter, plus low resolution, blur, noise, gamma, JPEG)")
     p.add_argument("--deterministic", action="store_true",
                    help="bit-identical weights from two runs with the same seed on the same machine "
                         "(TensorFlow's op determinism; training may run slower)")
@@ -77,7 +80,7 @@ def _body(argv) -> int:
     from .trainer import TrainOptions, train
     train(TrainOptions(args.data_dir, args.out, args.arch, args.epochs, args.seed, args.img_size,
                        args.color, args.split_ratios, args.batch_size, args.lr, args.patience,
-                       args.tune_threshold, args.strategy, args.cache, args.deterministic,
+                       args.tune_threshold, args.strategy, args.cache, args.deterministic, args.augment,
                        verbose=1 if sys.stdout.isatty() else 2))
     return 0
 

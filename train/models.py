@@ -69,17 +69,77 @@ def build_model(arch: str, size=(48, 48), channels=1) -> keras.Model:
     return {"compact": build_compact, "seed": build_seed}[arch](size, channels)
 
 
-def augmentation(seed: int = 0) -> keras.Sequential:
-    """Random flip, rotation (±18°), shift (±8%), zoom (±10%), brightness and
-    contrast (±15%), on 0..255 pixels. Active only while training."""
+#: ``--augment`` choices: ``basic`` (flip, rotation, shift, zoom, brightness,
+#: contrast) or ``camera`` (basic with the crop jitter a detector makes, plus
+#: the distortions of :func:`camera_distortions`).
+AUGMENTS = ("basic", "camera")
+
+
+def augmentation(seed: int = 0, kind: str = "basic") -> keras.Sequential:
+    """Random flip, rotation (±18°), shift and zoom, brightness and contrast
+    (±15%), on 0..255 pixels. Active only while training.
+
+    ``basic``: shift ±8%, zoom ±10%. ``camera``: shift ±10%, zoom ±15%, the
+    jitter of a face detector's box from frame to frame and detector to
+    detector."""
+    shift, zoom = (0.10, 0.15) if kind == "camera" else (0.08, 0.1)
     return keras.Sequential([
         layers.RandomFlip("horizontal", seed=seed),
         layers.RandomRotation(0.05, seed=seed + 1),
-        layers.RandomTranslation(0.08, 0.08, seed=seed + 2),
-        layers.RandomZoom(0.1, seed=seed + 3),
+        layers.RandomTranslation(shift, shift, seed=seed + 2),
+        layers.RandomZoom(zoom, seed=seed + 3),
         layers.RandomBrightness(0.15, value_range=(0, 255), seed=seed + 4),
         layers.RandomContrast(0.15, value_range=(0, 255), seed=seed + 5),
     ], name="augmentation")
+
+
+def camera_distortions(seed: int = 0):
+    """A ``tf.data`` map over (index, uint8 (H, W, C) image, label) that
+    distorts each training face the way a camera and a detector's crop do,
+    each with its own probability: low resolution (p 0.15: down to 16-32 px
+    and back up, as a far face is), Gaussian blur (p 0.2, sigma 0.4-1.2 px:
+    focus and motion), sensor noise (p 0.3, sigma 2-8 grey levels), gamma
+    (p 0.3, 0.6-1.6: exposure), and JPEG re-compression (p 0.3, quality
+    30-90). Stateless random ops keyed on (seed, index), so a deterministic
+    run repeats them exactly. Returns (float32 image 0..255, label).
+    """
+    import tensorflow as tf
+
+    def chance(s, p):
+        return tf.random.stateless_uniform([], s) < p
+
+    def uniform(s, lo, hi):
+        return tf.random.stateless_uniform([], s, lo, hi)
+
+    def blur(x, sigma):
+        r = tf.range(-2.0, 3.0)
+        k = tf.exp(-(r ** 2) / (2 * sigma ** 2))
+        k = k / tf.reduce_sum(k)
+        channels = tf.shape(x)[-1]
+        kx = tf.tile(tf.reshape(k, [1, 5, 1, 1]), [1, 1, channels, 1])
+        ky = tf.tile(tf.reshape(k, [5, 1, 1, 1]), [1, 1, channels, 1])
+        y = tf.nn.depthwise_conv2d(x[None], kx, [1, 1, 1, 1], "SAME")
+        return tf.nn.depthwise_conv2d(y, ky, [1, 1, 1, 1], "SAME")[0]
+
+    def apply(index, image, label):
+        seeds = tf.random.experimental.stateless_split(tf.stack([tf.cast(seed, tf.int64), index]), 12)
+        size = tf.shape(image)[:2]
+        x = tf.cast(image, tf.float32)
+        low = tf.cast(uniform(seeds[1], 16.0, 32.0), tf.int32)
+        x = tf.cond(chance(seeds[0], 0.15),
+                    lambda: tf.image.resize(tf.image.resize(x, [low, low], "area"), size, "bilinear"), lambda: x)
+        x = tf.cond(chance(seeds[2], 0.2), lambda: blur(x, uniform(seeds[3], 0.4, 1.2)), lambda: x)
+        x = tf.cond(chance(seeds[4], 0.3),
+                    lambda: x + tf.random.stateless_normal(tf.shape(x), seeds[5]) * uniform(seeds[6], 2.0, 8.0),
+                    lambda: x)
+        x = tf.clip_by_value(x, 0.0, 255.0)
+        x = tf.cond(chance(seeds[7], 0.3), lambda: 255.0 * (x / 255.0) ** uniform(seeds[8], 0.6, 1.6), lambda: x)
+        q = tf.cast(tf.round(x), tf.uint8)
+        q = tf.cond(chance(seeds[9], 0.3),
+                    lambda: tf.image.stateless_random_jpeg_quality(q, 30, 90, seeds[10]), lambda: q)
+        return tf.cast(q, tf.float32), label
+
+    return apply
 
 
 def count_macs(model: keras.Model) -> int:

@@ -48,6 +48,7 @@ class TrainOptions:
         deterministic: make two runs with the same seed on the same machine
             give bit-identical weights (``tf.config.experimental.
             enable_op_determinism``); see :func:`weights_sha256`.
+        augment: ``"basic"`` or ``"camera"`` (:data:`train.models.AUGMENTS`).
     """
 
     data_dir: str
@@ -65,6 +66,7 @@ class TrainOptions:
     strategy: str = "default"
     cache: str = "disk"
     deterministic: bool = False
+    augment: str = "camera"
     verbose: int = field(default=1, compare=False)
 
 
@@ -133,7 +135,7 @@ def format_metrics(m: dict, labels) -> str:
             f"confusion matrix (rows true, columns predicted {list(labels)}): {m['confusion_matrix']}")
 
 
-def image_dataset(paths, y, size, color, batch_size, shuffle_seed=None, cache=None):
+def image_dataset(paths, y, size, color, batch_size, shuffle_seed=None, cache=None, distort=None):
     """A ``tf.data`` pipeline of (float32 NHWC pixels 0..255, float32 label) batches.
 
     Files are decoded and preprocessed by :func:`edge.preprocess` (inside
@@ -144,6 +146,9 @@ def image_dataset(paths, y, size, color, batch_size, shuffle_seed=None, cache=No
         paths: absolute file paths. y: int class indices, or None for unlabelled.
         shuffle_seed: shuffle every epoch with this seed; None keeps order.
         cache: None for no caching.
+        distort: a map over (index, uint8 image, label) returning (float32
+            image, label), applied after the shuffle to each training image
+            (:func:`train.models.camera_distortions`); None for none.
     """
     import tensorflow as tf
     channels = 1 if color == "gray" else 3
@@ -163,6 +168,14 @@ def image_dataset(paths, y, size, color, batch_size, shuffle_seed=None, cache=No
         ds = ds.cache(cache)
     if shuffle_seed is not None:
         ds = ds.shuffle(min(len(paths), 20000), seed=shuffle_seed, reshuffle_each_iteration=True)
+    if distort is not None:
+        # A running index (across epochs, since the counter is not reset)
+        # keys each image's distortions: another draw every epoch, the same
+        # draws in every run.
+        counter = tf.data.Dataset.counter()
+        ds = tf.data.Dataset.zip(counter, ds).map(lambda i, xy: distort(i, *xy),
+                                                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
     to_float = (lambda x, t: (tf.cast(x, tf.float32), t)) if y is not None else (lambda x: tf.cast(x, tf.float32))
     return ds.map(to_float).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
@@ -195,7 +208,7 @@ def train(opts: TrainOptions) -> dict:
     import keras
     import tensorflow as tf
 
-    from .models import augmentation, build_model, count_macs
+    from .models import augmentation, build_model, camera_distortions, count_macs
 
     write_json(out / "config.json", {**asdict(opts), "ratios": list(opts.ratios),
                                      "versions": {"python": platform.python_version(),
@@ -222,14 +235,15 @@ def train(opts: TrainOptions) -> dict:
         return str(cache_dir / name) if opts.cache == "disk" else ""
 
     train_ds = image_dataset(paths[tr], s.y[tr], size, opts.color, opts.batch_size,
-                             shuffle_seed=opts.seed, cache=cache_for("train"))
+                             shuffle_seed=opts.seed, cache=cache_for("train"),
+                             distort=camera_distortions(opts.seed) if opts.augment == "camera" else None)
     val_ds = (image_dataset(paths[va], s.y[va], size, opts.color, 256, cache=cache_for("val"))
               if len(va) else None)
 
     strategy = tf.distribute.MirroredStrategy() if opts.strategy == "mirrored" else tf.distribute.get_strategy()
     with strategy.scope():
         model = build_model(opts.arch, size, channels)
-        trainer = keras.Sequential([keras.Input((*size, channels)), augmentation(opts.seed), model])
+        trainer = keras.Sequential([keras.Input((*size, channels)), augmentation(opts.seed, opts.augment), model])
         steps = opts.epochs * int(np.ceil(len(tr) / opts.batch_size))
         schedule = keras.optimizers.schedules.CosineDecay(
             0.0, max(1, steps), warmup_target=opts.lr, warmup_steps=max(1, steps // 20))
