@@ -1,5 +1,6 @@
 """Train -> export -> edge -> bench on the synthetic faces."""
 import hashlib
+import os
 import json
 import subprocess
 import sys
@@ -145,6 +146,11 @@ def test_edge_runs_without_tensorflow(export_dir, dataset):
         "out = {}\n"
         f"for name in {list(MODELS)!r}:\n"
         f"    out[name] = Classifier({str(export_dir)!r} + '/' + name).classify_image(img).label\n"
+        "import cv2, numpy as np\n"
+        "big = np.full((240, 320, 3), 90, np.uint8)\n"
+        "big[40:200, 80:240] = cv2.resize(cv2.cvtColor(img, cv2.COLOR_GRAY2BGR) if img.ndim == 2 else img, (160, 160))\n"
+        "for det in ('yunet', 'blazeface', 'blazeface-full', 'haar'):\n"
+        f"    out[det] = Classifier({str(export_dir)!r} + '/model_int8.tflite', detector=det).classify_image(big).label\n"
         "bad = [m for m in ('tensorflow', 'keras', 'tf2onnx', 'train', 'export') if m in sys.modules]\n"
         "print(json.dumps({'labels': out, 'bad': bad}))\n"
     )
@@ -152,7 +158,36 @@ def test_edge_runs_without_tensorflow(export_dir, dataset):
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout.strip().splitlines()[-1])
     assert report["bad"] == []
-    assert set(report["labels"].values()) <= {"happy", "sad"} and len(report["labels"]) == 4
+    assert set(report["labels"].values()) <= {"happy", "sad"} and len(report["labels"]) == 8
+
+
+def test_installed_wheel_carries_the_detectors(export_dir, tmp_path):
+    """The wheel (not the source tree) holds the vendored detector models and
+    their NOTICE, and an install of it classifies a frame with the default detector."""
+    import zipfile
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                          "-w", str(tmp_path / "dist"), str(REPO)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    (wheel,) = (tmp_path / "dist").glob("happysad-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for asset in ("face_detection_yunet_2023mar.onnx", "face_detection_short_range.tflite",
+                  "face_detection_full_range.tflite", "NOTICE", "LICENSE-yunet"):
+        assert f"edge/assets/{asset}" in names, asset
+    res = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
+                          str(tmp_path / "site"), str(wheel)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    code = ("import edge, numpy as np, cv2, sys\n"
+            "from edge import Classifier\n"
+            "assert edge.__file__.startswith(sys.argv[1]), edge.__file__\n"
+            "frame = np.full((240, 320, 3), 90, np.uint8)\n"
+            "clf = Classifier(sys.argv[2])\n"
+            "print(clf.classify_photo(frame)[0].basis, type(clf.detector).__name__)\n")
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "site"), str(export_dir / "model_int8.tflite")],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
+    assert res.returncode == 0, res.stderr
+    # YuNet loaded from the install (no fallback to Haar) and found no face in a blank frame.
+    assert res.stdout.strip() == "whole-image YuNetDetector" and "falling back" not in res.stderr
 
 
 def test_classify_json_schema(export_dir, dataset):
