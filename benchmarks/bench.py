@@ -25,6 +25,8 @@ from edge.errors import UsageError
 from edge.metrics import classification_metrics
 
 from .coldstart import cold_start
+from edge.faces import DEFAULT_DETECTOR
+
 from .runners import import_keras, is_keras_path, load_runner
 from .timing import STAGES, fps, percentiles, time_once, time_stages
 
@@ -47,6 +49,8 @@ class BenchOptions:
         warmup: untimed inferences first (allocation, caches, XNNPACK packing).
         min_seconds: least timed wall time per model and thread count, s.
         cold_runs: fresh processes per model for the cold start (0: skip).
+        detector: the face detector for images larger than the model input
+            (one of :data:`edge.faces.DETECTORS`).
     """
 
     models: list
@@ -59,6 +63,7 @@ class BenchOptions:
     warmup: int = 20
     min_seconds: float = 0.0
     cold_runs: int = 3
+    detector: str = DEFAULT_DETECTOR
 
 
 def _log(msg: str) -> None:
@@ -159,7 +164,7 @@ def bench_model(path: str, labels, y, images, image_path, opts: BenchOptions) ->
     sweep = [None] if is_keras_path(path) else list(opts.threads)
     rows, metrics, cost = [], None, None
     for threads in sweep:
-        runner = load_runner(path, labels, threads)
+        runner = load_runner(path, labels, threads, opts.detector)
         if metrics is None:
             t0 = time.perf_counter()
             preds = runner.predict(images)

@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from edge.cli_util import ArgumentParser, non_negative_int, positive_int, run_main
-from edge.faces import DETECTORS
+from edge.faces import DEFAULT_DETECTOR, DETECTORS
 from edge.fileio import write_json
 
 PROG = "happysad-bench"
@@ -59,8 +59,10 @@ def build_parser() -> ArgumentParser:
     f.add_argument("--pipeline", action="store_true",
                    help="measure the photo path per face detector on --data (photos of any size): faces "
                         "found, accuracy where found and over all photos, abstentions, detect/crop/classify ms")
-    f.add_argument("--detectors", default=",".join(DETECTORS), metavar="LIST",
-                   help="--pipeline: comma-separated face detectors, of " + ", ".join(DETECTORS))
+    f.add_argument("-d", "--detector", default=None, metavar="NAME[,NAME...]",
+                   help="face detector for images larger than the model input, of " + ", ".join(DETECTORS)
+                        + f" (default {DEFAULT_DETECTOR}); with --pipeline a comma-separated list to compare "
+                          "(default: all)")
     t = p.add_argument_group("latency")
     t.add_argument("-t", "--threads", type=thread_list, default=None, metavar="N[,N...]",
                    help="interpreter threads; several, comma-separated, are swept (None: the interpreter's own)")
@@ -91,13 +93,18 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-def _pipeline(args, parser) -> int:
-    from .pipeline import format_pipeline, run_pipeline
-    names = [n.strip() for n in args.detectors.split(",") if n.strip()]
+def _detectors(text: str, parser) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
     bad = [n for n in names if n not in DETECTORS]
     if bad or not names:
-        parser.error(f"argument --detectors: unknown detector {', '.join(bad) or repr(args.detectors)}; "
+        parser.error(f"argument --detector: unknown detector {', '.join(bad) or repr(text)}; "
                      f"choose from {', '.join(DETECTORS)}")
+    return names
+
+
+def _pipeline(args, parser) -> int:
+    from .pipeline import format_pipeline, run_pipeline
+    names = _detectors(args.detector or ",".join(DETECTORS), parser)
     if not args.data or len(args.models) != 1:
         parser.error("--pipeline measures one model on --data DIR (photos in one sub-folder per class)")
     report = run_pipeline(args.models[0], args.data, names, (args.threads or [None])[0])
@@ -118,6 +125,9 @@ def _body(argv) -> int:
     args = parser.parse_args(argv)
     if args.pipeline:
         return _pipeline(args, parser)
+    detector = _detectors(args.detector or DEFAULT_DETECTOR, parser)
+    if len(detector) > 1:
+        parser.error("argument --detector: one detector, unless --pipeline compares several")
     from .bench import BenchOptions, run_bench
     from .report import (check_gates, compare_reports, format_csv, format_markdown, format_table,
                          import_pyplot, read_report, write_plot, write_text)
@@ -127,7 +137,7 @@ def _body(argv) -> int:
     old = read_report(args.compare) if args.compare else None
     report = run_bench(BenchOptions(args.models, args.data, args.split, args.part, args.data_root,
                                     args.threads or [None], args.runs, args.warmup,
-                                    args.min_seconds, args.cold_runs))
+                                    args.min_seconds, args.cold_runs, detector[0]))
     print(format_table(report), flush=True)
     reasons = check_gates(report, args.max_drop, args.max_p50_ms, args.min_accuracy)
     regressions = compare_reports(report, old, args.tolerance, args.tolerance_pp) if old else []

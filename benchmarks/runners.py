@@ -67,10 +67,10 @@ class EdgeRunner:
     """
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None,
-                 backend: str | None = None):
+                 backend: str | None = None, detector: str = DEFAULT_DETECTOR):
         self.path = Path(path)
         self.threads = threads
-        self.load_ms, self.clf = time_once(lambda: Classifier(path, threads, backend))
+        self.load_ms, self.clf = time_once(lambda: Classifier(path, threads, backend, detector))
         meta = self.clf.metadata
         self.labels = list(meta.labels)
         self.size, self.color = meta.image_size, meta.color
@@ -130,7 +130,7 @@ class KerasRunner:
 
     threads = None  # TensorFlow fixes its thread pools when it starts
 
-    def __init__(self, path: str | os.PathLike, labels: list[str]):
+    def __init__(self, path: str | os.PathLike, labels: list[str], detector: str = DEFAULT_DETECTOR):
         keras = import_keras()
         self.path = Path(path)
         if not self.path.is_file():
@@ -152,7 +152,7 @@ class KerasRunner:
         self.format = "keras-float32"
         self.backend = f"keras-{keras.backend.backend()}"
         self.size_mb = file_size_mb(path)
-        self._detector = None
+        self._detector = detector
 
     def cost(self) -> tuple[int, int]:
         """(parameters, MACs per image); see :func:`benchmarks.cost.keras_cost`."""
@@ -183,8 +183,8 @@ class KerasRunner:
         height, width = self.size
         if image.shape[0] <= height and image.shape[1] <= width:
             return image
-        if self._detector is None:
-            self._detector = make_detector(DEFAULT_DETECTOR)
+        if isinstance(self._detector, str):
+            self._detector = make_detector(self._detector)
         faces = self._detector.detect(image)
         if not faces:
             return image
@@ -197,17 +197,19 @@ class KerasRunner:
         return (p >= self.meta.threshold).astype(np.int64)
 
 
-def load_runner(path: str | os.PathLike, labels: list[str], threads: int | None = None):
+def load_runner(path: str | os.PathLike, labels: list[str], threads: int | None = None,
+                detector: str = DEFAULT_DETECTOR):
     """An :class:`EdgeRunner`, or a :class:`KerasRunner` for a .keras file
-    (which ignores ``threads``).
+    (which ignores ``threads``); ``detector`` finds the faces in images
+    larger than the model input, for both.
 
     Raises:
         HappysadError: the model cannot be loaded, or its labels differ from
             the data's.
     """
     if is_keras_path(path):
-        return KerasRunner(path, labels)
-    runner = EdgeRunner(path, threads)
+        return KerasRunner(path, labels, detector)
+    runner = EdgeRunner(path, threads, detector=detector)
     if runner.labels != list(labels):
         raise HappysadError(f"{path}: model labels {runner.labels} differ from the data's {list(labels)}")
     return runner

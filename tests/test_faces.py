@@ -233,7 +233,7 @@ def test_bench_pipeline_per_detector(export_dir, real_data, tmp_path):
         cv2.imwrite(str(root / label / "blank.jpg"), np.full((300, 400, 3), 120, np.uint8))
     out = tmp_path / "wild.json"
     res = subprocess.run([sys.executable, "-m", "benchmarks", str(export_dir / "model_int8.tflite"), "--pipeline",
-                          "--data", str(root), "--detectors", "yunet,haar", "--json", str(out)],
+                          "--data", str(root), "--detector", "yunet,haar", "--json", str(out)],
                          capture_output=True, text=True, cwd=REPO, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "| yunet |" in res.stdout and "| haar |" in res.stdout
