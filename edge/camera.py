@@ -25,6 +25,7 @@ import numpy as np
 
 from .classifier import Classifier, Prediction, stat_stamp
 from .errors import HappysadError
+from .fileio import output_target, temp_name
 from .smoothing import ScoreSmoother
 from .sources import Capture
 
@@ -178,9 +179,10 @@ class Recorder:
     """
 
     def __init__(self, path: str, fps: float, size: tuple[int, int]):
-        self.path = Path(path)
+        self.path, direct = output_target(path)
         fourcc = "mp4v" if self.path.suffix.lower() in (".mp4", ".m4v", ".mov") else "MJPG"
-        self._tmp = self.path.with_name(f".{self.path.stem}.tmp-{os.getpid()}{self.path.suffix}")
+        # A FIFO or device is written as it is (a pipe to a streaming program), never replaced.
+        self._tmp = self.path if direct else temp_name(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*fourcc), fps or 15.0, size)
         if not self._writer.isOpened():
@@ -192,7 +194,8 @@ class Recorder:
 
     def close(self) -> None:
         self._writer.release()
-        os.replace(self._tmp, self.path)
+        if self._tmp != self.path:
+            os.replace(self._tmp, self.path)
 
 
 class FaceLog:

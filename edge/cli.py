@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from .classifier import Classifier
 from .cli_util import ArgumentParser, non_negative_int, positive_int, run_main
 from .errors import HappysadError
 from .faces import DEFAULT_DETECTOR, DETECTORS
-from .images import find_images, load_image
+from .images import display_path, find_images, load_image
 
 PROG = "happysad-edge"
 
@@ -130,7 +131,7 @@ def _print_photo(path, preds, args) -> None:
     """One JSON line per image, or one text line per face (a line saying
     "no face" when ``--no-face skip`` left the image without a label)."""
     if args.json:
-        record = {"path": str(path)}
+        record = {"path": os.fsdecode(path)}  # JSON escapes control characters and undecodable bytes
         if args.faces == "all":
             record["faces"] = [p.to_dict() for p in preds]
         else:
@@ -138,11 +139,12 @@ def _print_photo(path, preds, args) -> None:
                           {"label": None, "confidence": None, "basis": "no-face", "face": None})
         print(json.dumps(record), flush=True)
         return
+    shown = display_path(path)  # a newline or an escape in a name must not reach the terminal raw
     if not preds:
-        print(f"{path}\t-\t-\tno face", flush=True)
+        print(f"{shown}\t-\t-\tno face", flush=True)
     for pred in preds:
         face = "face " + ",".join(map(str, pred.face)) if pred.face else "whole image"
-        print(f"{path}\t{pred.label}\t{pred.confidence:.3f}\t{face}\t{pred.timings['total']:.2f} ms",
+        print(f"{shown}\t{pred.label}\t{pred.confidence:.3f}\t{face}\t{pred.timings['total']:.2f} ms",
               flush=True)
 
 

@@ -1,14 +1,45 @@
 """Atomic file writes: write to a temporary name in the same folder, then
 rename, so an interrupted run never leaves a half-written file under a final
-name and never destroys the previous good one."""
+name and never destroys the previous good one.
+
+The one output gate: a path that is a symlink is followed and its target
+replaced (the link stays); a FIFO, a character device or a socket is
+written directly, never replaced, since the program reading it would be cut
+off and the user's pipe destroyed.
+"""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import stat
 from pathlib import Path
 
 from .errors import HappysadError, UsageError
+
+
+def output_target(path: str | os.PathLike) -> tuple[Path, bool]:
+    """Where an output really goes: (path to write, whether to write it directly).
+
+    A symlink resolves to its target (which is then replaced atomically, the
+    link kept); an existing FIFO, character or block device, or socket is
+    written directly (True); anything else, a regular file or a new path,
+    is replaced through a temporary name (False).
+    """
+    path = Path(path)
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    try:
+        mode = os.stat(target).st_mode
+    except OSError:
+        return target, False
+    return target, not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def temp_name(path: Path) -> Path:
+    """The temporary name next to ``path`` that :func:`atomic_path` writes
+    first: hidden, with the process id, keeping the suffix (some writers,
+    such as Keras and OpenCV's VideoWriter, pick the format from it)."""
+    return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
 
 
 @contextlib.contextmanager
@@ -17,14 +48,22 @@ def atomic_path(path: str | os.PathLike):
 
     The temporary name keeps the suffix (some writers, such as Keras, pick
     the format from it). On an exception the temporary file is removed and
-    ``path`` is left as it was.
+    ``path`` is left as it was. Through :func:`output_target`: a symlink's
+    target is replaced, and a FIFO or device is yielded as it is, to be
+    written directly.
 
     Raises:
         HappysadError: the folder cannot be created or written (read-only,
             full disk); the message names the path.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    path, direct = output_target(path)
+    if direct:
+        try:
+            yield path
+        except OSError as exc:
+            raise HappysadError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        return
+    tmp = temp_name(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
@@ -43,7 +82,8 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
+            if stat.S_ISREG(os.fstat(fh.fileno()).st_mode):  # a pipe or device cannot be synced
+                os.fsync(fh.fileno())
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

@@ -264,6 +264,7 @@ def test_deterministic_training_repeats_bit_for_bit(dataset, tmp_path):
                      "--batch-size", "16", "--deterministic"]) == 0
         metrics.append(json.loads((out / "metrics.json").read_text()))
     a, b, c = metrics
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["augment"] == "camera"  # the default
     assert a["deterministic"] is True and len(a["weights_sha256"]) == 64
     assert a["weights_sha256"] == b["weights_sha256"]
     for key in ("accuracy", "roc_auc", "confusion_matrix"):

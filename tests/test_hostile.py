@@ -1,0 +1,163 @@
+"""Hostile files and odd paths: image bombs, files that are not files, names
+that are not text, and outputs that are links or pipes. Each gets one line
+and the rest of the work goes on, within a memory bound."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from conftest import REPO
+from edge.errors import HappysadError
+from edge.fileio import write_bytes, write_json
+from edge.images import display_path, image_dimensions, load_image
+
+#: Address space allowed to a classify process in these tests: the edge
+#: runtime needs about 1.5 GB of it (mostly reserved, not resident); a
+#: bomb that decodes asks for several GB more.
+MEMORY_LIMIT = 3 * 1024 ** 3
+
+
+def _limit_memory():
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
+def gif_bomb() -> bytes:
+    """35 bytes: a GIF whose logical screen and image claim 65535 x 65535 pixels."""
+    return (b"GIF89a" + (65535).to_bytes(2, "little") * 2 + b"\x00\x00\x00" + b",\x00\x00\x00\x00"
+            + (65535).to_bytes(2, "little") * 2 + b"\x00\x02\x02D\x01\x00;")
+
+
+def padded_jpeg_bomb() -> bytes:
+    """A JPEG whose frame header (30000 x 30000) sits after 64 KB of APP1 padding."""
+    app = b"".join(b"\xff\xe1" + (65533).to_bytes(2, "big") + bytes(65531) for _ in range(2))
+    sof = b"\xff\xc0\x00\x11\x08" + (30000).to_bytes(2, "big") * 2 + b"\x03\x01\x22\x00\x02\x11\x01\x03\x11\x01"
+    return b"\xff\xd8" + app + sof + b"\xff\xd9"
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile")
+    face = cv2.resize(cv2.cvtColor(np.full((48, 48), 120, np.uint8), cv2.COLOR_GRAY2BGR), (64, 64))
+    cv2.imwrite(str(root / "good.png"), face)
+    (root / "gif.jpg").write_bytes(gif_bomb())
+    (root / "padded.jpg").write_bytes(padded_jpeg_bomb())
+    with open(root / "huge.jpg", "wb") as fh:  # sparse: no disk used, but 100 MB long
+        fh.truncate(100 * 1024 * 1024)
+    os.mkfifo(root / "fifo.jpg")
+    cv2.imwrite(str(root / "new\nline.png"), face)
+    cv2.imwrite(os.fsencode(root) + b"/bad-\xff\xfe.png", face)
+    return root
+
+
+def test_each_hostile_image_is_one_line_and_the_good_ones_are_classified(export_dir, hostile):
+    res = subprocess.run([sys.executable, "-m", "edge", "classify", str(export_dir / "model_int8.tflite"),
+                          str(hostile)], capture_output=True, text=True, cwd=REPO, timeout=60,
+                         preexec_fn=_limit_memory)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("happysad-edge: error:")]
+    expect = {"gif.jpg": "not a decodable image (not a JPEG, PNG, BMP or WebP file)",
+              "padded.jpg": "30000x30000 pixels is over the 50-megapixel limit",
+              "huge.jpg": "105 MB is over the 64 MiB limit",
+              "fifo.jpg": "not a regular file"}
+    assert len(errors) == len(expect), errors
+    for name, reason in expect.items():
+        assert [e for e in errors if f"{name}: {reason}" in e], (name, errors)
+    out = res.stdout.splitlines()
+    assert len(out) == 3  # good.png and the two odd names, one line each
+    assert any(line.startswith(f"{hostile}/new\\nline.png\t") for line in out), out
+    assert any(line.startswith(f"{hostile}/bad-\\xff\\xfe.png\t") for line in out), out
+
+
+def test_json_output_keeps_odd_names_as_valid_json(export_dir, hostile):
+    res = subprocess.run([sys.executable, "-m", "edge", "classify", str(export_dir / "model_int8.tflite"),
+                          str(hostile / "new\nline.png"), os.fsdecode(os.fsencode(hostile) + b"/bad-\xff\xfe.png"),
+                          "--json"], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert res.returncode == 0, res.stderr
+    paths = [json.loads(line)["path"] for line in res.stdout.splitlines()]
+    assert len(paths) == 2 and paths[0].endswith("new\nline.png")
+    assert os.fsencode(paths[1]).endswith(b"bad-\xff\xfe.png")  # the bytes come back as they were
+
+
+def test_too_long_name_is_one_line(export_dir, tmp_path):
+    res = subprocess.run([sys.executable, "-m", "edge", "classify", str(export_dir / "model_int8.tflite"),
+                          str(tmp_path / ("x" * 300 + ".jpg"))], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "cannot read (File name too long)" in res.stderr
+
+
+def test_the_jpeg_frame_header_is_found_past_padding():
+    assert image_dimensions(padded_jpeg_bomb()) == (30000, 30000)
+
+
+def test_display_path_escapes_control_characters_and_bad_bytes():
+    assert display_path("a\nb\x1b[31m.jpg") == "a\\nb\\x1b[31m.jpg"
+    assert display_path(os.fsdecode(b"caf\xe9.jpg")) == "caf\\xe9.jpg"
+    assert display_path("café.jpg") == "café.jpg"
+
+
+def test_symlinked_output_keeps_the_link_and_replaces_its_target(tmp_path):
+    real = tmp_path / "real.json"
+    real.write_text("{}")
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    write_json(link, {"a": 1})
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert json.loads(real.read_text()) == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "real.json"]  # no temporary left
+
+
+def test_fifo_output_is_written_into_not_replaced(tmp_path):
+    fifo = tmp_path / "report.json"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()))
+    reader.start()
+    write_json(fifo, {"b": 2})
+    reader.join(10)
+    assert got and json.loads(got[0]) == {"b": 2}
+    assert fifo.is_fifo()
+
+
+def test_fifo_and_bomb_fail_fast_in_the_api(tmp_path):
+    os.mkfifo(tmp_path / "f.jpg")
+    with pytest.raises(HappysadError, match="not a regular file"):
+        load_image(tmp_path / "f.jpg")
+    (tmp_path / "g.jpg").write_bytes(gif_bomb())
+    with pytest.raises(HappysadError, match="not a JPEG, PNG, BMP or WebP"):
+        load_image(tmp_path / "g.jpg")
+
+
+def test_webp_is_read_and_its_size_checked(tmp_path):
+    image = np.random.default_rng(0).integers(0, 255, (30, 50, 3), np.uint8)
+    ok, data = cv2.imencode(".webp", image)
+    assert ok
+    assert image_dimensions(data.tobytes()) == (50, 30)
+    write_bytes(tmp_path / "a.webp", data.tobytes())
+    assert load_image(tmp_path / "a.webp").shape == (30, 50, 3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(head=st.sampled_from([b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"RIFF\x00\x00\x00\x00WEBPVP8X", b"GIF89a",
+                             b""]),
+       body=st.binary(max_size=2048))
+def test_arbitrary_bytes_are_an_image_or_one_error(tmp_path_factory, head, body):
+    """Any bytes behind any magic: a decoded image or a HappysadError, never another exception."""
+    path = tmp_path_factory.mktemp("fuzz") / "x.jpg"
+    path.write_bytes(head + body)
+    try:
+        image = load_image(path)
+    except HappysadError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+
