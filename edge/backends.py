@@ -150,6 +150,32 @@ class Backend:
         raise NotImplementedError  # pragma: no cover
 
 
+_ONNX_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
+
+
+def check_interface(path, n_inputs: int, n_outputs: int, input_dtypes: list, input_ranks: list,
+                    float_only: bool = False) -> None:
+    """Refuse a model whose interface is not one image in, one tensor out.
+
+    Args:
+        n_inputs, n_outputs: the graph's input and output counts.
+        input_dtypes: numpy dtype name of the input; input_ranks: its rank.
+        float_only: an ONNX file, whose input must be float32.
+
+    Raises:
+        HappysadError: not exactly one input and one output, an input of
+            another rank than 4 (NHWC) or another dtype than float32 (or,
+            for TFLite, int8 or uint8).
+    """
+    if n_inputs != 1 or n_outputs != 1:
+        raise HappysadError(f"{path}: the model has {n_inputs} inputs and {n_outputs} outputs, not one "
+                            "image in and one score out; export it with happysad-export")
+    allowed = ("float32",) if float_only else ("float32", "int8", "uint8")
+    if input_dtypes[0] not in allowed or input_ranks[0] != 4:
+        raise HappysadError(f"{path}: the model's input is a rank-{input_ranks[0]} {input_dtypes[0]} tensor, "
+                            f"not an NHWC image of {' or '.join(allowed)}; export it with happysad-export")
+
+
 class TFLiteBackend(Backend):
     """ai-edge-litert or tflite-runtime, with XNNPACK where the build has it."""
 
@@ -170,8 +196,11 @@ class TFLiteBackend(Backend):
                                 "copy or export it again") from None
         self.load_ms = (time.perf_counter() - start) * 1e3
         self.name = name
-        inp = self._interp.get_input_details()[0]
-        out = self._interp.get_output_details()[0]
+        inputs, outputs = self._interp.get_input_details(), self._interp.get_output_details()
+        check_interface(path, len(inputs), len(outputs),
+                        [np.dtype(inputs[0]["dtype"]).name] if inputs else [],
+                        [len(inputs[0]["shape"])] if inputs else [])
+        inp, out = inputs[0], outputs[0]
         self._in_index, self._out_index = inp["index"], out["index"]
         self.input_shape = tuple(int(d) for d in inp["shape"])
         self.input_dtype = inp["dtype"]
@@ -230,7 +259,14 @@ class OnnxBackend(Backend):
                                 "copy or export it again") from None
         self.load_ms = (time.perf_counter() - start) * 1e3
         self.name = "onnxruntime"
-        inp = self.session.get_inputs()[0]
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        check_interface(path, len(inputs), len(outputs),
+                        [_ONNX_TYPES.get(inputs[0].type, inputs[0].type)] if inputs else [],
+                        [len(inputs[0].shape)] if inputs else [], float_only=True)
+        if outputs[0].type != "tensor(float)":
+            raise HappysadError(f"{path}: the model's output is {outputs[0].type}, not a float tensor; "
+                                "export it again with happysad-export")
+        inp = inputs[0]
         self._in_name = inp.name
         shape = [d if isinstance(d, int) else 1 for d in inp.shape]
         self.input_shape = tuple(shape)

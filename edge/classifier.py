@@ -117,9 +117,32 @@ class Classifier:
         if tuple(self.backend.input_shape[1:]) != expected:
             raise HappysadError(f"{self.path}: model input {self.backend.input_shape[1:]} does not "
                                 f"match its metadata {expected}; re-export the model")
+        if tuple(self.backend.output_shape) not in ((1, 1), (1,)):
+            raise HappysadError(f"{self.path}: model output {self.backend.output_shape} is not one score "
+                                f"for {len(self.metadata.labels)} labels; re-export the model")
         self.labels = self.metadata.labels
+        self._self_test()
         self._detector = detector if detector is not None else DEFAULT_DETECTOR
         self._threads = threads
+
+    def _self_test(self) -> None:
+        """One inference on a mid-grey image before any real one: a model
+        with NaN weights, or one that fails at its first invoke, is refused
+        at load, not at the first frame.
+
+        Raises:
+            HappysadError: the inference fails or gives a non-finite score.
+        """
+        h, w = self.metadata.image_size
+        pixels = np.full((h, w, 1 if self.metadata.color == "gray" else 3), 128, np.uint8)
+        try:
+            out = self.backend.run(pixels)
+        except Exception as exc:  # interpreters raise their own types
+            raise HappysadError(f"{self.path}: the model fails its first inference "
+                                f"({type(exc).__name__}); export it again") from None
+        if not np.all(np.isfinite(out)):
+            raise HappysadError(f"{self.path}: the model gives a non-finite score (NaN or infinity); "
+                                "its weights are broken; export it again")
 
     @property
     def detector(self):

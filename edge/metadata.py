@@ -214,6 +214,8 @@ def decode(raw: bytes, source: str) -> ModelMetadata:
                             f"{MAX_METADATA_BYTES}-byte limit; re-export the model")
     try:
         d = json.loads(raw)
+    except RecursionError:  # e.g. 100,000 nested brackets: bounded by the interpreter's stack
+        raise HappysadError(f"{source}: model metadata is nested too deeply; re-export the model") from None
     except (ValueError, UnicodeDecodeError):
         raise HappysadError(f"{source}: model metadata is not valid JSON; re-export the model") from None
     if not isinstance(d, dict):
@@ -267,12 +269,15 @@ def read_tflite_metadata(path: str | Path) -> ModelMetadata:
     try:
         with zipfile.ZipFile(path) as zf:
             info = zf.getinfo(TFLITE_MEMBER)
+            if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise HappysadError(f"{path}: model metadata is encrypted or compressed with an "
+                                    "unsupported method; re-export the model")
             if info.file_size > MAX_METADATA_BYTES:
                 raise HappysadError(f"{path}: model metadata is {info.file_size} bytes, over the "
                                     f"{MAX_METADATA_BYTES}-byte limit; re-export the model")
             with zf.open(info) as fh:
                 raw = fh.read(MAX_METADATA_BYTES + 1)
-    except (zipfile.BadZipFile, KeyError, EOFError, zipfile.LargeZipFile):
+    except (zipfile.BadZipFile, KeyError, EOFError, zipfile.LargeZipFile, NotImplementedError, RuntimeError):
         raise HappysadError(f"{path}: no happysad metadata in this model file "
                             "(truncated, or not exported by happysad-export)") from None
     except OSError as exc:

@@ -703,6 +703,10 @@ def export_run(opts: ExportOptions) -> dict:
                  "scales and zero points may not cover real inputs (raise --calib-samples)")
     pixels, labels = validation_set(split)
     reference = keras_probabilities(model, pixels)
+    if not np.all(np.isfinite(reference)):
+        bad = int(np.sum(~np.isfinite(reference)))
+        raise HappysadError(f"{run_dir / 'model.keras'}: gives a non-finite score (NaN or infinity) on {bad} "
+                            f"of {len(reference)} validation images; its weights are broken; train it again")
     threshold = float(metrics.get("threshold", 0.5))
     ref = compare(reference, reference, labels, threshold)
     _log(f"verifying on the {VERIFY_SPLIT} split: {len(labels)} images, Keras accuracy "

@@ -161,3 +161,65 @@ def test_arbitrary_bytes_are_an_image_or_one_error(tmp_path_factory, head, body)
     else:
         assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
 
+
+
+def test_models_that_lie_are_refused_at_load(export_dir, tmp_path):
+    import zipfile
+
+    from edge import Classifier
+    from edge.metadata import strip_tflite_metadata
+    body = strip_tflite_metadata((export_dir / "model_float32.tflite").read_bytes())
+    # Metadata stored with an unsupported compression method (bzip2).
+    import io
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_BZIP2) as zf:
+        zf.writestr("happysad_metadata.json", b"{}")
+    (tmp_path / "bz.tflite").write_bytes(body + buf.getvalue())
+    with pytest.raises(HappysadError, match="unsupported method"):
+        Classifier(tmp_path / "bz.tflite")
+    # Deeply nested JSON.
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("happysad_metadata.json", b"[" * 100_000)
+    (tmp_path / "deep.tflite").write_bytes(body + buf.getvalue())
+    with pytest.raises(HappysadError, match="nested too deeply"):
+        Classifier(tmp_path / "deep.tflite")
+
+
+def test_onnx_with_two_inputs_or_uint8_input_is_one_line(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edge import Classifier
+
+    def save(name, inputs, outputs, nodes):
+        graph = helper.make_graph(nodes, "g", inputs, outputs)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        path = tmp_path / name
+        onnx.save(model, str(path))
+        return path
+    two = save("two.onnx", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 48, 48, 1]) for n in "ab"],
+               [helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, 48, 48, 1])],
+               [helper.make_node("Add", ["a", "b"], ["c"])])
+    with pytest.raises(HappysadError, match="2 inputs and 1 outputs"):
+        Classifier(two)
+    u8 = save("u8.onnx", [helper.make_tensor_value_info("a", TensorProto.UINT8, [1, 48, 48, 1])],
+              [helper.make_tensor_value_info("b", TensorProto.UINT8, [1, 48, 48, 1])],
+              [helper.make_node("Identity", ["a"], ["b"])])
+    with pytest.raises(HappysadError, match="rank-4 uint8 tensor"):
+        Classifier(u8)
+
+
+def test_nan_weights_are_refused_at_load(export_dir, tmp_path):
+    """A float TFLite file whose weights were overwritten with NaN loads but fails the self-test."""
+    from edge import Classifier
+    data = bytearray((export_dir / "model_float32.tflite").read_bytes())
+    nan = np.float32(np.nan).tobytes()
+    # Overwrite a run of float32 weights in the middle of the buffer area with NaN.
+    start = len(data) // 2 - (len(data) // 2) % 4
+    for i in range(start, start + 40_000, 4):
+        data[i:i + 4] = nan
+    (tmp_path / "nan.tflite").write_bytes(bytes(data))
+    with pytest.raises(HappysadError, match="non-finite score"):
+        Classifier(tmp_path / "nan.tflite")
