@@ -295,11 +295,21 @@ def load_backend(path: str | os.PathLike, threads: int | None = None,
         backend: force one of :data:`BACKENDS`; None chooses from the file
             (ai-edge-litert, else tflite-runtime, for TFLite; onnxruntime for ONNX).
 
+    Threads beyond the CPU count are clamped to it, with a warning.
+
     Raises:
         HappysadError: unknown or missing backend, a backend that cannot read
             this format, or an unreadable model file.
     """
     fmt = model_format(path)
+    cores = os.cpu_count() or 1
+    if threads is not None and threads > cores:
+        # onnxruntime spins up every thread asked for (10,000 hang the
+        # process); more threads than cores never run faster.
+        import sys
+        print(f"happysad: warning: --threads {threads} is more than this machine's {cores} cores; "
+              f"using {cores}", file=sys.stderr)
+        threads = cores
     if backend is not None and backend not in BACKENDS:
         raise HappysadError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     name = backend or default_backend(fmt)

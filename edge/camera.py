@@ -160,9 +160,14 @@ class ModelWatcher:
             new = Classifier(old.path, self._threads, self._backend, detector=old._detector)
             h, w = new.metadata.image_size
             channels = 1 if new.metadata.color == "gray" else 3
-            new.scores(np.zeros((h, w, channels), np.uint8))  # it must run, not only load
-        except HappysadError as exc:
-            print(f"refused the new model file: {exc}; still running the previous one",
+            # It must run, not only load: the edge cases of the input range
+            # (the Classifier ran a mid-grey self-test already).
+            for value in (0, 255):
+                if not np.all(np.isfinite(new.scores(np.full((h, w, channels), value, np.uint8)))):
+                    raise HappysadError(f"{old.path}: the new model gives a non-finite score")
+        except Exception as exc:  # whatever a bad file raises, the running model stays
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            print(f"refused the new model file: {reason}; still running the previous one",
                   file=sys.stderr, flush=True)
             return None
         self.classifier = new
@@ -213,16 +218,29 @@ class FaceLog:
         except OSError as exc:
             raise HappysadError(f"--log {path}: cannot open for appending ({exc.strerror or exc})") from None
         self._csv = csv.writer(self._fh)
+        self.failing = False
         if new:
             self._csv.writerow(["time", "frame", "label", "confidence",
                                 *(f"score_{name}" for name in self.labels), "x", "y", "w", "h"])
 
     def write(self, frame_no: int, results: list[Prediction]) -> None:
+        """Append the rows; a full disk or an I/O error is reported once on
+        stderr (and again when it clears), and the camera loop goes on."""
         now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
-        for r in results:
-            box = list(r.face) if r.face else ["", "", "", ""]
-            self._csv.writerow([now, frame_no, r.label, f"{r.confidence:.4f}",
-                                *(f"{r.scores.get(name, 0.0):.4f}" for name in self.labels), *box])
+        try:
+            for r in results:
+                box = list(r.face) if r.face else ["", "", "", ""]
+                self._csv.writerow([now, frame_no, r.label, f"{r.confidence:.4f}",
+                                    *(f"{r.scores.get(name, 0.0):.4f}" for name in self.labels), *box])
+        except OSError as exc:
+            if not self.failing:
+                print(f"--log: cannot write ({exc.strerror or exc}); rows are lost until it can, "
+                      "the camera goes on", file=sys.stderr, flush=True)
+            self.failing = True
+        else:
+            if self.failing:
+                print("--log: writing again", file=sys.stderr, flush=True)
+            self.failing = False
 
     def close(self) -> None:
         self._fh.close()
@@ -258,7 +276,8 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
     Returns:
         summary dict: frames, frames_with_face, errors (frames whose
         classification failed; the loop goes on), dropped (live frames
-        replaced before they were classified), reconnects, seconds, fps (Hz).
+        replaced before they were classified), reconnects, seconds, fps
+        (Hz), stopped_by_signal (SIGINT, SIGTERM or SIGHUP ended it).
 
     Raises:
         HappysadError: the source cannot be opened, or a live source gave up
@@ -279,7 +298,9 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
         stop.append(True)
         capture.request_stop()
 
-    handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # SIGHUP too: a closed terminal or a service manager's reload ends the
+    # loop like Ctrl-C, the recording renamed into place and the log closed.
+    handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     watcher = ModelWatcher(classifier, threads, backend)
     clf = classifier
     smoother = ScoreSmoother(options.smooth, clf.labels, clf.metadata.threshold)
@@ -352,5 +373,6 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
         out.flush()
     seconds = time.perf_counter() - start
     return {"frames": frames, "frames_with_face": with_face, "errors": errors, "dropped": capture.dropped,
+            "stopped_by_signal": bool(stop),
             "reconnects": capture.reconnects, "seconds": round(seconds, 3),
             "fps": round(frames / seconds, 2) if seconds > 0 else 0.0}

@@ -166,7 +166,9 @@ def _camera(args) -> int:
     print(f"{PROG}: {summary['frames']} frames, {summary['frames_with_face']} with a face, "
           f"{summary['dropped']} dropped, {summary['reconnects']} reconnects, {summary['fps']} FPS",
           file=sys.stderr)
-    return 0
+    # Stopped by a signal: outputs are closed and whole, and the exit status
+    # says it was interrupted (130), as for every other command.
+    return 130 if summary.get("stopped_by_signal") else 0
 
 
 def _info(args) -> int:
