@@ -650,13 +650,8 @@ def refusal_message(manifest: dict) -> str:
             "; raise --calib-samples, try another --calibration, or find the layer with --debug-quant")
 
 
-def _carried_over(out: Path, names_written) -> dict:
-    """Records of the previous manifest whose files are still there, unchanged.
-
-    An export of some formats, or one that refused a file, leaves the other
-    files in place; they stay listed so ``happysad-edge verify`` still
-    finds them.
-    """
+def previous_records(out: Path) -> dict:
+    """The file records of the manifest already in ``out`` ({} if none or unreadable)."""
     path = out / "manifest.json"
     if not path.is_file():
         return {}
@@ -664,9 +659,20 @@ def _carried_over(out: Path, names_written) -> dict:
         old = read_json(path, "manifest")
     except HappysadError:
         return {}
+    files = old.get("files")
+    return {n: r for n, r in files.items() if isinstance(r, dict)} if isinstance(files, dict) else {}
+
+
+def _carried_over(out: Path, records: dict, skip) -> dict:
+    """The ``records`` whose files are still in ``out``, unchanged, except the names in ``skip``.
+
+    An export of some formats, or one that refused a file, leaves the other
+    files in place; they stay listed so ``happysad-edge verify`` still
+    finds them.
+    """
     kept = {}
-    for name, rec in (old.get("files") or {}).items():
-        if name in names_written or not (out / name).is_file() or not isinstance(rec, dict):
+    for name, rec in records.items():
+        if name in skip or not (out / name).is_file():
             continue
         if file_record(out / name) == {"size_bytes": rec.get("size_bytes"), "sha256": rec.get("sha256")}:
             kept[name] = rec
@@ -717,12 +723,36 @@ def export_run(opts: ExportOptions) -> dict:
     except OSError as exc:
         raise HappysadError(f"{out}: cannot create the export folder ({exc.strerror or exc})") from None
     written, refused, debug_files, cache = {}, {}, {}, {}
+    previous = previous_records(out)
+    order = list(FILENAMES.values())
+
+    def save_manifest(pending: str | None = None) -> dict:
+        # Written again around every file, so that whenever the export
+        # stops (a crash, SIGKILL) the manifest lists only files that match
+        # it: a file's old record is dropped before its new file can land.
+        files = {**_carried_over(out, previous, {*written, pending}), **written}
+        files = dict(sorted(files.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+        manifest = {"run": str(run_dir.resolve()), "package_version": __version__,
+                    "exported_at": extra["exported_at"],
+                    "options": {"calib_samples": len(calib) if calib is not None else 0, "seed": opts.seed,
+                                "io_type": opts.io_type, "per_channel": opts.per_channel,
+                                "calibration": opts.calibration,
+                                **({"calibration_chosen": cache["calibration_chosen"]}
+                                   if "calibration_chosen" in cache else {})},
+                    "verification": {"split": VERIFY_SPLIT, "n": int(len(labels)),
+                                     "keras_accuracy": ref["float_accuracy"], "max_drop_pp": opts.max_drop},
+                    "files": files, "written": sorted(written), "refused": refused,
+                    "debug_reports": debug_files}
+        write_json(out / "manifest.json", manifest)
+        return manifest
+
     for fmt in FORMATS:
         if fmt not in opts.formats:
             continue
         name = FILENAMES[fmt]
         path = out / name
         _log(f"exporting {fmt} -> {path}")
+        save_manifest(pending=name)
         debug_pixels = pixels[:DEBUG_IMAGES] if opts.debug_quant and fmt in DEBUG_FILENAMES else None
         with converter_output_held(opts.verbose):
             body, debug = model_body(fmt, model, calib, opts, cache, out, debug_pixels,
@@ -749,19 +779,4 @@ def export_run(opts: ExportOptions) -> dict:
         else:
             refused[name] = {"format": fmt, "verification": figures,
                              "missed_by_pp": missed_by(figures, opts.max_drop)}
-    files = {**_carried_over(out, set(written)), **written}
-    order = list(FILENAMES.values())
-    files = dict(sorted(files.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
-    manifest = {"run": str(run_dir.resolve()), "package_version": __version__,
-                "exported_at": extra["exported_at"],
-                "options": {"calib_samples": len(calib) if calib is not None else 0, "seed": opts.seed,
-                            "io_type": opts.io_type, "per_channel": opts.per_channel,
-                            "calibration": opts.calibration,
-                            **({"calibration_chosen": cache["calibration_chosen"]}
-                               if "calibration_chosen" in cache else {})},
-                "verification": {"split": VERIFY_SPLIT, "n": int(len(labels)),
-                                 "keras_accuracy": ref["float_accuracy"], "max_drop_pp": opts.max_drop},
-                "files": files, "written": sorted(written), "refused": refused,
-                "debug_reports": debug_files}
-    write_json(out / "manifest.json", manifest)
-    return manifest
+    return save_manifest()

@@ -50,6 +50,13 @@ def test_killed_export_leaves_only_whole_files(run_dir, export_dir, tmp_path, si
     # Every final name still holds a whole file: the earlier one or a new one.
     assert before <= {p.name for p in out.iterdir()}
     assert_every_final_file_whole(out)
+    # The manifest lists only files that match it, so verify never fails a good file.
+    import hashlib
+    listed = json.loads((out / "manifest.json").read_text())["files"]
+    assert listed
+    for name, rec in listed.items():
+        data = (out / name).read_bytes()
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (rec["size_bytes"], rec["sha256"]), name
     if sig == signal.SIGTERM:
         assert "interrupted" in err and "Traceback" not in err, err[-3000:]
         assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "temporary files left"
