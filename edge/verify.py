@@ -52,9 +52,14 @@ def manifest_record(model: Path, manifest: Path) -> dict:
                             "happysad-export wrote with --manifest FILE")
     rec = files.get(model.name)
     if not isinstance(rec, dict) or not {"size_bytes", "sha256"} <= set(rec):
-        listed = ", ".join(files) or "none"
+        listed = ", ".join(map(str, files)) or "none"
         raise HappysadError(f"{manifest}: does not list {model.name} (it lists {listed}); "
                             "pass the manifest of the export this file came from with --manifest FILE")
+    size, digest = rec["size_bytes"], rec["sha256"]
+    if (not isinstance(size, int) or isinstance(size, bool) or size < 0 or not isinstance(digest, str)
+            or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest)):
+        raise HappysadError(f"{manifest}: the record of {model.name} is malformed (size_bytes must be a "
+                            "whole number, sha256 64 hex digits); export again or copy the manifest again")
     return rec
 
 

@@ -223,3 +223,19 @@ def test_nan_weights_are_refused_at_load(export_dir, tmp_path):
     (tmp_path / "nan.tflite").write_bytes(bytes(data))
     with pytest.raises(HappysadError, match="non-finite score"):
         Classifier(tmp_path / "nan.tflite")
+
+
+@settings(max_examples=40, deadline=None)
+@given(size=st.one_of(st.text(max_size=5), st.floats(allow_nan=True), st.none(), st.booleans(),
+                      st.lists(st.integers(), max_size=2), st.integers(max_value=-1)),
+       digest=st.one_of(st.text(max_size=70), st.integers(), st.none()))
+def test_malformed_manifest_records_are_one_line(tmp_path_factory, size, digest):
+    """verify on a manifest whose record holds the wrong types: a HappysadError, never a traceback."""
+    from edge.verify import verify
+    folder = tmp_path_factory.mktemp("manifest")
+    model = folder / "model_int8.tflite"
+    model.write_bytes(b"\x00" * 100)
+    write_json(folder / "manifest.json", {"files": {"model_int8.tflite": {"size_bytes": size, "sha256": digest}}})
+    with pytest.raises(HappysadError) as err:
+        verify(model)
+    assert "\n" not in str(err.value)
