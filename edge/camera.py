@@ -53,6 +53,7 @@ class CameraOptions:
         no_face: classify the whole frame, no face detection.
         smooth: weight of the history in each face's score average, 0..1 (0: off).
         serve: "HOST:PORT" of the MJPEG preview, or None.
+        serve_token: the token every preview request must carry, or None.
         record: video file for the annotated frames (.avi: MJPG, .mp4: mp4v), or None.
         log: CSV file, one row appended per classified face, or None.
         reconnect_tries: reopen attempts for a live source that stops.
@@ -69,6 +70,7 @@ class CameraOptions:
     no_face: bool = False
     smooth: float = 0.0
     serve: str | None = None
+    serve_token: str | None = None
     record: str | None = None
     log: str | None = None
     reconnect_tries: int = 5
@@ -310,7 +312,7 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
     start = time.perf_counter()
     try:
         if options.serve:
-            server = PreviewServer(*parse_address(options.serve))
+            server = PreviewServer(*parse_address(options.serve), token=options.serve_token)
             print(f"preview: {server.url}", file=sys.stderr, flush=True)
         if options.log:
             log = FaceLog(options.log, clf.labels)

@@ -79,6 +79,11 @@ def build_parser() -> ArgumentParser:
                    help="average each face's scores over frames, weight ALPHA on the history (0: off)")
     p.add_argument("--serve", metavar="HOST:PORT", default=None,
                    help="MJPEG preview page; PORT alone binds 127.0.0.1")
+    p.add_argument("--serve-token", metavar="TOKEN", default=None,
+                   help="require this token on every preview request (?token=TOKEN or a Bearer header); "
+                        "@FILE reads it from a file. Needed for an address other than loopback")
+    p.add_argument("--serve-insecure", action="store_true",
+                   help="serve a non-loopback address without a token (anyone on the network sees the camera)")
     p.add_argument("--record", metavar="FILE", default=None, help="save the annotated video (.avi or .mp4)")
     p.add_argument("--log", metavar="FILE.csv", default=None, help="append one row per classified face")
     p.add_argument("--reconnect-tries", type=non_negative_int, default=5,
@@ -150,18 +155,28 @@ def _print_photo(path, preds, args) -> None:
 
 def _camera(args) -> int:
     from .faces import make_detector
-    from .preview import parse_address
+    from .preview import is_loopback, parse_address
+    token = _serve_token(args.serve_token)
     if args.serve:
         try:
-            parse_address(args.serve)
+            host, _ = parse_address(args.serve)
         except ValueError:
             build_parser().error(f"argument --serve: {args.serve!r} is not HOST:PORT")
+        if not is_loopback(host):
+            if token is None and not args.serve_insecure:
+                build_parser().error(f"argument --serve: {host} is reachable from the network; pass "
+                                     "--serve-token TOKEN (or @FILE), or --serve-insecure to publish the "
+                                     "camera to anyone who can reach this machine")
+            print("warning: the camera preview is reachable from the network"
+                  + (" (token required)" if token else " WITHOUT authentication (--serve-insecure)"),
+                  file=sys.stderr)
     clf = Classifier(args.model, args.threads, args.backend,
                      detector=None if args.no_face else make_detector(args.detector, args.min_face,
                                                                       args.detect_width, args.threads))
-    options = CameraOptions(args.source, args.headless, args.max_frames, args.faces, args.no_face,
-                            args.smooth, args.serve, args.record, args.log, args.reconnect_tries,
-                            args.pace, args.detect_every)
+    options = CameraOptions(source=args.source, headless=args.headless, max_frames=args.max_frames,
+                            faces=args.faces, no_face=args.no_face, smooth=args.smooth, serve=args.serve,
+                            serve_token=token, record=args.record, log=args.log,
+                            reconnect_tries=args.reconnect_tries, pace=args.pace, detect_every=args.detect_every)
     summary = run_camera(clf, options, threads=args.threads, backend=args.backend)
     print(f"{PROG}: {summary['frames']} frames, {summary['frames_with_face']} with a face, "
           f"{summary['dropped']} dropped, {summary['reconnects']} reconnects, {summary['fps']} FPS",
@@ -169,6 +184,24 @@ def _camera(args) -> int:
     # Stopped by a signal: outputs are closed and whole, and the exit status
     # says it was interrupted (130), as for every other command.
     return 130 if summary.get("stopped_by_signal") else 0
+
+
+def _serve_token(text: str | None) -> str | None:
+    """The --serve-token value: TOKEN, or the first line of FILE for @FILE.
+
+    Raises:
+        HappysadError: the file cannot be read or holds no token.
+    """
+    if text is None or not text.startswith("@"):
+        return text or None
+    path = Path(text[1:])
+    try:
+        token = path.read_text().strip().splitlines()[0].strip() if path.read_text().strip() else ""
+    except OSError as exc:
+        raise HappysadError(f"--serve-token {path}: cannot read ({exc.strerror or exc})") from None
+    if not token:
+        raise HappysadError(f"--serve-token {path}: the file holds no token")
+    return token
 
 
 def _info(args) -> int:

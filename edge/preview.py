@@ -41,17 +41,34 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, value
 
 
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``: reachable from this machine only."""
+    import ipaddress
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class PreviewServer:
     """Serve the newest published frame as MJPEG.
 
     Args:
         host, port: where to listen; port 0 picks a free one (see ``address``).
+        token: when given, every request must carry it, as ``?token=...``
+            or an ``Authorization: Bearer ...`` header (compared in constant
+            time); others get 401. The page's stream link carries it.
 
     Raises:
         HappysadError: the address cannot be bound.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 8080):
+    def __init__(self, host: str = "127.0.0.1", port: int = 8080, token: str | None = None):
+        import hmac
+        from urllib.parse import parse_qs, quote
+        self.token = token
         self._cond = threading.Condition()
         self._jpeg: bytes | None = None
         self._seq = 0
@@ -63,10 +80,24 @@ class PreviewServer:
             def log_message(self, *args):  # keep the terminal for the loop's own output
                 pass
 
+            def _authorized(self) -> bool:
+                if token is None:
+                    return True
+                query = parse_qs(self.path.split("?", 1)[1] if "?" in self.path else "")
+                given = (query.get("token") or [""])[0]
+                header = self.headers.get("Authorization", "")
+                if header.startswith("Bearer "):
+                    given = header[7:]
+                return hmac.compare_digest(given.encode(), token.encode())
+
             def do_GET(self):
                 path = self.path.split("?", 1)[0]
-                if path in ("/", "/index.html"):
-                    self._send(200, "text/html; charset=utf-8", PAGE)
+                if not self._authorized():
+                    self._send(401, "text/plain", b"token required\n")
+                elif path in ("/", "/index.html"):
+                    page = PAGE if token is None else PAGE.replace(
+                        b'"/stream.mjpg"', f'"/stream.mjpg?token={quote(token)}"'.encode())
+                    self._send(200, "text/html; charset=utf-8", page)
                 elif path == "/snapshot.jpg":
                     jpeg = server.wait_frame(0, timeout=5.0)[0]
                     if jpeg is None:

@@ -302,3 +302,36 @@ def test_doctor_reports_each_check_and_fails_on_a_missing_camera(drawn_video):
                          capture_output=True, text=True, cwd=REPO, timeout=60)
     assert res.returncode == 0, res.stdout
     assert "gives 160x120 frames" in res.stdout
+
+
+def test_preview_on_the_network_needs_a_token(export_dir, long_video, tmp_path):
+    res = subprocess.run(camera_cmd(export_dir / "model_int8.tflite", long_video, "--serve", "0.0.0.0:0"),
+                         capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert res.returncode == 2 and "--serve-token" in res.stderr and "Traceback" not in res.stderr
+    port = free_port()
+    (tmp_path / "token").write_text("s3cret\n")
+    proc = subprocess.Popen(camera_cmd(export_dir / "model_int8.tflite", long_video, "--pace",
+                                       "--serve", f"127.0.0.1:{port}", "--serve-token", f"@{tmp_path / 'token'}"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+            except urllib.error.HTTPError as err:
+                assert err.code == 401
+                break
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.1)
+        else:
+            raise AssertionError("the preview never answered 401 without the token")
+        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/?token=s3cret", timeout=5).read()
+        assert b"/stream.mjpg?token=s3cret" in page
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/snapshot.jpg",
+                                         headers={"Authorization": "Bearer s3cret"})
+        assert urllib.request.urlopen(request, timeout=5).read()[:2] == b"\xff\xd8"
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/snapshot.jpg?token=wrong", timeout=5)
+        assert err.value.code == 401
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
