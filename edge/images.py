@@ -166,7 +166,23 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
             :data:`FORMATS`, declares more than :data:`MAX_PIXELS` pixels,
             or does not decode; the message names the file and the reason.
     """
-    data = read_image_bytes(path)
+    return decode_image(read_image_bytes(path), path)
+
+
+def decode_image(data: np.ndarray, path: str | os.PathLike = "image") -> np.ndarray:
+    """Decode the bytes of an image file read by :func:`read_image_bytes`
+    (the format and pixel-limit checks of :func:`load_image`).
+
+    Args:
+        data: uint8 (N,) the file's bytes. path: named in errors.
+
+    Returns:
+        uint8 (H, W, 3) BGR.
+
+    Raises:
+        HappysadError: not one of :data:`FORMATS`, over :data:`MAX_PIXELS`,
+            or does not decode.
+    """
     if image_format(data[:12].tobytes()) is None:
         raise HappysadError(f"{display_path(path)}: not a decodable image (not a {FORMATS} file)")
     dims = image_dimensions(data.tobytes())

@@ -239,3 +239,25 @@ def test_malformed_manifest_records_are_one_line(tmp_path_factory, size, digest)
     with pytest.raises(HappysadError) as err:
         verify(model)
     assert "\n" not in str(err.value)
+
+
+def test_training_scan_skips_a_fifo_and_odd_names(tmp_path, real_data):
+    """happysad-train --check on a folder with a FIFO and names that are not text: no hang,
+    the FIFO skipped with its reason, the odd names kept."""
+    import shutil
+    for label in ("happy", "sad"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for path in sorted((real_data / label).glob("*.jpg"))[:3]:
+            shutil.copy(path, tmp_path / "data" / label / path.name)
+    first = sorted((real_data / "happy").glob("*.jpg"))[5]
+    shutil.copy(first, os.fsencode(tmp_path / "data" / "happy") + b"/bad-\xff.jpg")
+    shutil.copy(first, tmp_path / "data" / "sad" / "new\nline.jpg")
+    os.mkfifo(tmp_path / "data" / "sad" / "fifo.jpg")
+    res = subprocess.run([sys.executable, "-m", "train", "--check", str(tmp_path / "data"), "--out",
+                          str(tmp_path / "run")], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert res.returncode == 0, res.stderr
+    report = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    assert "not a regular file" in json.dumps(report)
+    # The two odd names are one photo under both labels: left out, and named escaped.
+    assert "3 happy, 3 sad" in res.stdout
+    assert "happy/bad-\\xff.jpg, sad/new\\nline.jpg" in res.stdout

@@ -15,9 +15,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge import HappysadError, load_image, preprocess
+from edge import HappysadError, preprocess
 from edge.dataset import class_folders
-from edge.images import is_image_path
+from edge.images import IMAGE_SUFFIXES, decode_image, display_path, is_image_path, read_image_bytes
 
 #: Hamming distance at or below which two 64-bit pHashes mark a
 #: near-duplicate. Chosen by looking at random FER2013 pairs: at distance 2
@@ -171,7 +171,7 @@ def scan(data_dir: str | os.PathLike, size=(48, 48), color="gray", progress: boo
                 if is_image_path(path):
                     candidates.append((path, rel, idx))
                 else:
-                    skipped.append({"path": rel, "reason": "not an image file (.jpeg, .jpg, .png or .bmp)"})
+                    skipped.append({"path": rel, "reason": "not an image file (" + ", ".join(IMAGE_SUFFIXES) + ")"})
     for entry in sorted(data_dir.iterdir()):
         if entry.is_file():
             skipped.append({"path": entry.name, "reason": "not inside a class folder"})
@@ -181,11 +181,11 @@ def scan(data_dir: str | os.PathLike, size=(48, 48), color="gray", progress: boo
         if bar is not None:
             bar.update()
         try:
-            raw = path.read_bytes()
-            image = load_image(path)
-        except OSError as exc:
-            skipped.append({"path": rel, "reason": f"cannot read ({exc.strerror or exc})"})
-            continue
+            # One read through the edge input gate (regular files only, size
+            # cap): the bytes are hashed and decoded from memory.
+            data = read_image_bytes(path)
+            raw = data.tobytes()
+            image = decode_image(data, path)
         except HappysadError as exc:
             skipped.append({"path": rel, "reason": str(exc).split(": ", 1)[-1]})
             continue
@@ -291,13 +291,14 @@ def report_summary(r: dict) -> str:
                  f"{n['groups']} more groups ({n['files']} files); each group stays within one part "
                  "of the split")
     for c in r["conflicts"]:
-        lines.append(f"left out, same file under labels {'/'.join(c['labels'])}: " + ", ".join(c["paths"]))
+        lines.append(f"left out, same file under labels {'/'.join(c['labels'])}: "
+                     + ", ".join(map(display_path, c["paths"])))
     across = r["near_duplicates_across_labels"]["list"]
     if across:
         lines.append(f"{len(across)} near-duplicate pairs under different labels (kept; check them): "
-                     + "; ".join(" ~ ".join(p) for p in across[:3]) + (" ..." if len(across) > 3 else ""))
+                     + "; ".join(" ~ ".join(map(display_path, p)) for p in across[:3]) + (" ..." if len(across) > 3 else ""))
     if r["near_blank"]["list"]:
-        lines.append("near-blank images: " + ", ".join(x["path"] for x in r["near_blank"]["list"][:5])
+        lines.append("near-blank images: " + ", ".join(display_path(x["path"]) for x in r["near_blank"]["list"][:5])
                      + (" ..." if len(r["near_blank"]["list"]) > 5 else ""))
     return "\n".join(lines)
 
