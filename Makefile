@@ -18,7 +18,7 @@ BENCH_OUT ?= $(RUN)/bench
 BENCH_MODELS = $(RUN)/export/model_float32.tflite $(RUN)/export/model_int8.tflite \
 	$(RUN)/export/model_float32.onnx $(RUN)/export/model_int8.onnx
 
-.PHONY: demo test bench bench-wild quant-check edge-speed soak venv clean
+.PHONY: demo test fuzz bench bench-wild quant-check edge-speed soak venv clean
 
 venv: $(VENV)/.installed
 
@@ -46,6 +46,13 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q
+
+# The property-based tests of hostile inputs (image bytes, arrays, manifest
+# records) with far more examples than make test: about 15 minutes here.
+FUZZ_EXAMPLES ?= 20000
+fuzz: venv
+	HAPPYSAD_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider \
+	    tests/test_hostile.py tests/test_bad_input.py -k "arbitrary or malformed or preprocessing"
 
 # The suite behind the README's performance table, on an existing run: the
 # four exported files and the Keras model, on the run's test split. It never

@@ -14,6 +14,14 @@ from synth import make_dataset  # noqa: E402
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parent.parent
+#: ``make fuzz`` sets HAPPYSAD_FUZZ_EXAMPLES to run the property-based tests
+#: far longer than ``make test`` does.
+FUZZ_EXAMPLES = int(os.environ.get("HAPPYSAD_FUZZ_EXAMPLES", "0") or 0)
+
+
+def examples(n: int) -> int:
+    """Hypothesis examples for a property test: ``n`` in ``make test``, the fuzz count in ``make fuzz``."""
+    return FUZZ_EXAMPLES or n
 REAL_DATA = REPO.parent / "shared" / "data" / "fer2013-happy-sad"
 
 

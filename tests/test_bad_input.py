@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from conftest import REPO
+from conftest import REPO, examples
 from edge import HappysadError, load_image, preprocess
 from edge.images import MAX_PIXELS
 from edge.metadata import TFLITE_MEMBER
@@ -143,7 +143,7 @@ def test_decoding_normalizes_depth_alpha_and_orientation(bad_folder):
     assert MAX_PIXELS >= 12_000_000  # a phone photo still passes
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(image=hnp.arrays(dtype=st.sampled_from([np.uint8, np.uint16, np.int8, np.float32, np.float64, np.bool_]),
                         shape=hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=20)),
        size=st.tuples(st.integers(1, 64), st.integers(1, 64)), color=st.sampled_from(["gray", "rgb"]))

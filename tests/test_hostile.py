@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from conftest import REPO
+from conftest import REPO, examples
 from edge.errors import HappysadError
 from edge.fileio import write_bytes, write_json
 from edge.images import display_path, image_dimensions, load_image
@@ -146,7 +146,7 @@ def test_webp_is_read_and_its_size_checked(tmp_path):
     assert load_image(tmp_path / "a.webp").shape == (30, 50, 3)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(head=st.sampled_from([b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"RIFF\x00\x00\x00\x00WEBPVP8X", b"GIF89a",
                              b""]),
        body=st.binary(max_size=2048))
@@ -225,7 +225,7 @@ def test_nan_weights_are_refused_at_load(export_dir, tmp_path):
         Classifier(tmp_path / "nan.tflite")
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(size=st.one_of(st.text(max_size=5), st.floats(allow_nan=True), st.none(), st.booleans(),
                       st.lists(st.integers(), max_size=2), st.integers(max_value=-1)),
        digest=st.one_of(st.text(max_size=70), st.integers(), st.none()))
