@@ -59,11 +59,23 @@ def hostile(tmp_path_factory):
     return root
 
 
+#: Runs a command and prints its peak resident memory (kB) as the last stderr line.
+PEAK_RSS = ("import resource, subprocess, sys\n"
+            "code = subprocess.run(sys.argv[1:]).returncode\n"
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
+            "sys.exit(code)\n")
+
+
 def test_each_hostile_image_is_one_line_and_the_good_ones_are_classified(export_dir, hostile):
-    res = subprocess.run([sys.executable, "-m", "edge", "classify", str(export_dir / "model_int8.tflite"),
-                          str(hostile)], capture_output=True, text=True, cwd=REPO, timeout=60,
-                         preexec_fn=_limit_memory)
+    import time
+    start = time.monotonic()
+    res = subprocess.run([sys.executable, "-c", PEAK_RSS, sys.executable, "-m", "edge", "classify",
+                          str(export_dir / "model_int8.tflite"), str(hostile)],
+                         capture_output=True, text=True, cwd=REPO, timeout=60, preexec_fn=_limit_memory)
+    seconds = time.monotonic() - start
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    peak_mb = int(res.stderr.strip().splitlines()[-1]) / 1024
+    assert peak_mb < 300 and seconds < 10, (peak_mb, seconds)
     errors = [line for line in res.stderr.splitlines() if line.startswith("happysad-edge: error:")]
     expect = {"gif.jpg": "not a decodable image (not a JPEG, PNG, BMP or WebP file)",
               "padded.jpg": "30000x30000 pixels is over the 50-megapixel limit",
