@@ -30,7 +30,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: venv
 	@test -d "$(DATA)" || { echo "make demo: no photos at $(DATA). Lay out your own as DIR/happy/*.jpg and DIR/sad/*.jpg and run: make demo DATA=DIR" >&2; exit 1; }
-	$(PY) -m train "$(DATA)" --out $(RUN) --epochs $(EPOCHS) --seed $(SEED) --deterministic
+	$(PY) -m train "$(DATA)" --out $(RUN) --epochs $(EPOCHS) --seed $(SEED) --deterministic --overwrite
 	@# A refused file does not stop the demo: the files that passed are
 	@# benchmarked and used, and the demo exits 1 at the end naming it.
 	@status=0; $(PY) -m export $(RUN) --max-drop $(MAX_DROP) || status=$$?; \

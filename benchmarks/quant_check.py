@@ -90,7 +90,7 @@ def check_seed(data: str, out: Path, seed: int, epochs: int, emulate: bool) -> d
     log.unlink(missing_ok=True)
     py = sys.executable
     _run([py, "-m", "train", data, "--out", str(run), "--epochs", str(epochs), "--seed", str(seed),
-          "--deterministic"], log)
+          "--deterministic", "--overwrite"], log)
     _run([py, "-m", "export", str(run), "--max-drop", "100", "--formats",
           "tflite-float32,tflite-int8,onnx-float32,onnx-int8"], log)
     split = read_split(run / "split.json")

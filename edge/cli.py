@@ -15,7 +15,7 @@ from .classifier import Classifier
 from .cli_util import ArgumentParser, non_negative_int, positive_int, run_main
 from .errors import HappysadError
 from .faces import DEFAULT_DETECTOR, DETECTORS
-from .images import display_path, find_images, load_image
+from .images import IMAGE_SUFFIXES, display_path, find_images, load_image
 
 PROG = "happysad-edge"
 
@@ -120,6 +120,11 @@ def _classify(args) -> int:
         except HappysadError as exc:
             print(f"{PROG}: error: {exc}", file=sys.stderr)
             status = max(status, exc.exit_code)
+            continue
+        if not paths:
+            print(f"{PROG}: error: {display_path(root)}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this "
+                  "folder or below it", file=sys.stderr)
+            status = max(status, 1)
             continue
         for path in paths:
             try:
@@ -226,7 +231,12 @@ def _info(args) -> int:
 
 def _verify(args) -> int:
     from .verify import summary_line, verify
-    report = verify(args.model, args.manifest, args.backend, args.threads)
+    try:
+        report = verify(args.model, args.manifest, args.backend, args.threads)
+    except HappysadError as exc:
+        if args.json:  # a script reading stdout gets an answer too, not silence
+            print(json.dumps({"ok": False, "path": os.fsdecode(args.model), "error": str(exc)}))
+        raise
     print(json.dumps({"ok": True, **report}) if args.json else summary_line(report))
     return 0
 

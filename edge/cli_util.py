@@ -14,12 +14,36 @@ from typing import Callable, Sequence
 from .errors import HappysadError
 
 
+#: Packages only the workstation extra (``happysad[train]``) installs.
+WORKSTATION_MODULES = ("tensorflow", "keras", "tf2onnx", "onnx", "matplotlib", "tensorboard", "tqdm", "sympy")
+
+
+def require_workstation() -> None:
+    """Fail at once, before any work, where TensorFlow and Keras are not installed.
+
+    Raises:
+        HappysadError: one of them is missing (an edge-only install).
+    """
+    import importlib.util
+    for name in ("tensorflow", "keras"):
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise HappysadError(f"needs {name}, which the edge install leaves out; on a workstation "
+                                "install it with: pip install 'happysad[train]'")
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with defaults shown in --help and one-line usage errors."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
+        if kwargs.get("add_help", True):  # subcommand parsers are built with add_help too; one --version is enough
+            from . import __version__
+            self.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
 
     def error(self, message):  # noqa: D401 - argparse API
         self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
@@ -77,6 +101,14 @@ def run_main(prog: str, body: Callable[[Sequence[str] | None], int],
         return 130
     except BrokenPipeError:  # e.g. piped into `head`
         return 0
+    except ModuleNotFoundError as exc:
+        # An edge-only install has happysad-train and happysad-export on the
+        # PATH too; they need the workstation's packages.
+        if (exc.name or "").split(".")[0] in WORKSTATION_MODULES:
+            print(f"{prog}: error: needs {exc.name}, which the edge install leaves out; on a workstation "
+                  "install it with: pip install 'happysad[train]'", file=sys.stderr)
+            return 1
+        raise
     except Exception:
         # A library that caught the interrupt and raised its own error
         # (a converter calling back into Python) is still an interruption.

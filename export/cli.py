@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from edge.cli_util import ArgumentParser, positive_int, run_main
+from edge.cli_util import ArgumentParser, positive_int, require_workstation, run_main
 from edge.errors import HappysadError
 
 from . import CALIBRATIONS, FORMATS, IO_TYPES
@@ -63,6 +63,7 @@ def build_parser() -> ArgumentParser:
 
 def _body(argv) -> int:
     args = build_parser().parse_args(argv)
+    require_workstation()
     from .convert import ExportOptions, export_run, refusal_message
     manifest = export_run(ExportOptions(args.run_dir, args.out, args.calib_samples, args.formats, args.seed,
                                         args.verbose, args.io_type, args.per_channel, args.calibration,

@@ -93,3 +93,54 @@ def test_export_of_missing_run(tmp_path):
 def test_bench_without_labelled_data(export_dir, tmp_path):
     res = cli("benchmarks", export_dir / "model_int8.tflite", "--split", tmp_path / "split.json")
     assert_one_line_error(res, 2, r"split\.json: no such split file")
+
+
+@pytest.mark.parametrize("module,prog", [("edge", "happysad-edge"), ("train", "happysad-train"),
+                                         ("export", "happysad-export"), ("benchmarks", "happysad-bench")])
+def test_every_tool_has_a_version(module, prog):
+    from edge import __version__
+    res = cli(module, "--version")
+    assert res.returncode == 0 and res.stdout.strip() == f"{prog} {__version__}"
+
+
+def test_classify_on_an_empty_folder_says_so(export_dir, tmp_path):
+    (tmp_path / "empty").mkdir()
+    res = cli("edge", "classify", export_dir / "model_int8.tflite", tmp_path / "empty")
+    assert_one_line_error(res, 1, r"empty: no image files \(\.jpeg, \.jpg, \.png, \.bmp, \.webp\) in this folder")
+
+
+def test_verify_json_answers_on_failure_too(export_dir, tmp_path):
+    import json
+    import shutil
+    shutil.copy(export_dir / "model_int8.tflite", tmp_path / "model_int8.tflite")
+    shutil.copy(export_dir / "manifest.json", tmp_path / "manifest.json")
+    with open(tmp_path / "model_int8.tflite", "ab") as fh:
+        fh.write(b"x")
+    res = cli("edge", "verify", tmp_path / "model_int8.tflite", "--json")
+    assert res.returncode == 1
+    answer = json.loads(res.stdout)
+    assert answer["ok"] is False and "bytes, but manifest.json says" in answer["error"]
+
+
+def test_training_over_an_earlier_run_needs_overwrite(run_dir, dataset):
+    before = (run_dir / "model.keras").stat().st_mtime_ns
+    res = cli("train", dataset, "--out", run_dir, "--epochs", "1")
+    assert_one_line_error(res, 2, r"holds a trained run already \(model\.keras\); pass --overwrite")
+    assert (run_dir / "model.keras").stat().st_mtime_ns == before
+
+
+def test_workstation_tool_on_an_edge_install_says_what_to_install(dataset, tmp_path):
+    """An edge-only install has happysad-train on the PATH; without Keras it says what to install."""
+    block = ("import sys\n"
+             "class Block:\n"
+             "    def find_spec(self, name, path=None, target=None):\n"
+             "        if name.split('.')[0] in ('keras', 'tensorflow'):\n"
+             "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+             "sys.meta_path.insert(0, Block())\n")
+    for module, args in (("train", [str(dataset), "--out", str(tmp_path / "run"), "--epochs", "1"]),
+                         ("export", [str(tmp_path / "run")])):
+        code = block + f"from {module}.cli import main\nsys.exit(main({args!r}))\n"
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert_one_line_error(res, 1, r"needs tensorflow, which the edge install leaves out; .*"
+                                      r"pip install 'happysad\[train\]'")
+        assert not (tmp_path / "run").exists()  # failed before any work

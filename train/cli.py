@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from edge.cli_util import ArgumentParser, positive_int, run_main
+from edge.cli_util import ArgumentParser, positive_int, require_workstation, run_main
 
 from . import ARCHS, DEFAULT_ARCH
 from .data import parse_ratios
@@ -59,6 +59,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--augment", choices=("basic", "camera"), default="camera",
                    help="training augmentation: basic (flip, rotation, shift, zoom, brightness, contrast) or "
                         "camera (basic with more crop jitter, plus low resolution, blur, noise, gamma, JPEG)")
+    p.add_argument("--overwrite", action="store_true", help="replace a trained run already in RUN_DIR")
     p.add_argument("--deterministic", action="store_true",
                    help="bit-identical weights from two runs with the same seed on the same machine "
                         "(TensorFlow's op determinism; training may run slower)")
@@ -77,10 +78,12 @@ def _body(argv) -> int:
         return 0
     if not args.out:
         parser.error("the following arguments are required: -o/--out")
+    require_workstation()
     from .trainer import TrainOptions, train
     train(TrainOptions(args.data_dir, args.out, args.arch, args.epochs, args.seed, args.img_size,
                        args.color, args.split_ratios, args.batch_size, args.lr, args.patience,
                        args.tune_threshold, args.strategy, args.cache, args.deterministic, args.augment,
+                       args.overwrite,
                        verbose=1 if sys.stdout.isatty() else 2))
     return 0
 

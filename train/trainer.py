@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edge import __version__, load_image, preprocess
+from edge.errors import UsageError
 from edge.fileio import atomic_path, write_bytes, write_json
 from edge.metrics import best_threshold, classification_metrics, roc_auc
 
@@ -49,6 +50,7 @@ class TrainOptions:
             give bit-identical weights (``tf.config.experimental.
             enable_op_determinism``); see :func:`weights_sha256`.
         augment: ``"basic"`` or ``"camera"`` (:data:`train.models.AUGMENTS`).
+        overwrite: replace a run already in ``out`` (else that is a usage error).
     """
 
     data_dir: str
@@ -67,6 +69,7 @@ class TrainOptions:
     cache: str = "disk"
     deterministic: bool = False
     augment: str = "camera"
+    overwrite: bool = False
     verbose: int = field(default=1, compare=False)
 
 
@@ -193,8 +196,12 @@ def train(opts: TrainOptions) -> dict:
 
     Raises:
         HappysadError: bad data folder, or an output that cannot be written.
+        UsageError: ``out`` holds a trained run and ``overwrite`` is off.
     """
     out = Path(opts.out)
+    if (out / "model.keras").exists() and not opts.overwrite:
+        raise UsageError(f"{out}: holds a trained run already (model.keras); pass --overwrite to replace it, "
+                         "or choose another --out")
     size = (opts.img_size, opts.img_size)
     s, report = check_data(opts.data_dir, out / "data_report.json", size, opts.color)
     part = make_split(s.y, s.groups, opts.ratios, opts.seed)
