@@ -6,6 +6,7 @@ import sys
 
 from edge.cli_util import ArgumentParser, non_negative_int, positive_int, run_main
 from edge.faces import DEFAULT_DETECTOR, DETECTORS
+from edge.errors import HappysadError
 from edge.fileio import write_json
 
 PROG = "happysad-bench"
@@ -49,7 +50,7 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog=PROG, description=__doc__, epilog=EPILOG)
     p.add_argument("models", nargs="+", metavar="MODEL",
                    help=".tflite or .onnx files, and a .keras model where TensorFlow is installed")
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group()
     src.add_argument("--data", metavar="DIR", help="labelled images: one sub-folder per class")
     src.add_argument("--split", metavar="SPLIT_JSON", help="RUN_DIR/split.json from happysad-train")
     p.add_argument("--part", choices=("train", "val", "test"), default="test", help="which part of --split")
@@ -120,6 +121,31 @@ def _pipeline(args, parser) -> int:
     return 0
 
 
+def _latency_only(args, detector: str) -> int:
+    """No --data or --split: latency and memory on a synthetic input, as benchmark_model does."""
+    import tempfile
+    from pathlib import Path
+
+    from .bench import BenchOptions, format_latency_only, run_latency_only
+    if args.max_drop is not None or args.min_accuracy is not None:
+        raise HappysadError("--max-drop and --min-accuracy need labelled data: give --data DIR or --split FILE")
+    opts = BenchOptions(args.models, threads=args.threads or [None], runs=args.runs, warmup=args.warmup,
+                        min_seconds=args.min_seconds, cold_runs=args.cold_runs, detector=detector)
+    with tempfile.TemporaryDirectory(prefix="happysad-bench-") as work:
+        report = run_latency_only(opts, Path(work))
+    print(format_latency_only(report), flush=True)
+    reasons = [f"{r['name']} (threads {r['threads'] or 'default'}): p50 {r['latency_ms']['p50']:.3f} ms exceeds "
+               f"--max-p50-ms {args.max_p50_ms:g}" for r in report["results"]
+               if args.max_p50_ms is not None and r["latency_ms"]["p50"] > args.max_p50_ms]
+    report["gates"] = {"max_p50_ms": args.max_p50_ms, "failed": reasons}
+    if args.json:
+        write_json(args.json, report)
+        print(f"wrote {args.json}", file=sys.stderr)
+    for reason in reasons:
+        print(f"{PROG}: gate failed: {reason}", file=sys.stderr)
+    return EXIT_GATE if reasons else 0
+
+
 def _body(argv) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -128,6 +154,8 @@ def _body(argv) -> int:
     detector = _detectors(args.detector or DEFAULT_DETECTOR, parser)
     if len(detector) > 1:
         parser.error("argument --detector: one detector, unless --pipeline compares several")
+    if not args.data and not args.split:
+        return _latency_only(args, detector[0])
     from .bench import BenchOptions, run_bench
     from .report import (check_gates, compare_reports, format_csv, format_markdown, format_table,
                          import_pyplot, read_report, write_plot, write_text)

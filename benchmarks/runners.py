@@ -145,7 +145,8 @@ class KerasRunner:
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise HappysadError(f"{path}: not a loadable Keras model ({first})") from None
         _, height, width, channels = self.model.input_shape
-        self.labels = list(labels)
+        self.labels = list(labels) if labels is not None else ["class 0", "class 1"]  # no data: any two names
+        labels = self.labels
         self.size, self.color = (int(height), int(width)), "gray" if channels == 1 else "rgb"
         self.meta = ModelMetadata(tuple(labels), self.size, self.color)
         self.name = self.path.name
@@ -201,7 +202,8 @@ def load_runner(path: str | os.PathLike, labels: list[str], threads: int | None 
                 detector: str = DEFAULT_DETECTOR):
     """An :class:`EdgeRunner`, or a :class:`KerasRunner` for a .keras file
     (which ignores ``threads``); ``detector`` finds the faces in images
-    larger than the model input, for both.
+    larger than the model input, for both. ``labels`` None (no data)
+    skips the label check.
 
     Raises:
         HappysadError: the model cannot be loaded, or its labels differ from
@@ -210,6 +212,6 @@ def load_runner(path: str | os.PathLike, labels: list[str], threads: int | None 
     if is_keras_path(path):
         return KerasRunner(path, labels, detector)
     runner = EdgeRunner(path, threads, detector=detector)
-    if runner.labels != list(labels):
+    if labels is not None and runner.labels != list(labels):
         raise HappysadError(f"{path}: model labels {runner.labels} differ from the data's {list(labels)}")
     return runner

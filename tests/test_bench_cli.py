@@ -267,3 +267,19 @@ def test_readme_step_copies_the_markdown_and_refuses_a_file_without_markers(full
                          capture_output=True, text=True, cwd=REPO, timeout=60)
     assert_one_line_error(res, 1, r"README\.md: the marker <!-- bench:start --> must appear exactly once")
     assert readme.read_text() == "# no markers\n"
+
+
+def test_no_data_measures_latency_and_memory_only(export_dir, tmp_path):
+    """happysad-bench MODEL with no data: latency on a synthetic input and peak RSS, marked as having no accuracy."""
+    out = tmp_path / "lat.json"
+    res = subprocess.run([sys.executable, "-m", "benchmarks", str(export_dir / "model_int8.tflite"),
+                          "--runs", "50", "--cold-runs", "1", "--json", str(out)],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "no accuracy: no data" in res.stdout and "p99 ms" in res.stdout and "peak RSS MB" in res.stdout
+    (row,) = json.loads(out.read_text())["results"]
+    assert "accuracy" not in row and row["latency_ms"]["p99"] >= row["latency_ms"]["p50"] > 0
+    assert row["cold_start"]["peak_rss_mb"] > 20 and len(row["samples_ms"]) >= 50
+    res = subprocess.run([sys.executable, "-m", "benchmarks", str(export_dir / "model_int8.tflite"),
+                          "--max-drop", "1"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert res.returncode == 1 and "need labelled data" in res.stderr
