@@ -117,15 +117,16 @@ def annotate(frame: np.ndarray, results: list[Prediction], fps: float) -> np.nda
     return frame
 
 
-def display_available() -> bool:
-    """True when a window can be shown (a display, and an OpenCV with a GUI)."""
+def display_available() -> str | None:
+    """None when a window can be shown, else why not (one line): no display,
+    or an OpenCV built without a GUI (opencv-python-headless, the edge extra's)."""
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        return False
+        return "no display ($DISPLAY and $WAYLAND_DISPLAY are unset)"
     try:
         cv2.namedWindow("happysad")
-        return True
-    except cv2.error:  # opencv-python-headless has no GUI
-        return False
+        return None
+    except cv2.error:
+        return "this OpenCV has no GUI (opencv-python-headless); use --serve PORT to watch in a browser"
 
 
 class ModelWatcher:
@@ -289,8 +290,9 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
 
     capture = Capture(options.source, options.reconnect_tries, options.pace)
     headless = options.headless
-    if not headless and not display_available():
-        print("note: no display available; printing one JSON line per frame (use --headless "
+    why = None if headless else display_available()
+    if why:
+        print(f"note: no window: {why}; printing one JSON line per frame (use --headless "
               "to say so)", file=sys.stderr)
         headless = True
     server = recorder = log = None

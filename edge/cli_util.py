@@ -35,11 +35,22 @@ def require_workstation() -> None:
                                 "install it with: pip install 'happysad[train]'")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default only when it has one worth reading: not for
+    on/off switches, and not "None" for a default decided later (the help
+    text says what happens then)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, argparse.SUPPRESS) or isinstance(action, argparse._VersionAction):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with defaults shown in --help and one-line usage errors."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
         if kwargs.get("add_help", True):  # subcommand parsers are built with add_help too; one --version is enough
             from . import __version__

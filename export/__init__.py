@@ -14,3 +14,7 @@ IO_TYPES = ("int8", "uint8")
 CALIBRATIONS = ("auto", "minmax", "entropy", "percentile")
 #: The methods ``auto`` tries, in order of preference on a tie.
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+#: Least validation accuracy (0..1) of the Keras model for an export to go
+#: ahead (``--min-accuracy``): a two-class model near chance (a 3-epoch run,
+#: shuffled labels) is not worth shipping, whatever its files lose against it.
+MIN_ACCURACY = 0.6

@@ -10,7 +10,7 @@ from pathlib import Path
 from edge.cli_util import ArgumentParser, positive_int, require_workstation, run_main
 from edge.errors import HappysadError
 
-from . import CALIBRATIONS, FORMATS, IO_TYPES
+from . import CALIBRATIONS, FORMATS, IO_TYPES, MIN_ACCURACY
 
 PROG = "happysad-export"
 
@@ -35,6 +35,16 @@ def _percentage_points(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value:g} must be between 0 and 1 (0.6 for 60%)")
+    return value
+
+
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog=PROG, description=__doc__)
     p.add_argument("run_dir", metavar="RUN_DIR", help="run folder written by happysad-train")
@@ -55,6 +65,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--max-drop", type=_percentage_points, default=1.0, metavar="PP",
                    help="largest accuracy drop against the Keras model on the validation split, in "
                         "percentage points, for a file to be written")
+    p.add_argument("--min-accuracy", type=_fraction, default=MIN_ACCURACY, metavar="A",
+                   help="least validation accuracy (0..1) of the Keras model for the export to go ahead")
     p.add_argument("--debug-quant", action="store_true",
                    help="also write a per-layer quantization error CSV for each int8 file")
     p.add_argument("-v", "--verbose", action="store_true", help="show the converters' own log output")
@@ -65,9 +77,11 @@ def _body(argv) -> int:
     args = build_parser().parse_args(argv)
     require_workstation()
     from .convert import ExportOptions, export_run, refusal_message
-    manifest = export_run(ExportOptions(args.run_dir, args.out, args.calib_samples, args.formats, args.seed,
-                                        args.verbose, args.io_type, args.per_channel, args.calibration,
-                                        args.max_drop, args.debug_quant))
+    manifest = export_run(ExportOptions(run_dir=args.run_dir, out_dir=args.out, calib_samples=args.calib_samples,
+                                        formats=args.formats, seed=args.seed, verbose=args.verbose,
+                                        io_type=args.io_type, per_channel=args.per_channel,
+                                        calibration=args.calibration, max_drop=args.max_drop,
+                                        debug_quant=args.debug_quant, min_accuracy=args.min_accuracy))
     out = Path(args.out) if args.out else Path(args.run_dir) / "export"
     files = manifest["files"]
     print(f"wrote {out}/:")
@@ -79,7 +93,8 @@ def _body(argv) -> int:
         print(f"  {name:28s} {rec['size_bytes'] / 1e6:8.3f} MB  sha256 {rec['sha256'][:16]}…{figures}{kept}")
     for name in manifest.get("debug_reports", {}):
         print(f"  {name:28s} {(out / name).stat().st_size / 1e6:8.3f} MB  per-layer quantization error")
-    print(f"  {'manifest.json':28s}")
+    print(f"  {'manifest.json':28s} {(out / 'manifest.json').stat().st_size / 1e6:8.3f} MB  "
+          f"{len(files)} files with size, sha256 and verification figures")
     if files:
         pick = next((n for n in ("model_int8.tflite", "model_int8.onnx") if n in files), next(iter(files)))
         print("next:")

@@ -28,7 +28,7 @@ from edge.faces import DEFAULT_FACE_MARGIN, DEFAULT_FACE_SHIFT
 from edge.fileio import atomic_path, read_json, write_bytes, write_json
 from edge.metadata import ONNX_KEY, ModelMetadata, append_to_tflite, encode, strip_tflite_metadata
 
-from . import CALIBRATION_METHODS, CALIBRATIONS, FORMATS, IO_TYPES
+from . import CALIBRATION_METHODS, CALIBRATIONS, FORMATS, IO_TYPES, MIN_ACCURACY
 from .validate import (VERIFY_SPLIT, compare, file_probabilities, keras_probabilities, missed_by,
                        validation_set)
 
@@ -81,6 +81,8 @@ class ExportOptions:
             split against the Keras model, for a file to be written.
         debug_quant: also write a per-layer quantization error CSV for each
             int8 format.
+        min_accuracy: least validation accuracy (0..1) of the Keras model
+            for anything to be exported.
     """
 
     run_dir: str
@@ -94,6 +96,7 @@ class ExportOptions:
     calibration: str = "auto"
     max_drop: float = MAX_DROP_PP
     debug_quant: bool = False
+    min_accuracy: float = MIN_ACCURACY
 
 
 def _log(msg: str) -> None:
@@ -715,6 +718,11 @@ def export_run(opts: ExportOptions) -> dict:
                             f"of {len(reference)} validation images; its weights are broken; train it again")
     threshold = float(metrics.get("threshold", 0.5))
     ref = compare(reference, reference, labels, threshold)
+    if ref["float_accuracy"] < opts.min_accuracy:
+        raise HappysadError(f"{run_dir / 'model.keras'}: the Keras model is right on only {ref['float_accuracy']:.1%} "
+                            f"of the {len(labels)} validation images, under --min-accuracy {opts.min_accuracy:g} "
+                            "(near chance: trained too briefly, or on mislabelled data); train it longer, or pass "
+                            "--min-accuracy 0 to export it anyway")
     _log(f"verifying on the {VERIFY_SPLIT} split: {len(labels)} images, Keras accuracy "
          f"{ref['float_accuracy']:.4f}, max drop {opts.max_drop:g} pp")
     extra = base_metadata(split, metrics, run_dir)

@@ -240,3 +240,17 @@ def test_onnx_int8_weights_fit_in_7_bits_and_auto_calibration_is_recorded(export
     assert trials[q["calibration"].lower()] == max(trials.values())
     options = manifest_of(export_dir)["options"]
     assert options["calibration"] == "auto" and options["calibration_chosen"] in trials
+
+
+def test_a_model_near_chance_is_not_exported(dataset, tmp_path):
+    """One epoch at a tiny learning rate: the Keras model is near chance on validation, and
+    the export says so in one line instead of shipping it (--min-accuracy 0 overrides)."""
+    from train.cli import main as train_main
+    run = tmp_path / "weak"
+    assert train_main([str(dataset), "--out", str(run), "--epochs", "1", "--lr", "0.00001", "--arch", "seed",
+                       "--augment", "basic"]) == 0
+    code, err = export(run, "--formats", "tflite-float32")
+    assert code == 1 and "under --min-accuracy 0.6 (near chance" in err, err[-2000:]
+    assert not (run / "export" / "model_float32.tflite").exists()
+    code, err = export(run, "--formats", "tflite-float32", "--min-accuracy", "0")
+    assert code == 0, err[-2000:]
