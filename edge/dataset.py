@@ -67,6 +67,12 @@ def read_split(path: str | os.PathLike, data_dir: str | os.PathLike | None = Non
     root = Path(data_dir) if data_dir else Path(split.get("data_dir", ""))
     if not root.is_absolute() and not data_dir:
         root = (Path(path).parent / root).resolve()
+        # Written relative to the split file, so a project folder moved whole
+        # still reads; where only the run folder moved, the absolute path
+        # recorded beside it still finds the images.
+        absolute = split.get("data_dir_absolute")
+        if not root.is_dir() and isinstance(absolute, str) and Path(absolute).is_dir():
+            root = Path(absolute)
     if not root.is_dir():
         raise HappysadError(f"{root}: the split's data folder is not there; pass the folder that holds "
                             "the images with --data-root")

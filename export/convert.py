@@ -740,7 +740,7 @@ def export_run(opts: ExportOptions) -> dict:
         # it: a file's old record is dropped before its new file can land.
         files = {**_carried_over(out, previous, {*written, pending}), **written}
         files = dict(sorted(files.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
-        manifest = {"run": str(run_dir.resolve()), "package_version": __version__,
+        manifest = {"run": os.path.relpath(run_dir.resolve(), out.resolve()), "package_version": __version__,
                     "exported_at": extra["exported_at"],
                     "options": {"calib_samples": len(calib) if calib is not None else 0, "seed": opts.seed,
                                 "io_type": opts.io_type, "per_channel": opts.per_channel,

@@ -1,6 +1,7 @@
 """Train -> export -> edge -> bench on the synthetic faces."""
 import hashlib
 import os
+from pathlib import Path
 import json
 import subprocess
 import sys
@@ -271,3 +272,30 @@ def test_deterministic_training_repeats_bit_for_bit(dataset, tmp_path):
         assert a[key] == b[key], key
     assert a["validation"]["accuracy"] == b["validation"]["accuracy"]
     assert c["weights_sha256"] != a["weights_sha256"]
+
+
+def test_moved_folders_still_read(run_dir, export_dir, dataset, tmp_path):
+    """split.json records its data folder relative to itself (and absolute beside it): a
+    project moved whole reads back; a model folder copied elsewhere verifies and classifies."""
+    import shutil
+    project = tmp_path / "project"
+    shutil.copytree(dataset, project / "data")
+    shutil.copytree(run_dir, project / "runs" / "run", ignore=shutil.ignore_patterns("logs"))
+    split = json.loads((project / "runs" / "run" / "split.json").read_text())
+    assert split["data_dir"] == os.path.relpath(dataset, run_dir)
+    split["data_dir"], split["data_dir_absolute"] = "../../data", "/nonexistent"
+    (project / "runs" / "run" / "split.json").write_text(json.dumps(split))
+    moved = tmp_path / "moved"
+    shutil.move(str(project), moved)
+    again = read_split(moved / "runs" / "run" / "split.json")
+    assert Path(again["data_dir"]) == (moved / "data").resolve()
+    assert all(p.is_file() for p, _ in split_items(again, "test"))
+    device = tmp_path / "device"
+    shutil.copytree(export_dir, device)
+    res = subprocess.run([sys.executable, "-m", "edge", "verify", str(device / "model_int8.tflite")],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert res.returncode == 0 and res.stdout.startswith("OK "), res.stderr
+    res = subprocess.run([sys.executable, "-m", "edge", "classify", str(device / "model_int8.tflite"),
+                          str(dataset / "happy" / "happy_000.png")], capture_output=True, text=True, cwd=REPO,
+                         timeout=120)
+    assert res.returncode == 0 and ("\thappy\t" in res.stdout or "\tsad\t" in res.stdout), res.stderr

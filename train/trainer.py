@@ -83,7 +83,9 @@ def split_record(s: Scan, part: np.ndarray, opts: TrainOptions) -> dict:
     for i, p in enumerate(part):
         entries[("train", "val", "test")[p]].append(
             {"path": s.paths[i], "label": s.labels[s.y[i]], "sha256": s.sha256[i]})
-    return {"data_dir": str(Path(s.data_dir).resolve()), "labels": s.labels, "seed": opts.seed,
+    data_dir = Path(s.data_dir).resolve()
+    return {"data_dir": os.path.relpath(data_dir, Path(opts.out).resolve()), "data_dir_absolute": str(data_dir),
+            "labels": s.labels, "seed": opts.seed,
             "ratios": list(opts.ratios),
             "image": {"size": [opts.img_size, opts.img_size], "color": opts.color},
             "grouped_by": "exact (sha256) and near (pHash) duplicates", **entries,
