@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import csv
 import datetime as _dt
+import functools
 import json
 import os
 import signal
@@ -27,7 +28,7 @@ from .classifier import Classifier, Prediction, stat_stamp
 from .errors import HappysadError
 from .fileio import output_target, temp_name
 from .smoothing import ScoreSmoother
-from .sources import Capture
+from .sources import Capture, open_source
 
 #: Frames over which the displayed FPS is averaged, as the TFLite Raspberry
 #: Pi examples do, so the figure does not jitter frame to frame.
@@ -61,6 +62,8 @@ class CameraOptions:
         detect_every: search for faces on every Nth frame; the frames in
             between classify the faces found last (their boxes held), so the
             loop keeps up with the camera while the detector runs less often.
+        width, height, fps: frame size (pixels) and rate (Hz) asked of a
+            camera; None leaves the camera's own.
     """
 
     source: str = "0"
@@ -76,6 +79,9 @@ class CameraOptions:
     reconnect_tries: int = 5
     pace: bool = False
     detect_every: int = DETECT_EVERY
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
 
 
 class FaceTracker:
@@ -288,7 +294,8 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
     """
     from .preview import PreviewServer, parse_address
 
-    capture = Capture(options.source, options.reconnect_tries, options.pace)
+    opener = functools.partial(open_source, width=options.width, height=options.height, fps=options.fps)
+    capture = Capture(options.source, options.reconnect_tries, options.pace, opener=opener)
     headless = options.headless
     why = None if headless else display_available()
     if why:
@@ -324,6 +331,12 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
             if frame is None:
                 break
             capture_ms = (time.perf_counter() - t0) * 1e3
+            if frames == 0:
+                asked = (f" (asked {options.width or '-'}x{options.height or '-'}"
+                         + (f" at {options.fps:g} FPS)" if options.fps else ")")
+                         if options.width or options.height or options.fps else "")
+                print(f"source {options.source}: {frame.shape[1]}x{frame.shape[0]}"
+                      + (f" at {capture.fps:g} FPS" if capture.fps else "") + asked, file=sys.stderr, flush=True)
             new = watcher.poll()
             if new is not None:
                 clf = new

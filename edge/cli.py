@@ -64,6 +64,12 @@ def build_parser() -> ArgumentParser:
     p.add_argument("-s", "--source", default="0",
                    help="camera index, video file, stream URL (rtsp://, http://) or picamera")
     p.add_argument("--headless", action="store_true", help="print one JSON line per frame, no window")
+    p.add_argument("--width", type=positive_int, default=None,
+                   help="frame width asked of the camera, pixels (default: the camera's own; picamera 640)")
+    p.add_argument("--height", type=positive_int, default=None,
+                   help="frame height asked of the camera, pixels (default: the camera's own; picamera 480)")
+    p.add_argument("--fps", type=positive_int, default=None,
+                   help="frame rate asked of the camera, Hz (default: the camera's own)")
     p.add_argument("-n", "--max-frames", type=non_negative_int, default=0,
                    help="stop after N frames (0: until the source ends or Ctrl-C)")
     p.add_argument("--faces", choices=("largest", "all"), default="largest", help="which faces to classify")
@@ -181,7 +187,8 @@ def _camera(args) -> int:
     options = CameraOptions(source=args.source, headless=args.headless, max_frames=args.max_frames,
                             faces=args.faces, no_face=args.no_face, smooth=args.smooth, serve=args.serve,
                             serve_token=token, record=args.record, log=args.log,
-                            reconnect_tries=args.reconnect_tries, pace=args.pace, detect_every=args.detect_every)
+                            reconnect_tries=args.reconnect_tries, pace=args.pace, detect_every=args.detect_every,
+                            width=args.width, height=args.height, fps=args.fps)
     summary = run_camera(clf, options, threads=args.threads, backend=args.backend)
     print(f"{PROG}: {summary['frames']} frames, {summary['frames_with_face']} with a face, "
           f"{summary['dropped']} dropped, {summary['reconnects']} reconnects, {summary['fps']} FPS",

@@ -46,7 +46,7 @@ class OpenCVSource(FrameSource):
         HappysadError: the source does not open.
     """
 
-    def __init__(self, spec: str):
+    def __init__(self, spec: str, width: int | None = None, height: int | None = None, fps: float | None = None):
         self.name = spec
         if spec.isdigit():
             with opencv_errors_only():
@@ -54,6 +54,12 @@ class OpenCVSource(FrameSource):
             if not self._cap.isOpened():
                 raise HappysadError(f"camera {spec} could not be opened; check that it is connected "
                                     "(ls /dev/video*) or pass a video file with --source")
+            # Requests: the driver picks the nearest mode it has; the size
+            # it gave is read back from the first frame and printed.
+            for prop, value in ((cv2.CAP_PROP_FRAME_WIDTH, width), (cv2.CAP_PROP_FRAME_HEIGHT, height),
+                                (cv2.CAP_PROP_FPS, fps)):
+                if value:
+                    self._cap.set(prop, float(value))
             self.live = True
             return
         self.live = "://" in spec
@@ -96,7 +102,7 @@ class PicameraSource(FrameSource):
         HappysadError: picamera2 is not installed or the camera does not start.
     """
 
-    def __init__(self, size=(640, 480)):
+    def __init__(self, size=(640, 480), fps: float | None = None):
         self.name = "picamera"
         try:
             from picamera2 import Picamera2
@@ -105,8 +111,11 @@ class PicameraSource(FrameSource):
                                 "create the venv with --system-site-packages (see README)") from None
         try:
             self._cam = Picamera2()
+            # FrameDurationLimits is (min, max) microseconds per frame, libcamera's control.
+            controls = {"FrameDurationLimits": (int(1e6 / fps), int(1e6 / fps))} if fps else {}
             config = self._cam.create_preview_configuration(
-                main={"size": (1280, 960)}, lores={"size": size, "format": "YUV420"})
+                main={"size": (max(1280, size[0]), max(960, size[1]))}, lores={"size": size, "format": "YUV420"},
+                controls=controls)
             self._cam.configure(config)
             self._cam.start()
         except Exception as exc:  # libcamera raises RuntimeError and others
@@ -129,15 +138,22 @@ class PicameraSource(FrameSource):
             pass
 
 
-def open_source(spec: str) -> FrameSource:
+def open_source(spec: str, width: int | None = None, height: int | None = None,
+                fps: float | None = None) -> FrameSource:
     """Open ``spec``: a camera index ("0"), ``picamera``, a stream URL or a video file.
+
+    Args:
+        width, height: frame size asked of a camera (pixels; for
+            ``picamera`` the lores stream, 640x480 when not given).
+        fps: frame rate asked of a camera, Hz. A video file or stream has
+            its own size and rate; these are ignored there.
 
     Raises:
         HappysadError: it does not open; the message says what to check.
     """
     if spec == "picamera":
-        return PicameraSource()
-    return OpenCVSource(spec)
+        return PicameraSource((width or 640, height or 480), fps)
+    return OpenCVSource(spec, width, height, fps)
 
 
 class Capture:

@@ -79,6 +79,14 @@ def test_headless_prints_one_json_line_per_frame(export_dir, drawn_video):
     assert "12 frames" in res.stderr
 
 
+def test_the_size_the_source_gave_is_printed(export_dir, drawn_video):
+    """--width/--height/--fps are requests to a camera; the loop says at start what the source gave."""
+    res = run_camera(export_dir / "model_int8.tflite", drawn_video, "--max-frames", "2", "--width", "1280",
+                     "--height", "720", "--fps", "30")
+    assert res.returncode == 0, res.stderr
+    assert re.search(r"source .*drawn\.avi: 160x120 at \d+ FPS \(asked 1280x720 at 30 FPS\)", res.stderr), res.stderr
+
+
 def test_max_frames_and_no_face(export_dir, drawn_video):
     res = run_camera(export_dir / "model_int8.tflite", drawn_video, "--max-frames", "4", "--no-face")
     assert res.returncode == 0, res.stderr
