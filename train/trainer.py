@@ -185,6 +185,30 @@ def image_dataset(paths, y, size, color, batch_size, shuffle_seed=None, cache=No
     return ds.map(to_float).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def _eta_callback(keras, epochs: int):
+    """A Keras callback logging, after each epoch, the time so far and an
+    estimate of the time left (the mean epoch so far times the epochs left;
+    early stopping may end sooner)."""
+
+    class Eta(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            done = epoch + 1
+            elapsed = time.perf_counter() - self.start
+            left = elapsed / done * (epochs - done)
+            _log(f"epoch {done}/{epochs}: {_clock(elapsed)} elapsed, about {_clock(left)} left"
+                 + (" (early stopping may end sooner)" if done < epochs else ""))
+
+    return Eta()
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
 def train(opts: TrainOptions) -> dict:
     """Run training end to end and write the run folder.
 
@@ -264,7 +288,8 @@ def train(opts: TrainOptions) -> dict:
     monitor = "val_loss" if len(va) else "loss"
     callbacks = [keras.callbacks.EarlyStopping(monitor=monitor, patience=opts.patience,
                                                restore_best_weights=True),
-                 keras.callbacks.TensorBoard(log_dir=str(out / "logs"))]
+                 keras.callbacks.TensorBoard(log_dir=str(out / "logs")),
+                 _eta_callback(keras, opts.epochs)]
     macs = count_macs(model)
     _log(f"model {opts.arch}: {model.count_params():,} parameters, {macs / 1e6:.1f}M "
          f"multiply-accumulates per image; training up to {opts.epochs} epochs"
