@@ -112,6 +112,17 @@ def run_main(prog: str, body: Callable[[Sequence[str] | None], int],
         return 130
     except BrokenPipeError:  # e.g. piped into `head`
         return 0
+    except OSError as exc:
+        # A path the operating system refuses where no step expected it (a
+        # name over 255 bytes, a symlink loop, a permission): one line naming
+        # it, as for every other bad input.
+        if terminated:
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return 130
+        from .images import display_path
+        where = f"{display_path(exc.filename)}: " if exc.filename is not None else ""
+        print(f"{prog}: error: {where}{exc.strerror or exc}; check the path", file=sys.stderr)
+        return 1
     except ModuleNotFoundError as exc:
         # An edge-only install has happysad-train and happysad-export on the
         # PATH too; they need the workstation's packages.

@@ -273,3 +273,16 @@ def test_training_scan_skips_a_fifo_and_odd_names(tmp_path, real_data):
     # The two odd names are one photo under both labels: left out, and named escaped.
     assert "3 happy, 3 sad" in res.stdout
     assert "happy/bad-\\xff.jpg, sad/new\\nline.jpg" in res.stdout
+
+
+@pytest.mark.parametrize("args", [
+    ["edge", "verify", "{long}.tflite"], ["train", "--check", "{long}"], ["export", "{long}"],
+    ["benchmarks", "{model}", "--data", "{long}"], ["edge", "camera", "{model}", "--source", "{long}.avi", "--headless"],
+    ["edge", "classify", "{model}", "{long}.jpg"]])
+def test_a_name_too_long_is_one_line_in_every_tool(export_dir, tmp_path, args):
+    long = str(tmp_path / ("x" * 300))
+    argv = [a.format(long=long, model=export_dir / "model_int8.tflite") for a in args]
+    res = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, cwd=REPO, timeout=120)
+    lines = [line for line in res.stderr.splitlines() if line.strip() and not line.startswith("INFO:")]
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert len(lines) == 1 and "File name too long" in lines[0], lines
