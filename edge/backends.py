@@ -23,10 +23,12 @@ _TFLITE_MODULES = {"litert": "ai_edge_litert.interpreter",
 def model_format(path: str | os.PathLike) -> str:
     """``"tflite"`` or ``"onnx"``, from the file's suffix, else its content.
 
-    A TFLite flatbuffer carries the identifier ``TFL3`` at bytes 4..8.
+    A TFLite flatbuffer carries the identifier ``TFL3`` at bytes 4..8; an
+    ONNX ModelProto begins with its ir_version field (byte 0x08).
 
     Raises:
-        HappysadError: the file is missing or unreadable.
+        HappysadError: the file is missing or unreadable, or its content is
+            the other format than its suffix says (the message says to rename it).
     """
     path = Path(path)
     try:
@@ -36,9 +38,15 @@ def model_format(path: str | os.PathLike) -> str:
         raise UsageError(f"{path}: no such model file; check the path") from None
     except OSError as exc:
         raise HappysadError(f"{path}: cannot read model ({exc.strerror or exc}); check the path") from None
-    if path.suffix.lower() in (".tflite", ".onnx"):
-        return path.suffix.lower()[1:]
-    return "tflite" if head[4:8] == b"TFL3" else "onnx"
+    is_tflite = head[4:8] == b"TFL3"
+    suffix = path.suffix.lower()
+    if suffix == ".onnx" and is_tflite:
+        raise HappysadError(f"{path}: this is a TFLite model named .onnx; rename it to .tflite")
+    if suffix == ".tflite" and head[:1] == b"\x08" and not is_tflite:  # an ONNX ModelProto starts with field 1, ir_version
+        raise HappysadError(f"{path}: this looks like an ONNX model named .tflite; rename it to .onnx")
+    if suffix in (".tflite", ".onnx"):
+        return suffix[1:]
+    return "tflite" if is_tflite else "onnx"
 
 
 def default_backend(fmt: str) -> str:

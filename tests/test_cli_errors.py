@@ -144,3 +144,14 @@ def test_workstation_tool_on_an_edge_install_says_what_to_install(dataset, tmp_p
         assert_one_line_error(res, 1, r"needs tensorflow, which the edge install leaves out; .*"
                                       r"pip install 'happysad\[train\]'")
         assert not (tmp_path / "run").exists()  # failed before any work
+
+
+def test_a_model_with_the_wrong_extension_says_rename_it(export_dir, tmp_path, dataset):
+    import shutil
+    shutil.copy(export_dir / "model_int8.tflite", tmp_path / "model.onnx")
+    shutil.copy(export_dir / "model_int8.onnx", tmp_path / "model.tflite")
+    image = dataset / "happy" / "happy_000.png"
+    assert_one_line_error(cli("edge", "classify", tmp_path / "model.onnx", image), 1,
+                          r"model\.onnx: this is a TFLite model named \.onnx; rename it to \.tflite")
+    assert_one_line_error(cli("edge", "classify", tmp_path / "model.tflite", image), 1,
+                          r"model\.tflite: this looks like an ONNX model named \.tflite; rename it to \.onnx")
