@@ -264,7 +264,8 @@ def import_pyplot():
 
 def write_plot(report: dict, path: str | os.PathLike) -> None:
     """A PNG: latency distribution per model and thread count (box plot, ms,
-    log scale) beside accuracy against p50 latency."""
+    log scale) beside each file's accuracy drop against its float reference
+    (bars, pp, values written on them)."""
     plt = import_pyplot()
     results = report["results"]
     names = [f"{r['name']}\n{r['backend']}, threads {_threads(r)}" for r in results]
@@ -277,16 +278,24 @@ def write_plot(report: dict, path: str | os.PathLike) -> None:
     ax1.set_xscale("log")
     ax1.set_xlabel("latency per image, ms (log scale)")
     ax1.set_title("latency distribution (box: p25-p75, whiskers: 1.5 IQR)")
-    markers = "osD^vP*Xh<>p"
-    for i, r in enumerate(results):
-        ax2.scatter(r["latency_ms"]["p50"], r["accuracy"], s=40, marker=markers[i % len(markers)],
-                    label=f"{r['name']}, threads {_threads(r)}", alpha=0.8)
-    ax2.legend(fontsize=7, loc="best")
-    ax2.set_xscale("log")
-    ax2.set_xlabel("p50 latency, ms (log scale)")
-    ax2.set_ylabel("accuracy")
-    ax2.set_title(f"accuracy on {report['settings']['images']} images vs latency")
-    ax2.grid(True, alpha=0.3)
+    # Accuracy is per file (threads do not change labels): one bar per file,
+    # the drop against its float reference in percentage points, the
+    # figure that decides shipping, with the accuracy written beside it.
+    files = list({r["model"]: r for r in results}.values())
+    drops = [r.get("drop_pp", 0.0) for r in files]
+    colors = ["#c0392b" if d > 0 else "#27ae60" for d in drops]
+    ax2.barh(range(len(files)), drops, color=colors)
+    ax2.set_yticks(range(len(files)), [r["name"] for r in files], fontsize=7)
+    ax2.invert_yaxis()
+    ax2.axvline(0, color="black", linewidth=0.8)
+    span = max([abs(d) for d in drops] + [0.1])
+    ax2.set_xlim(-span * 1.2, span * 2.2)
+    for i, (r, d) in enumerate(zip(files, drops)):
+        ax2.text(max(d, 0.0) + span * 0.05, i, f"{d:+.2f} pp (acc. {r['accuracy']:.4f})",
+                 va="center", ha="left", fontsize=7)
+    ax2.set_xlabel("accuracy drop against the float reference, pp (positive: worse)")
+    ax2.set_title(f"accuracy drop on {report['settings']['images']} images")
+    ax2.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
