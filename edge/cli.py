@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .backends import BACKENDS
-from .camera import DETECT_EVERY, DETECT_WIDTH, MIN_FACE, CameraOptions, run as run_camera
+from .camera import CAMERA_DETECTOR, DETECT_EVERY, DETECT_WIDTH, MIN_FACE, CameraOptions, run as run_camera
 from .classifier import Classifier
 from .cli_util import ArgumentParser, non_negative_int, positive_int, run_main
 from .errors import HappysadError
@@ -35,8 +35,8 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog=PROG, description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def detector_arg(p):
-        p.add_argument("-d", "--detector", choices=DETECTORS, default=DEFAULT_DETECTOR,
+    def detector_arg(p, default=DEFAULT_DETECTOR):
+        p.add_argument("-d", "--detector", choices=DETECTORS, default=default,
                        help="face detector (haar is the fallback where a DNN detector cannot run)")
 
     def model_args(p):
@@ -73,7 +73,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("-n", "--max-frames", type=non_negative_int, default=0,
                    help="stop after N frames (0: until the source ends or Ctrl-C)")
     p.add_argument("--faces", choices=("largest", "all"), default="largest", help="which faces to classify")
-    detector_arg(p)
+    detector_arg(p, CAMERA_DETECTOR)
     p.add_argument("--detect-every", type=positive_int, default=DETECT_EVERY, metavar="N",
                    help="search for faces on every Nth frame and hold the boxes in between")
     p.add_argument("--no-face", action="store_true", help="classify the whole frame; no face detection")

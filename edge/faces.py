@@ -7,7 +7,6 @@ which :func:`face_crop` uses to level the face before cropping.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -68,6 +67,7 @@ def asset_path(name: str) -> Path:
         HappysadError: the file is missing or its sha256 differs from
             :data:`ASSET_SHA256` (a damaged or replaced install).
     """
+    import hashlib  # here, not at import: OpenSSL's libcrypto adds 4 MB to every edge process
     path = ASSETS / name
     try:
         data = path.read_bytes()
