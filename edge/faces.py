@@ -478,32 +478,3 @@ def face_crop(image: np.ndarray, face: Face, input_size: tuple[int, int],
     m[1, 2] += out_h / 2 - cy
     interp = cv2.INTER_LINEAR if out_w >= side * 0.75 else cv2.INTER_AREA
     return cv2.warpAffine(image, m, (out_w, out_h), flags=interp, borderMode=cv2.BORDER_REPLICATE)
-
-
-def expand_box(box: Box, margin: float, width: int, height: int, multiple: tuple[int, int] | None = None) -> Box:
-    """Grow ``box`` by ``margin`` times its size on each side, clipped to the image.
-
-    Args:
-        multiple: (height, width) of the model input. When given, the grown
-            box's sides are rounded to whole multiples of it, about the same
-            centre, so shrinking the crop averages whole k x k blocks.
-    """
-    x, y, w, h = box
-    dx, dy = int(round(w * margin)), int(round(h * margin))
-    x0, y0, x1, y1 = x - dx, y - dy, x + w + dx, y + h + dy
-    if multiple:
-        mh, mw = multiple
-        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        sw = max(1, round((x1 - x0) / mw)) * mw
-        sh = max(1, round((y1 - y0) / mh)) * mh
-        x0, y0 = int(round(cx - sw / 2)), int(round(cy - sh / 2))
-        x1, y1 = x0 + sw, y0 + sh
-    x0, y0 = max(0, x0), max(0, y0)
-    x1, y1 = min(width, x1), min(height, y1)
-    return x0, y0, x1 - x0, y1 - y0
-
-
-def crop(image: np.ndarray, box: Box) -> np.ndarray:
-    """The pixels of ``image`` inside ``box`` (a view, no copy)."""
-    x, y, w, h = box
-    return image[y:y + h, x:x + w]

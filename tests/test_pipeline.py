@@ -166,8 +166,15 @@ def test_installed_wheel_carries_the_detectors(export_dir, tmp_path):
     """The wheel (not the source tree) holds the vendored detector models and
     their NOTICE, and an install of it classifies a frame with the default detector."""
     import zipfile
+    # Built from a copy of the tracked files, so setuptools' build/ folder is not left in the checkout.
+    import shutil
+    src = tmp_path / "src"
+    tracked = subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=REPO).stdout.split("\n")
+    for name in filter(None, tracked):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, src / name)
     res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                          "-w", str(tmp_path / "dist"), str(REPO)], capture_output=True, text=True, timeout=300)
+                          "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     (wheel,) = (tmp_path / "dist").glob("happysad-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())

@@ -68,13 +68,13 @@ def test_int8_xor_fast_path_equals_affine_quantization():
     np.testing.assert_array_equal(flipped.astype(int), x.astype(int) - 128)
 
 
-def test_face_crop_snaps_to_whole_multiples_of_the_input():
-    from edge.faces import expand_box
-    x, y, w, h = expand_box((100, 80, 190, 190), 0.1, 640, 480, (48, 48))
-    assert w % 48 == 0 and h % 48 == 0 and w == 240  # 190 + 2*19 = 228 -> 240
-    assert abs((x + w / 2) - 195) <= 1 and abs((y + h / 2) - 175) <= 1  # same centre
-    # At the image edge the box stays inside the image.
-    x, y, w, h = expand_box((0, 0, 100, 100), 0.1, 640, 480, (48, 48))
-    assert x >= 0 and y >= 0 and (w, h) == (96, 96)  # 120 rounds to 2 x 48
-    x, y, w, h = expand_box((600, 440, 60, 60), 0.1, 640, 480, (48, 48))
-    assert x + w <= 640 and y + h <= 480
+def test_face_crop_samples_whole_multiples_of_the_input_about_the_box_centre():
+    from edge.faces import Face, face_crop
+    image = np.zeros((480, 640), np.uint8)
+    image[175, 195] = 255  # the box centre
+    crop = face_crop(image, Face((100, 80, 190, 190)), (48, 48), margin=0.1)
+    assert crop.shape == (240, 240)  # 190 * 1.2 = 228 -> 5 x 48
+    ys, xs = np.nonzero(crop)
+    assert abs(ys.mean() - 120) <= 1.5 and abs(xs.mean() - 120) <= 1.5  # same centre
+    # At the image edge the crop repeats the border instead of shrinking.
+    assert face_crop(image, Face((0, 0, 100, 100)), (48, 48), margin=0.1).shape == (96, 96)
