@@ -252,18 +252,28 @@ class FaceLog:
         self._csv = csv.writer(self._fh)
         self.failing = False
         if new:
-            self._csv.writerow(["time", "frame", "label", "confidence",
-                                *(f"score_{name}" for name in self.labels), "x", "y", "w", "h"])
+            self._guarded(lambda: self._csv.writerow(["time", "frame", "label", "confidence",
+                                                      *(f"score_{name}" for name in self.labels),
+                                                      "x", "y", "w", "h"]))
 
     def write(self, frame_no: int, results: list[Prediction]) -> None:
         """Append the rows; a full disk or an I/O error is reported once on
         stderr (and again when it clears), and the camera loop goes on."""
         now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
-        try:
+
+        def rows():
             for r in results:
                 box = list(r.face) if r.face else ["", "", "", ""]
                 self._csv.writerow([now, frame_no, r.label, f"{r.confidence:.4f}",
                                     *(f"{r.scores.get(name, 0.0):.4f}" for name in self.labels), *box])
+        if results:  # a frame with no face writes nothing, and proves nothing about the disk
+            self._guarded(rows)
+
+    def _guarded(self, write) -> None:
+        """Run ``write``; an OSError is reported on stderr once (and again
+        when writing works again), never raised."""
+        try:
+            write()
         except OSError as exc:
             if not self.failing:
                 print(f"--log: cannot write ({exc.strerror or exc}); rows are lost until it can, "
@@ -275,7 +285,10 @@ class FaceLog:
             self.failing = False
 
     def close(self) -> None:
-        self._fh.close()
+        try:
+            self._fh.close()
+        except OSError:  # the last buffered row on a full disk: already reported
+            pass
 
 
 def _classify_frame(clf: Classifier, frame, options: CameraOptions,

@@ -286,3 +286,30 @@ def test_a_name_too_long_is_one_line_in_every_tool(export_dir, tmp_path, args):
     lines = [line for line in res.stderr.splitlines() if line.strip() and not line.startswith("INFO:")]
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
     assert len(lines) == 1 and "File name too long" in lines[0], lines
+
+
+def test_a_full_disk_under_log_is_reported_once_and_the_loop_goes_on(export_dir, tmp_path):
+    """--log on /dev/full: every write fails with ENOSPC; one line says so, every frame is still classified."""
+    import cv2 as _cv2
+
+    from benchmarks.video import write_video
+    frames = [np.full((120, 160, 3), 90, np.uint8) for _ in range(8)]
+    for i, f in enumerate(frames):
+        f[20:100, 40:120] = _cv2.resize(np.full((48, 48, 3), 60 + 20 * i, np.uint8), (80, 80))
+    video = write_video(tmp_path / "v.avi", frames)
+    res = subprocess.run([sys.executable, "-m", "edge", "camera", str(export_dir / "model_int8.tflite"),
+                          "--source", str(video), "--headless", "--no-face", "--log", "/dev/full"],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert len(res.stdout.splitlines()) == 8
+    assert res.stderr.count("--log: cannot write (No space left on device)") == 1, res.stderr
+
+
+def test_threads_beyond_the_cores_are_clamped(export_dir, tmp_path):
+    import cv2 as _cv2
+    _cv2.imwrite(str(tmp_path / "a.png"), np.full((48, 48), 128, np.uint8))
+    res = subprocess.run([sys.executable, "-m", "edge", "classify", str(export_dir / "model_int8.onnx"),
+                          str(tmp_path / "a.png"), "--threads", "10000"],
+                         capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert f"--threads 10000 is more than this machine's {os.cpu_count()} cores; using {os.cpu_count()}" in res.stderr
