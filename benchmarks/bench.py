@@ -25,6 +25,7 @@ from edge.errors import UsageError
 from edge.metrics import classification_metrics
 
 from .coldstart import cold_start
+from edge.cli_util import Progress
 from edge.faces import DEFAULT_DETECTOR
 
 from .runners import import_keras, is_keras_path, load_runner
@@ -88,7 +89,9 @@ def load_labelled(opts: BenchOptions):
     else:
         raise HappysadError("give labelled images with --data DIR or --split RUN_DIR/split.json")
     paths, ys, images = [], [], []
+    progress = Progress(len(items), "decoding")
     for path, y in items:
+        progress.update()
         try:
             images.append(load_image(path))
         except HappysadError as exc:
@@ -96,6 +99,7 @@ def load_labelled(opts: BenchOptions):
             continue
         paths.append(path)
         ys.append(y)
+    progress.close()
     if not images:
         raise HappysadError("no labelled image could be read; check --data or --split")
     return list(labels), paths, np.array(ys, dtype=np.int64), images

@@ -12,7 +12,7 @@ import numpy as np
 from .backends import BACKENDS
 from .camera import CAMERA_DETECTOR, DETECT_EVERY, DETECT_WIDTH, MIN_FACE, CameraOptions, run as run_camera
 from .classifier import Classifier
-from .cli_util import ArgumentParser, non_negative_int, positive_int, run_main
+from .cli_util import ArgumentParser, Progress, non_negative_int, positive_int, run_main
 from .errors import HappysadError
 from .faces import DEFAULT_DETECTOR, DETECTORS
 from .images import IMAGE_SUFFIXES, display_path, find_images, load_image
@@ -132,14 +132,23 @@ def _classify(args) -> int:
                   "folder or below it", file=sys.stderr)
             status = max(status, 1)
             continue
+        # Drawn only when stdout goes elsewhere (a file, a pipe): on one
+        # terminal the results themselves show the progress.
+        progress = Progress(len(paths), "classified") if not sys.stdout.isatty() else None
         for path in paths:
+            if progress:
+                progress.update()
             try:
                 preds = clf.classify_photo(load_image(path), args.faces, args.no_face)
             except HappysadError as exc:
+                if progress:
+                    progress.close()  # the error starts its own line; the counter redraws after it
                 print(f"{PROG}: error: {exc}", file=sys.stderr)
                 status = max(status, exc.exit_code)
                 continue
             _print_photo(path, preds, args)
+        if progress:
+            progress.close()
     return status
 
 

@@ -18,6 +18,37 @@ from .errors import HappysadError
 WORKSTATION_MODULES = ("tensorflow", "keras", "tf2onnx", "onnx", "matplotlib", "tensorboard", "tqdm", "sympy")
 
 
+class Progress:
+    """A one-line counter on stderr, drawn only when stderr is a terminal
+    (a log file or a pipe gets nothing), at most ten times a second.
+
+    Args:
+        total: items to go through. desc: what they are ("images").
+        stream: where to draw; ``sys.stderr`` by default.
+    """
+
+    def __init__(self, total: int, desc: str, stream=None):
+        import time
+        self._time = time.monotonic
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = total > 1 and bool(getattr(self.stream, "isatty", lambda: False)())
+        self.total, self.desc, self.done, self._last = total, desc, 0, 0.0
+
+    def update(self, n: int = 1) -> None:
+        """Count ``n`` more items done."""
+        self.done += n
+        if self.enabled and (self._time() - self._last >= 0.1 or self.done == self.total):
+            self._last = self._time()
+            self.stream.write(f"\r{self.desc}: {self.done}/{self.total}")
+            self.stream.flush()
+
+    def close(self) -> None:
+        """Erase the line, so the output after it starts clean."""
+        if self.enabled:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
 def require_workstation() -> None:
     """Fail at once, before any work, where TensorFlow and Keras are not installed.
 

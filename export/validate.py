@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from edge import Classifier, HappysadError, load_image, preprocess
+from edge.cli_util import Progress
 from edge.dataset import split_items
 
 #: The split every file is verified on. The test split stays untouched by
@@ -31,7 +32,13 @@ def validation_set(split: dict, part: str = VERIFY_SPLIT) -> tuple[np.ndarray, n
         raise HappysadError(f"the split has no {part} images to verify the exported files with; "
                             "train again with a non-zero validation ratio")
     size, color = tuple(split["image"]["size"]), split["image"]["color"]
-    pixels = np.stack([preprocess(load_image(path), size, color) for path, _ in items])
+    progress = Progress(len(items), f"reading the {part} split")
+    pixels = []
+    for path, _ in items:
+        progress.update()
+        pixels.append(preprocess(load_image(path), size, color))
+    progress.close()
+    pixels = np.stack(pixels)
     return pixels, np.array([label for _, label in items], dtype=np.int64)
 
 

@@ -155,3 +155,21 @@ def test_a_model_with_the_wrong_extension_says_rename_it(export_dir, tmp_path, d
                           r"model\.onnx: this is a TFLite model named \.onnx; rename it to \.tflite")
     assert_one_line_error(cli("edge", "classify", tmp_path / "model.tflite", image), 1,
                           r"model\.tflite: this looks like an ONNX model named \.tflite; rename it to \.onnx")
+
+
+def test_progress_draws_only_on_a_terminal():
+    import io
+
+    from edge.cli_util import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+    tty, log = Tty(), io.StringIO()
+    for stream in (tty, log):
+        p = Progress(3, "images", stream)
+        for _ in range(3):
+            p.update()
+        p.close()
+    assert "\rimages: 3/3" in tty.getvalue() and tty.getvalue().endswith("\r\033[K")
+    assert log.getvalue() == ""  # a log file or a pipe gets nothing
