@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 from edge import Classifier
-from edge.camera import CameraOptions, run as run_camera
+from edge.camera import CAMERA_DETECTOR, DETECT_WIDTH, MIN_FACE, CameraOptions, run as run_camera
 from edge.cli_util import ArgumentParser, positive_int, run_main
+from edge.faces import make_detector
 
 from .video import face_frames, write_video
 
@@ -64,7 +65,8 @@ def build_parser() -> ArgumentParser:
 
 def _body(argv) -> int:
     args = build_parser().parse_args(argv)
-    clf = Classifier(args.model)
+    # The camera's own defaults, as `happysad-edge camera` sets them up.
+    clf = Classifier(args.model, detector=make_detector(CAMERA_DETECTOR, MIN_FACE, DETECT_WIDTH, fallback=False))
     video = Path(args.workdir) / f"soak-{args.frames}.avi"
     if not video.exists():
         print(f"writing a {args.frames}-frame video to {video}", file=sys.stderr, flush=True)
