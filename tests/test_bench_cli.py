@@ -283,3 +283,24 @@ def test_no_data_measures_latency_and_memory_only(export_dir, tmp_path):
     res = subprocess.run([sys.executable, "-m", "benchmarks", str(export_dir / "model_int8.tflite"),
                           "--max-drop", "1"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert res.returncode == 1 and "need labelled data" in res.stderr
+
+
+def test_demo_end_benchmarks_what_passed_and_names_a_refusal(run_dir, export_dir, tmp_path):
+    """The end of make demo: with every file written it benchmarks and classifies, exit 0;
+    with a file refused it still reports, names the file and exits 1 at the end."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("logs", "export"))
+    shutil.copytree(export_dir, run / "export")
+    res = subprocess.run([sys.executable, "-m", "benchmarks.demo", str(run), "0"], capture_output=True, text=True,
+                         cwd=REPO, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((run / "bench.json").read_text())["results"]
+    assert "REFUSED" not in res.stderr
+    # A negative --max-drop refuses even a file that loses nothing.
+    res = subprocess.run([sys.executable, "-m", "export", str(run), "--formats", "tflite-int8", "--max-drop", "-1",
+                          "--calib-samples", "40"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert res.returncode == 1
+    res = subprocess.run([sys.executable, "-m", "benchmarks.demo", str(run), "1"], capture_output=True, text=True,
+                         cwd=REPO, timeout=300)
+    assert res.returncode == 1
+    assert "make demo: REFUSED model_int8.tflite" in res.stderr and "not written" in res.stderr
