@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import platform
-import sys
 import time
 from dataclasses import dataclass, field
 from importlib import metadata as md
@@ -25,7 +24,7 @@ from edge.errors import UsageError
 from edge.metrics import classification_metrics
 
 from .coldstart import cold_start
-from edge.cli_util import Progress
+from edge.cli_util import Progress, log as _log
 from edge.faces import DEFAULT_DETECTOR
 
 from .runners import import_keras, is_keras_path, load_runner
@@ -65,10 +64,6 @@ class BenchOptions:
     min_seconds: float = 0.0
     cold_runs: int = 3
     detector: str = DEFAULT_DETECTOR
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def load_labelled(opts: BenchOptions):

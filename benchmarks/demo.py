@@ -15,6 +15,7 @@ from pathlib import Path
 from edge.dataset import read_split, split_items
 from edge.errors import HappysadError
 from edge.fileio import read_json
+from edge.verify import MANIFEST_NAME
 
 PROG = "make demo"
 #: The files the demo benchmarks, in the order of the table.
@@ -25,7 +26,7 @@ CLASSIFY_EVERY = 300
 
 def _written(export_dir: Path) -> tuple[list[str], dict]:
     """(names of files this export wrote, refused files' records), from its manifest."""
-    manifest = read_json(export_dir / "manifest.json", "export manifest")
+    manifest = read_json(export_dir / MANIFEST_NAME, "export manifest")
     return list(manifest.get("written", [])), dict(manifest.get("refused", {}))
 
 

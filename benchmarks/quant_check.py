@@ -15,7 +15,6 @@ guard against. Exit status 3 when a drop exceeds ``--max-drop`` (0.5 pp).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess

@@ -20,6 +20,11 @@ _TFLITE_MODULES = {"litert": "ai_edge_litert.interpreter",
                    "tflite-runtime": "tflite_runtime.interpreter"}
 
 
+def is_tflite_bytes(head: bytes) -> bool:
+    """True when bytes begin a TFLite flatbuffer: the file identifier ``TFL3`` at bytes 4..8."""
+    return head[4:8] == b"TFL3"
+
+
 def model_format(path: str | os.PathLike) -> str:
     """``"tflite"`` or ``"onnx"``, from the file's suffix, else its content.
 
@@ -38,7 +43,7 @@ def model_format(path: str | os.PathLike) -> str:
         raise UsageError(f"{path}: no such model file; check the path") from None
     except OSError as exc:
         raise HappysadError(f"{path}: cannot read model ({exc.strerror or exc}); check the path") from None
-    is_tflite = head[4:8] == b"TFL3"
+    is_tflite = is_tflite_bytes(head)
     suffix = path.suffix.lower()
     if suffix == ".onnx" and is_tflite:
         raise HappysadError(f"{path}: this is a TFLite model named .onnx; rename it to .tflite")

@@ -27,6 +27,7 @@ import numpy as np
 from .classifier import Classifier, Prediction, stat_stamp
 from .errors import HappysadError
 from .fileio import output_target, temp_name
+from .preprocess import channels_of
 from .smoothing import ScoreSmoother
 from .sources import Capture, open_source
 
@@ -191,7 +192,7 @@ class ModelWatcher:
         try:
             new = Classifier(old.path, self._threads, self._backend, detector=old._detector)
             h, w = new.metadata.image_size
-            channels = 1 if new.metadata.color == "gray" else 3
+            channels = channels_of(new.metadata.color)
             # It must run, not only load: the edge cases of the input range
             # (the Classifier ran a mid-grey self-test already).
             for value in (0, 255):

@@ -12,7 +12,7 @@ from .backends import Backend, load_backend, model_format
 from .errors import HappysadError
 from .faces import DEFAULT_DETECTOR, Box, Face, face_crop, make_detector
 from .metadata import ModelMetadata, read_onnx_metadata, read_tflite_metadata
-from .preprocess import preprocess
+from .preprocess import channels_of, preprocess
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ class Classifier:
         meta = read_tflite_metadata(self.path) if fmt == "tflite" else None
         self.backend: Backend = load_backend(self.path, threads, backend)
         self.metadata: ModelMetadata = meta or _onnx_metadata(self.backend, self.path)
-        channels = 1 if self.metadata.color == "gray" else 3
+        channels = channels_of(self.metadata.color)
         expected = (*self.metadata.image_size, channels)
         if tuple(self.backend.input_shape[1:]) != expected:
             raise HappysadError(f"{self.path}: model input {self.backend.input_shape[1:]} does not "
@@ -134,7 +134,7 @@ class Classifier:
             HappysadError: the inference fails or gives a non-finite score.
         """
         h, w = self.metadata.image_size
-        pixels = np.full((h, w, 1 if self.metadata.color == "gray" else 3), 128, np.uint8)
+        pixels = np.full((h, w, channels_of(self.metadata.color)), 128, np.uint8)
         try:
             out = self.backend.run(pixels)
         except Exception as exc:  # interpreters raise their own types

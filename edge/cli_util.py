@@ -18,6 +18,12 @@ from .errors import HappysadError
 WORKSTATION_MODULES = ("tensorflow", "keras", "tf2onnx", "onnx", "matplotlib", "tensorboard", "tqdm", "sympy")
 
 
+def log(msg: str) -> None:
+    """One progress or status line on stderr, flushed at once (stdout stays
+    for results: tables, JSON lines)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
 class Progress:
     """A one-line counter on stderr, drawn only when stderr is a terminal
     (a log file or a pipe gets nothing), at most ten times a second.

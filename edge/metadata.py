@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .errors import HappysadError
 from .faces import DEFAULT_FACE_MARGIN, DEFAULT_FACE_SHIFT
-from .preprocess import COLOR_MODES
+from .preprocess import COLOR_MODES, channels_of
 
 SCHEMA = "happysad.model-metadata"
 SCHEMA_VERSION = 2
@@ -90,7 +90,7 @@ class ModelMetadata:
             "output": "sigmoid",
             "input": {"layout": "NHWC", "height": self.image_size[0],
                       "width": self.image_size[1],
-                      "channels": 1 if self.color == "gray" else 3,
+                      "channels": channels_of(self.color),
                       "color": self.color, "pixel_range": [0, 255]},
             "preprocessing": ("edge.preprocess: decode to BGR, convert to "
                               f"{self.color}, resize with INTER_AREA, keep uint8 0..255; "

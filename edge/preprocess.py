@@ -15,6 +15,11 @@ from .errors import HappysadError
 COLOR_MODES = ("gray", "rgb")
 
 
+def channels_of(color: str) -> int:
+    """Channels of the model input for a color mode: 1 for ``gray``, 3 for ``rgb``."""
+    return 1 if color == "gray" else 3
+
+
 def preprocess(image: np.ndarray, size: tuple[int, int] = (48, 48),
                color: str = "gray") -> np.ndarray:
     """Turn one image into one model input.

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .classifier import Classifier
+from .preprocess import channels_of
 from .errors import HappysadError, UsageError
 from .fileio import read_json
 
@@ -107,7 +108,7 @@ def check_model(model: Path, rec: dict, backend: str | None = None, threads: int
         if dtype != meta.input_dtype or quant != actual:
             raise HappysadError(f"{model}: input tensor is {dtype} {actual}, its metadata says "
                                 f"{meta.input_dtype} {quant}; re-export the model")
-    channels = 1 if meta.color == "gray" else 3
+    channels = channels_of(meta.color)
     gray = np.full((*meta.image_size, channels), 128, np.uint8)
     # The backend's own output, before Classifier.scores clips it to 0..1.
     raw = float(b.run(gray)[0])

@@ -21,12 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from edge import HappysadError, __version__, load_image, preprocess
+from edge.backends import is_tflite_bytes, load_backend
+from edge.cli_util import log as _log
 from edge.dataset import read_split, split_items
-from edge.backends import load_backend
 from edge.errors import UsageError
 from edge.faces import DEFAULT_FACE_MARGIN, DEFAULT_FACE_SHIFT
 from edge.fileio import atomic_path, read_json, write_bytes, write_json
 from edge.metadata import ONNX_KEY, ModelMetadata, append_to_tflite, encode, strip_tflite_metadata
+from edge.verify import MANIFEST_NAME, file_digest
 
 from . import CALIBRATION_METHODS, CALIBRATIONS, FORMATS, IO_TYPES, MIN_ACCURACY
 from .validate import (VERIFY_SPLIT, compare, file_probabilities, keras_probabilities, missed_by,
@@ -97,10 +99,6 @@ class ExportOptions:
     max_drop: float = MAX_DROP_PP
     debug_quant: bool = False
     min_accuracy: float = MIN_ACCURACY
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def load_run(run_dir: Path):
@@ -565,7 +563,7 @@ def embed(data: bytes, meta: ModelMetadata) -> bytes:
     JSON set in ``metadata_props`` under :data:`edge.metadata.ONNX_KEY`.
     Either way the graph and weights stay byte-for-byte what they were.
     """
-    if data[4:8] == b"TFL3":
+    if is_tflite_bytes(data):
         return append_to_tflite(strip_tflite_metadata(data), meta)
     import onnx
     proto = onnx.load_model_from_string(data)
@@ -578,9 +576,9 @@ def embed(data: bytes, meta: ModelMetadata) -> bytes:
 
 
 def file_record(path: Path) -> dict:
-    """{"size_bytes", "sha256"} of a written file."""
-    data = path.read_bytes()
-    return {"size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    """{"size_bytes", "sha256"} of a written file (:func:`edge.verify.file_digest`, which verify checks against)."""
+    size, digest = file_digest(path)
+    return {"size_bytes": size, "sha256": digest}
 
 
 def _write_synced(path: Path, data: bytes) -> None:
@@ -655,7 +653,7 @@ def refusal_message(manifest: dict) -> str:
 
 def previous_records(out: Path) -> dict:
     """The file records of the manifest already in ``out`` ({} if none or unreadable)."""
-    path = out / "manifest.json"
+    path = out / MANIFEST_NAME
     if not path.is_file():
         return {}
     try:
@@ -751,7 +749,7 @@ def export_run(opts: ExportOptions) -> dict:
                                      "keras_accuracy": ref["float_accuracy"], "max_drop_pp": opts.max_drop},
                     "files": files, "written": sorted(written), "refused": refused,
                     "debug_reports": debug_files}
-        write_json(out / "manifest.json", manifest)
+        write_json(out / MANIFEST_NAME, manifest)
         return manifest
 
     for fmt in FORMATS:

@@ -9,7 +9,6 @@ import resource
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import cv2
 import numpy as np

@@ -6,7 +6,6 @@ import io
 import os
 import platform
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,9 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from edge import __version__, load_image, preprocess
+from edge.cli_util import log as _log
 from edge.errors import UsageError
 from edge.fileio import atomic_path, write_bytes, write_json
 from edge.metrics import best_threshold, classification_metrics, roc_auc
+from edge.preprocess import channels_of
 
 from . import plots
 from .data import Scan, data_report, make_split, report_summary, scan
@@ -71,10 +72,6 @@ class TrainOptions:
     augment: str = "camera"
     overwrite: bool = False
     verbose: int = field(default=1, compare=False)
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def split_record(s: Scan, part: np.ndarray, opts: TrainOptions) -> dict:
@@ -156,7 +153,7 @@ def image_dataset(paths, y, size, color, batch_size, shuffle_seed=None, cache=No
             (:func:`train.models.camera_distortions`); None for none.
     """
     import tensorflow as tf
-    channels = 1 if color == "gray" else 3
+    channels = channels_of(color)
 
     def load(path):
         return preprocess(load_image(path.decode()), size, color)
@@ -258,7 +255,7 @@ def train(opts: TrainOptions) -> dict:
     root = Path(s.data_dir)
     paths = np.array([root / p for p in s.paths])
     tr, va, te = (np.flatnonzero(part == p) for p in range(3))
-    channels = 1 if opts.color == "gray" else 3
+    channels = channels_of(opts.color)
     cache_dir = out / "cache"
     shutil.rmtree(cache_dir, ignore_errors=True)  # a stale cache from a killed run
     if opts.cache == "disk":
