@@ -189,8 +189,14 @@ def decode_image(data: np.ndarray, path: str | os.PathLike = "image") -> np.ndar
     if dims and dims[0] * dims[1] > MAX_PIXELS:
         raise HappysadError(f"{display_path(path)}: {dims[0]}x{dims[1]} pixels is over the "
                             f"{MAX_PIXELS // 1_000_000}-megapixel limit; scale the image down first")
-    with opencv_errors_only():
-        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    try:
+        with opencv_errors_only():
+            image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except cv2.error:
+        # OpenCV's own gate (OPENCV_IO_MAX_IMAGE_PIXELS) refused a size the
+        # header check above could not read, or the decoder failed outright.
+        raise HappysadError(f"{display_path(path)}: not a decodable image (over the "
+                            f"{MAX_PIXELS // 1_000_000}-megapixel limit, or corrupt)") from None
     if image is None:
         raise HappysadError(f"{display_path(path)}: not a decodable image (corrupt, truncated or not an image)")
     return image

@@ -312,3 +312,19 @@ def test_threads_beyond_the_cores_are_clamped(export_dir, tmp_path):
                          capture_output=True, text=True, cwd=REPO, timeout=60)
     assert res.returncode == 0, res.stderr
     assert f"--threads 10000 is more than this machine's {os.cpu_count()} cores; using {os.cpu_count()}" in res.stderr
+
+
+def test_opencv_limit_is_the_second_gate(tmp_path):
+    """An image over 50 megapixels whose size the header check cannot read still stops at
+    OpenCV's own limit, which edge sets before OpenCV loads: one line, no traceback."""
+    import cv2 as _cv2
+    ok, data = _cv2.imencode(".png", np.zeros((8000, 7000), np.uint8))  # 56 MP, 66 kB
+    (tmp_path / "big.png").write_bytes(data.tobytes())
+    code = ("import sys, edge, edge.images as im\n"
+            "im.image_dimensions = lambda data: None  # as if the header could not be read\n"
+            "from edge.cli_util import run_main\n"
+            "sys.exit(run_main('probe', lambda argv: im.load_image(argv[0]) is None, [sys.argv[1]]))\n")
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "big.png")], capture_output=True, text=True,
+                         cwd=REPO, timeout=60, preexec_fn=_limit_memory)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "big.png: not a decodable image (over the 50-megapixel limit, or corrupt)" in res.stderr
