@@ -252,3 +252,13 @@ def test_bench_pipeline_per_detector(export_dir, real_data, tmp_path):
     assert yunet["answered_skip"] == pytest.approx(sum(found) / 14, abs=1e-4)
     assert yunet["ms"]["detect"]["p90"] >= yunet["ms"]["detect"]["p50"] > 0
     assert yunet["ms"]["crop"]["p50"] > 0 and yunet["ms"]["classify"]["p50"] > 0
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_odd_image_shapes_never_crash_a_detector(export_dir, name):
+    """Slivers, tiny and gray images: every detector answers (here: no face, the whole image)."""
+    clf = Classifier(export_dir / "model_int8.tflite", detector=name)
+    rng = np.random.default_rng(0)
+    for shape in ((49, 1, 3), (1, 49, 3), (2, 3000, 3), (3000, 2, 3), (60, 60, 3), (49, 49)):
+        (pred,) = clf.classify_photo(rng.integers(0, 255, shape, dtype=np.uint8))
+        assert pred.label in ("happy", "sad")
