@@ -262,3 +262,17 @@ def test_odd_image_shapes_never_crash_a_detector(export_dir, name):
     for shape in ((49, 1, 3), (1, 49, 3), (2, 3000, 3), (3000, 2, 3), (60, 60, 3), (49, 49)):
         (pred,) = clf.classify_photo(rng.integers(0, 255, shape, dtype=np.uint8))
         assert pred.label in ("happy", "sad")
+
+
+def test_keras_benchmark_row_crops_the_pixels_the_device_crops(run_dir, export_dir, real_faces):
+    """happysad-bench's Keras row and the edge runtime see the same face pixels for a photo."""
+    from benchmarks.runners import KerasRunner
+    runner = KerasRunner(run_dir / "model.keras", ["happy", "sad"], "yunet")
+    clf = Classifier(export_dir / "model_int8.tflite", detector="yunet")
+    compared = 0
+    for frame in real_faces[:5]:
+        faces = clf.detector.detect(frame)
+        if faces:
+            np.testing.assert_array_equal(runner._face_or_whole(frame), clf.crop_face(frame, faces[0]))
+            compared += 1
+    assert compared >= 3
