@@ -137,7 +137,8 @@ def format_metrics(m: dict, labels) -> str:
             f"confusion matrix (rows true, columns predicted {list(labels)}): {m['confusion_matrix']}")
 
 
-def image_dataset(paths, y, size, color, batch_size, shuffle_seed=None, cache=None, distort=None):
+def image_dataset(paths, y, size, color, batch_size, shuffle_seed=None, cache=None, distort=None,
+                  parallel: bool = True):
     """A ``tf.data`` pipeline of (float32 NHWC pixels 0..255, float32 label) batches.
 
     Files are decoded and preprocessed by :func:`edge.preprocess` (inside
@@ -151,6 +152,11 @@ def image_dataset(paths, y, size, color, batch_size, shuffle_seed=None, cache=No
         distort: a map over (index, uint8 image, label) returning (float32
             image, label), applied after the shuffle to each training image
             (:func:`train.models.camera_distortions`); None for none.
+        parallel: map on several threads. Off for ``--deterministic``, where
+            TensorFlow's op determinism would turn the parallel maps into
+            sequential ones anyway, and logs an ERROR-level line
+            ("NodeDef mentions attribute use_unbounded_threadpool") each time
+            it rewrites one; asking for sequential maps keeps the log clean.
     """
     import tensorflow as tf
     channels = channels_of(color)
@@ -163,7 +169,8 @@ def image_dataset(paths, y, size, color, batch_size, shuffle_seed=None, cache=No
         return tf.ensure_shape(pixels, (*size, channels))
 
     ds = tf.data.Dataset.from_tensor_slices([str(p) for p in paths])
-    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    calls = tf.data.AUTOTUNE if parallel else None
+    ds = ds.map(decode, num_parallel_calls=calls, deterministic=True)
     if y is not None:
         ds = tf.data.Dataset.zip(ds, tf.data.Dataset.from_tensor_slices(np.asarray(y, np.float32)))
     if cache is not None:
@@ -176,7 +183,7 @@ def image_dataset(paths, y, size, color, batch_size, shuffle_seed=None, cache=No
         # draws in every run.
         counter = tf.data.Dataset.counter()
         ds = tf.data.Dataset.zip(counter, ds).map(lambda i, xy: distort(i, *xy),
-                                                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                                                  num_parallel_calls=calls, deterministic=True)
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
     to_float = (lambda x, t: (tf.cast(x, tf.float32), t)) if y is not None else (lambda x: tf.cast(x, tf.float32))
     return ds.map(to_float).batch(batch_size).prefetch(tf.data.AUTOTUNE)
@@ -264,10 +271,11 @@ def train(opts: TrainOptions) -> dict:
     def cache_for(name):
         return str(cache_dir / name) if opts.cache == "disk" else ""
 
-    train_ds = image_dataset(paths[tr], s.y[tr], size, opts.color, opts.batch_size,
+    parallel = not opts.deterministic
+    train_ds = image_dataset(paths[tr], s.y[tr], size, opts.color, opts.batch_size, parallel=parallel,
                              shuffle_seed=opts.seed, cache=cache_for("train"),
                              distort=camera_distortions(opts.seed) if opts.augment == "camera" else None)
-    val_ds = (image_dataset(paths[va], s.y[va], size, opts.color, 256, cache=cache_for("val"))
+    val_ds = (image_dataset(paths[va], s.y[va], size, opts.color, 256, cache=cache_for("val"), parallel=parallel)
               if len(va) else None)
 
     strategy = tf.distribute.MirroredStrategy() if opts.strategy == "mirrored" else tf.distribute.get_strategy()
@@ -307,7 +315,7 @@ def train(opts: TrainOptions) -> dict:
         if not len(idx):
             return np.zeros(0)
         if ds is None:
-            ds = image_dataset(paths[idx], None, size, opts.color, 256)
+            ds = image_dataset(paths[idx], None, size, opts.color, 256, parallel=parallel)
         return model.predict(ds, verbose=0).ravel()
 
     # The validation pipeline is in order and already cached: no second decode.
