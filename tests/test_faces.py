@@ -12,9 +12,9 @@ import pytest
 
 from conftest import REPO
 from edge import Classifier
+from edge.blazeface import BLAZEFACE, decode_blazeface, ssd_anchors, weighted_nms
 from edge.errors import HappysadError
-from edge.faces import (BLAZEFACE, DETECTORS, Face, HaarDetector, YuNetDetector, decode_blazeface, eye_angle,
-                        face_crop, make_detector, ssd_anchors, weighted_nms)
+from edge.faces import DETECTORS, Face, HaarDetector, YuNetDetector, eye_angle, face_crop, make_detector
 
 WILD = REPO.parent / "shared" / "data" / "wild-dev"
 
