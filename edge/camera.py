@@ -63,6 +63,8 @@ class CameraOptions:
         smooth: weight of the history in each face's score average, 0..1 (0: off).
         serve: "HOST:PORT" of the MJPEG preview, or None.
         serve_token: the token every preview request must carry, or None.
+        metrics: "HOST:PORT" (or "PORT", loopback) of the Prometheus
+            metrics endpoint (:mod:`edge.metrics_server`), or None.
         record: video file for the annotated frames (.avi: MJPG, .mp4: mp4v), or None.
         log: CSV file, one row appended per classified face, or None.
         reconnect_tries: reopen attempts for a live source that stops.
@@ -82,6 +84,7 @@ class CameraOptions:
     smooth: float = 0.0
     serve: str | None = None
     serve_token: str | None = None
+    metrics: str | None = None
     record: str | None = None
     log: str | None = None
     reconnect_tries: int = 5
@@ -302,6 +305,17 @@ def _classify_frame(clf: Classifier, frame, options: CameraOptions,
     return clf.classify_boxes(frame, faces, detect_ms), detect_ms
 
 
+def _record_model(metrics, clf: Classifier) -> None:
+    """The model in use, as the metrics' info (sha256 of the file loaded)."""
+    from . import __version__
+    from .verify import file_digest
+    try:
+        digest = file_digest(clf.path)[1]
+    except HappysadError:
+        digest = "unreadable"
+    metrics.set_model(clf.path, digest, clf.metadata.extra.get("format", "?"), __version__)
+
+
 def _stage_ms(results: list[Prediction], capture_ms: float, detect_ms: float, total_ms: float) -> dict:
     ms = {"capture": capture_ms, "detect": detect_ms, "crop": 0.0, "preprocess": 0.0, "inference": 0.0}
     for r in results:
@@ -339,7 +353,7 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
         print(f"note: no window: {why}; printing one JSON line per frame (use --headless "
               "to say so)", file=sys.stderr)
         headless = True
-    server = recorder = log = None
+    server = recorder = log = metrics = None
     stop = []
 
     def on_signal(*_):
@@ -357,6 +371,11 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
     frames = with_face = errors = 0
     start = time.perf_counter()
     try:
+        if options.metrics:
+            from .metrics_server import MetricsServer
+            metrics = MetricsServer(*parse_address(options.metrics), clf.labels)
+            _record_model(metrics, clf)
+            print(f"metrics: http://{metrics.address[0]}:{metrics.address[1]}/metrics", file=sys.stderr, flush=True)
         if options.serve:
             server = PreviewServer(*parse_address(options.serve), token=options.serve_token)
             print(f"preview: {server.url}", file=sys.stderr, flush=True)
@@ -378,6 +397,8 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
             if new is not None:
                 clf = new
                 smoother = ScoreSmoother(options.smooth, clf.labels, clf.metadata.threshold)
+                if metrics:
+                    _record_model(metrics, clf)
             t1 = time.perf_counter()
             detect_ms = 0.0
             try:
@@ -386,6 +407,8 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
             except (HappysadError, cv2.error) as exc:
                 # One bad frame must not end a run that is meant to last months.
                 errors += 1
+                if metrics:
+                    metrics.error()
                 if errors <= 3 or errors % 1000 == 0:
                     print(f"frame {frames + 1}: {str(exc).splitlines()[0]} ({errors} errors so far)",
                           file=sys.stderr, flush=True)
@@ -396,11 +419,12 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
             fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
             if log:
                 log.write(frames, results)
+            ms = _stage_ms(results, capture_ms, detect_ms, (time.perf_counter() - t1) * 1e3 + capture_ms)
+            if metrics:
+                metrics.observe(results, ms, capture.dropped, capture.reconnects)
             if headless:
                 record = {"frame": frames, "faces": [r.to_dict() for r in results], "fps": round(fps, 2),
-                          "dropped": capture.dropped,
-                          "ms": _stage_ms(results, capture_ms, detect_ms,
-                                          (time.perf_counter() - t1) * 1e3 + capture_ms)}
+                          "dropped": capture.dropped, "ms": ms}
                 out.write(json.dumps(record) + "\n")
                 out.flush()
             if server or options.record or not headless:
@@ -419,7 +443,7 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
         capture.close()
         for sig, old in handlers.items():
             signal.signal(sig, old)
-        for closer in (recorder, log, server):
+        for closer in (recorder, log, server, metrics):
             if closer is not None:
                 closer.close()
         if not headless:

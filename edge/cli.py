@@ -90,6 +90,9 @@ def build_parser() -> ArgumentParser:
                         "@FILE reads it from a file. Needed for an address other than loopback")
     p.add_argument("--serve-insecure", action="store_true",
                    help="serve a non-loopback address without a token (anyone on the network sees the camera)")
+    p.add_argument("--metrics", metavar="HOST:PORT", default=None,
+                   help="serve Prometheus metrics at /metrics (frames, faces, labels, stage latencies, the "
+                        "model); PORT alone binds 127.0.0.1")
     p.add_argument("--record", metavar="FILE", default=None, help="save the annotated video (.avi or .mp4)")
     p.add_argument("--log", metavar="FILE.csv", default=None, help="append one row per classified face")
     p.add_argument("--reconnect-tries", type=non_negative_int, default=5,
@@ -193,9 +196,16 @@ def _camera(args) -> int:
     clf = Classifier(args.model, args.threads, args.backend,
                      detector=None if args.no_face else make_detector(args.detector, args.min_face,
                                                                       args.detect_width, args.threads))
+    if args.metrics:
+        try:
+            host, _ = parse_address(args.metrics)
+        except ValueError:
+            build_parser().error(f"argument --metrics: {args.metrics!r} is not HOST:PORT")
+        if not is_loopback(host):
+            print("warning: the metrics are reachable from the network (no authentication)", file=sys.stderr)
     options = CameraOptions(source=args.source, headless=args.headless, max_frames=args.max_frames,
                             faces=args.faces, no_face=args.no_face, smooth=args.smooth, serve=args.serve,
-                            serve_token=token, record=args.record, log=args.log,
+                            serve_token=token, metrics=args.metrics, record=args.record, log=args.log,
                             reconnect_tries=args.reconnect_tries, pace=args.pace, detect_every=args.detect_every,
                             width=args.width, height=args.height, fps=args.fps)
     summary = run_camera(clf, options, threads=args.threads, backend=args.backend)

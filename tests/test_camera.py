@@ -343,3 +343,33 @@ def test_preview_on_the_network_needs_a_token(export_dir, long_video, tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
+
+
+def test_prometheus_metrics_move_with_the_loop(export_dir, long_video):
+    """camera --metrics: scraped twice over HTTP and parsed with the client's own parser,
+    the counters move; the model's sha256 is the file's."""
+    import hashlib
+
+    from prometheus_client.parser import text_string_to_metric_families
+    port = free_port()
+    model = export_dir / "model_int8.tflite"
+    proc = subprocess.Popen(camera_cmd(model, long_video, "--pace", "--metrics", str(port)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+
+    def scrape():
+        text = wait_for_url(f"http://127.0.0.1:{port}/metrics").decode()
+        return {s.name + (str(sorted(s.labels.items())) if s.labels else ""): s
+                for family in text_string_to_metric_families(text) for s in family.samples}
+    try:
+        first = scrape()
+        time.sleep(1.5)
+        second = scrape()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert second["happysad_frames_total"].value > first["happysad_frames_total"].value > 0
+    labels = [k for k in second if k.startswith("happysad_labels_total")]
+    assert len(labels) == 2 and sum(second[k].value for k in labels) >= second["happysad_faces_total"].value > 0
+    assert second["happysad_stage_seconds_count[('stage', 'inference')]"].value > 0
+    info = next(s for k, s in second.items() if k.startswith("happysad_model_info"))
+    assert info.labels["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
