@@ -78,7 +78,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     text says what happens then)."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False, argparse.SUPPRESS) or isinstance(action, argparse._VersionAction):
+        # Identity, not equality: a default of 0 or 0.0 is worth showing.
+        if (action.default is None or action.default is False or action.default is argparse.SUPPRESS
+                or isinstance(action, argparse._VersionAction)):
             return action.help
         return super()._get_help_string(action)
 

@@ -173,3 +173,9 @@ def test_progress_draws_only_on_a_terminal():
         p.close()
     assert "\rimages: 3/3" in tty.getvalue() and tty.getvalue().endswith("\r\033[K")
     assert log.getvalue() == ""  # a log file or a pipe gets nothing
+
+
+def test_help_shows_real_defaults_only():
+    out = cli("edge", "camera", "--help").stdout
+    assert "(default: None)" not in out and "(default: False)" not in out
+    assert "(default: 0)" in out  # --max-frames: a zero default is still shown
