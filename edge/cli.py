@@ -176,33 +176,32 @@ def _print_photo(path, preds, args) -> None:
               flush=True)
 
 
+def _listen_host(flag: str, value: str) -> str:
+    """The host of a ``--serve`` or ``--metrics`` HOST:PORT (usage error exit 2 when malformed)."""
+    from .preview import parse_address
+    try:
+        return parse_address(value)[0]
+    except ValueError:
+        build_parser().error(f"argument {flag}: {value!r} is not HOST:PORT")
+
+
 def _camera(args) -> int:
     from .faces import make_detector
-    from .preview import is_loopback, parse_address
+    from .preview import is_loopback
     token = _serve_token(args.serve_token)
-    if args.serve:
-        try:
-            host, _ = parse_address(args.serve)
-        except ValueError:
-            build_parser().error(f"argument --serve: {args.serve!r} is not HOST:PORT")
-        if not is_loopback(host):
-            if token is None and not args.serve_insecure:
-                build_parser().error(f"argument --serve: {host} is reachable from the network; pass "
-                                     "--serve-token TOKEN (or @FILE), or --serve-insecure to publish the "
-                                     "camera to anyone who can reach this machine")
-            print("warning: the camera preview is reachable from the network"
-                  + (" (token required)" if token else " WITHOUT authentication (--serve-insecure)"),
-                  file=sys.stderr)
+    if args.serve and not is_loopback(host := _listen_host("--serve", args.serve)):
+        if token is None and not args.serve_insecure:
+            build_parser().error(f"argument --serve: {host} is reachable from the network; pass "
+                                 "--serve-token TOKEN (or @FILE), or --serve-insecure to publish the "
+                                 "camera to anyone who can reach this machine")
+        print("warning: the camera preview is reachable from the network"
+              + (" (token required)" if token else " WITHOUT authentication (--serve-insecure)"),
+              file=sys.stderr)
+    if args.metrics and not is_loopback(_listen_host("--metrics", args.metrics)):
+        print("warning: the metrics are reachable from the network (no authentication)", file=sys.stderr)
     clf = Classifier(args.model, args.threads, args.backend,
                      detector=None if args.no_face else make_detector(args.detector, args.min_face,
                                                                       args.detect_width, args.threads))
-    if args.metrics:
-        try:
-            host, _ = parse_address(args.metrics)
-        except ValueError:
-            build_parser().error(f"argument --metrics: {args.metrics!r} is not HOST:PORT")
-        if not is_loopback(host):
-            print("warning: the metrics are reachable from the network (no authentication)", file=sys.stderr)
     options = CameraOptions(source=args.source, headless=args.headless, max_frames=args.max_frames,
                             faces=args.faces, no_face=args.no_face, smooth=args.smooth, serve=args.serve,
                             serve_token=token, metrics=args.metrics, record=args.record, log=args.log,
