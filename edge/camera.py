@@ -419,7 +419,8 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
             fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
             if log:
                 log.write(frames, results)
-            ms = _stage_ms(results, capture_ms, detect_ms, (time.perf_counter() - t1) * 1e3 + capture_ms)
+            if metrics or headless:  # the stage times, for whoever reads them
+                ms = _stage_ms(results, capture_ms, detect_ms, (time.perf_counter() - t1) * 1e3 + capture_ms)
             if metrics:
                 metrics.observe(results, ms, capture.dropped, capture.reconnects)
             if headless:

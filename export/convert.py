@@ -32,7 +32,7 @@ from edge.verify import MANIFEST_NAME, file_digest
 
 from . import CALIBRATION_METHODS, CALIBRATIONS, FORMATS, IO_TYPES, MIN_ACCURACY
 from .validate import (VERIFY_SPLIT, compare, file_probabilities, keras_probabilities, missed_by,
-                       validation_set)
+                       onnx_probabilities, validation_set)
 
 FILENAMES = {"tflite-float32": "model_float32.tflite", "tflite-float16": "model_float16.tflite",
              "tflite-int8": "model_int8.tflite", "onnx-float32": "model_float32.onnx",
@@ -489,13 +489,8 @@ CALIBRATION_NAMES = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Pe
 def _val_accuracy(path: Path, judge) -> tuple[float, float]:
     """(accuracy, agreement with the Keras model) of an ONNX file on the
     validation images ``judge`` holds: (pixels, labels, reference, threshold)."""
-    import onnxruntime as ort
     pixels, labels, reference, threshold = judge
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    x = pixels.astype(np.float32)
-    p = np.concatenate([session.run(None, {"image": x[i:i + 256]})[0].reshape(-1)
-                        for i in range(0, len(x), 256)])
-    label = (p >= threshold).astype(np.int64)
+    label = (onnx_probabilities(path, pixels) >= threshold).astype(np.int64)
     return float(np.mean(label == labels)), float(np.mean(label == (reference >= threshold)))
 
 
