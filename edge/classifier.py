@@ -200,7 +200,7 @@ class Classifier:
         ms["preprocess"] = (t1 - t0) * 1e3
         ms["inference"] = (t2 - t1) * 1e3
         ms["total"] = ms.get("detect", 0.0) + ms.get("crop", 0.0) + (time.perf_counter() - t0) * 1e3
-        f = face if isinstance(face, Face) else (Face(tuple(face)) if face is not None else None)
+        f = Face.of(face) if face is not None else None
         return Prediction(self.labels[idx], float(s[idx]),
                           {name: float(v) for name, v in zip(self.labels, s)},
                           f.box if f else None, ms, f.keypoints if f else None,
@@ -237,8 +237,7 @@ class Classifier:
     def crop_face(self, frame: np.ndarray, face: Face | Box) -> np.ndarray:
         """The face cut out, levelled and framed as this model's metadata
         says (``face_margin``, ``face_shift``): :func:`edge.faces.face_crop`."""
-        face = face if isinstance(face, Face) else Face(tuple(face))
-        return face_crop(frame, face, self.metadata.image_size, self.metadata.face_margin,
+        return face_crop(frame, Face.of(face), self.metadata.image_size, self.metadata.face_margin,
                          self.metadata.face_shift)
 
     def classify_boxes(self, frame: np.ndarray, faces: list, detect_ms: float = 0.0) -> list[Prediction]:
@@ -255,7 +254,7 @@ class Classifier:
         """
         results = []
         for face in faces:
-            face = face if isinstance(face, Face) else Face(tuple(face))
+            face = Face.of(face)
             t0 = time.perf_counter()
             region = self.crop_face(frame, face)
             crop_ms = (time.perf_counter() - t0) * 1e3

@@ -54,11 +54,10 @@ class Face:
     score: float = 1.0
     keypoints: np.ndarray | None = None
 
-    def to_dict(self) -> dict:
-        """JSON-ready: box, score and keypoints (list of [x, y] or null)."""
-        kp = None if self.keypoints is None else [[round(float(x), 1), round(float(y), 1)]
-                                                   for x, y in self.keypoints]
-        return {"box": list(self.box), "score": round(float(self.score), 4), "keypoints": kp}
+    @classmethod
+    def of(cls, face: "Face | Box") -> "Face":
+        """``face`` itself, or a bare (x, y, w, h) box as a Face without keypoints."""
+        return face if isinstance(face, Face) else cls(tuple(face))
 
 
 def asset_path(name: str) -> Path:
