@@ -55,6 +55,11 @@ class Progress:
             self.stream.flush()
 
 
+def _needs_workstation(module: str) -> str:
+    return (f"needs {module}, which the edge install leaves out; on a workstation "
+            "install it with: pip install 'happysad[train]'")
+
+
 def require_workstation() -> None:
     """Fail at once, before any work, where TensorFlow and Keras are not installed.
 
@@ -68,8 +73,7 @@ def require_workstation() -> None:
         except (ImportError, ValueError):
             found = False
         if not found:
-            raise HappysadError(f"needs {name}, which the edge install leaves out; on a workstation "
-                                "install it with: pip install 'happysad[train]'")
+            raise HappysadError(_needs_workstation(name))
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -166,8 +170,7 @@ def run_main(prog: str, body: Callable[[Sequence[str] | None], int],
         # An edge-only install has happysad-train and happysad-export on the
         # PATH too; they need the workstation's packages.
         if (exc.name or "").split(".")[0] in WORKSTATION_MODULES:
-            print(f"{prog}: error: needs {exc.name}, which the edge install leaves out; on a workstation "
-                  "install it with: pip install 'happysad[train]'", file=sys.stderr)
+            print(f"{prog}: error: {_needs_workstation(exc.name)}", file=sys.stderr)
             return 1
         raise
     except Exception:

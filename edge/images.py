@@ -206,8 +206,8 @@ def read_image_bytes(path: str | os.PathLike) -> np.ndarray:
     """The bytes of an image file, read only if it is a regular file of at
     most :data:`MAX_FILE_BYTES`.
 
-    The file is checked with ``stat`` before it is opened, and opened
-    non-blocking, so a FIFO, a device or a socket named ``photo.jpg`` is
+    The file is opened non-blocking and checked with ``fstat`` before a
+    byte is read, so a FIFO, a device or a socket named ``photo.jpg`` is
     refused rather than read forever.
 
     Returns:
