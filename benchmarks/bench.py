@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge import HappysadError, load_image
+from edge import HappysadError, load_image, read_metadata
 from edge.backends import default_backend, model_format
 from edge.dataset import labelled_images, read_split, split_items
 from edge.errors import UsageError
@@ -51,6 +51,9 @@ class BenchOptions:
         cold_runs: fresh processes per model for the cold start (0: skip).
         detector: the face detector for images larger than the model input
             (one of :data:`edge.faces.DETECTORS`).
+        tta: also measure each model file with this test-time augmentation
+            (``"flip"``: the face and its mirror image averaged, two
+            inferences), in rows of their own; None: not.
     """
 
     models: list
@@ -64,10 +67,24 @@ class BenchOptions:
     min_seconds: float = 0.0
     cold_runs: int = 3
     detector: str = DEFAULT_DETECTOR
+    tta: str | None = None
+
+
+def model_labels(models) -> list[str] | None:
+    """The labels, in output order, of the first model file that records
+    them (a .keras model does not); None when none does."""
+    for model in models:
+        if not is_keras_path(model):
+            return list(read_metadata(model).labels)
+    return None
 
 
 def load_labelled(opts: BenchOptions):
     """Decode the labelled images once for all models.
+
+    A ``data`` folder's classes are taken in the order of the first model
+    file's labels (its sub-folders of those names; others are left out), so
+    any folder with the model's classes can be measured.
 
     Returns:
         (labels, paths, y int64 (N,), images: list of uint8 BGR arrays).
@@ -80,7 +97,7 @@ def load_labelled(opts: BenchOptions):
         split = read_split(opts.split, opts.data_root)
         labels, items = split["labels"], split_items(split, opts.part)
     elif opts.data:
-        labels, items = labelled_images(opts.data)
+        labels, items = labelled_images(opts.data, model_labels(opts.models))
     else:
         raise HappysadError("give labelled images with --data DIR or --split RUN_DIR/split.json")
     paths, ys, images = [], [], []
@@ -159,11 +176,25 @@ def bench_model(path: str, labels, y, images, image_path, opts: BenchOptions) ->
     Raises:
         HappysadError: the model cannot be loaded, or its labels differ from the data's.
     """
-    name = Path(path).name
+    rows = _bench_rows(path, labels, y, images, opts, "none")
+    if opts.tta and not is_keras_path(path):
+        rows += _bench_rows(path, labels, y, images, opts, opts.tta)
+    cold = cold_start(path, image_path, opts.cold_runs)
+    if cold:
+        _log(f"  {Path(path).name}: cold start {cold['ms']:.0f} ms, peak RSS {cold['peak_rss_mb']:.0f} MB "
+             f"(median of {opts.cold_runs})")
+    for row in rows:
+        row["cold_start"] = cold
+    return rows
+
+
+def _bench_rows(path: str, labels, y, images, opts: BenchOptions, tta: str) -> list[dict]:
+    """:func:`bench_model`'s rows for one test-time augmentation, without the cold start."""
+    name = Path(path).name + (f" +{tta}" if tta != "none" else "")
     sweep = [None] if is_keras_path(path) else list(opts.threads)
     rows, metrics, cost = [], None, None
     for threads in sweep:
-        runner = load_runner(path, labels, threads, opts.detector)
+        runner = load_runner(path, labels, threads, opts.detector, tta)
         if metrics is None:
             t0 = time.perf_counter()
             preds = runner.predict(images)
@@ -174,23 +205,26 @@ def bench_model(path: str, labels, y, images, image_path, opts: BenchOptions) ->
         lat = latency_row(runner, images[0], opts)
         _log(f"  {name}, threads {threads or 'default'}: load {runner.load_ms:.1f} ms, "
              f"p50 {lat['latency_ms']['p50']:.3f} ms over {len(lat['samples_ms'])} runs")
-        rows.append({"model": str(path), "name": name, "format": runner.format,
+        rows.append({"model": str(path), "name": name, "format": runner.format, "tta": tta,
                      "backend": runner.backend, "threads": threads, "size_mb": runner.size_mb,
                      "params": cost[0], "macs": cost[1], "load_ms": runner.load_ms, **lat})
         del runner
-    cold = cold_start(path, image_path, opts.cold_runs)
-    if cold:
-        _log(f"  {name}: cold start {cold['ms']:.0f} ms, peak RSS {cold['peak_rss_mb']:.0f} MB "
-             f"(median of {opts.cold_runs})")
     for row in rows:
-        row.update(metrics, cold_start=cold)
+        row.update(metrics)
     return rows
 
 
 def reference_for(result: dict, results: list) -> dict:
-    """The float model a result's accuracy is compared with: the float32 file
-    of the same format family (TFLite or ONNX) when one was measured, else
-    the Keras model, else the first model given."""
+    """The model a result's accuracy is compared with: for a row with
+    test-time augmentation, the same file without it (its drop is minus
+    the augmentation's gain); else the float32 file of the same format
+    family (TFLite or ONNX) when one was measured, else the Keras model,
+    else the first model given."""
+    if result.get("tta", "none") != "none":
+        for r in results:
+            if r["model"] == result["model"] and r.get("tta", "none") == "none":
+                return r
+    results = [r for r in results if r.get("tta", "none") == "none"] or results
     family = result["format"].split("-")[0]
     for want in (f"{family}-float32", "keras-float32"):
         for r in results:

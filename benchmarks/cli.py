@@ -64,6 +64,9 @@ def build_parser() -> ArgumentParser:
                    help="face detector for images larger than the model input, of " + ", ".join(DETECTORS)
                         + f" (default {DEFAULT_DETECTOR}); with --pipeline a comma-separated list to compare "
                           "(default: all)")
+    p.add_argument("--tta", choices=("none", "flip"), default="none",
+                   help="flip: also measure each file averaging every face with its mirror image (2 inferences), "
+                        "in rows of their own; their drop is against the same file without it (minus the gain)")
     t = p.add_argument_group("latency")
     t.add_argument("-t", "--threads", type=thread_list, default=None, metavar="N[,N...]",
                    help="interpreter threads; several, comma-separated, are swept (None: the interpreter's own)")
@@ -165,7 +168,8 @@ def _body(argv) -> int:
     old = read_report(args.compare) if args.compare else None
     report = run_bench(BenchOptions(args.models, args.data, args.split, args.part, args.data_root,
                                     args.threads or [None], args.runs, args.warmup,
-                                    args.min_seconds, args.cold_runs, detector[0]))
+                                    args.min_seconds, args.cold_runs, detector[0],
+                                    None if args.tta == "none" else args.tta))
     print(format_table(report), flush=True)
     reasons = check_gates(report, args.max_drop, args.max_p50_ms, args.min_accuracy)
     regressions = compare_reports(report, old, args.tolerance, args.tolerance_pp) if old else []

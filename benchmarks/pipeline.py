@@ -18,29 +18,10 @@ import time
 
 import numpy as np
 
-from edge import Classifier, find_images, load_image
+from edge import Classifier, load_image
+from edge.dataset import labelled_images
 from edge.errors import HappysadError
 from edge.faces import DETECTORS, make_detector
-
-
-def labelled_photos(data_dir) -> tuple[list, list[str]]:
-    """(list of (path, class index), class names) of a folder with one
-    sub-folder per class; unreadable files are skipped with a note on stderr.
-
-    Raises:
-        HappysadError: fewer than two class folders, or no photo at all.
-    """
-    from pathlib import Path
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise HappysadError(f"{root}: no such folder of labelled photos")
-    labels = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if len(labels) < 2:
-        raise HappysadError(f"{root}: needs one sub-folder per class (found {labels})")
-    items = [(path, i) for i, name in enumerate(labels) for path in find_images(root / name)]
-    if not items:
-        raise HappysadError(f"{root}: no images in its class folders")
-    return items, labels
 
 
 def _ms(values: list) -> dict:
@@ -112,9 +93,9 @@ def run_pipeline(model: str, data_dir: str, detectors=DETECTORS, threads: int | 
     import cv2
     cv2.setNumThreads(1)  # one thread, as on a busy device and in the detectors' README figures
     clf = Classifier(model, threads)
-    items, labels = labelled_photos(data_dir)
-    if list(labels) != list(clf.labels):
-        raise HappysadError(f"{data_dir}: class folders {labels} differ from the model's labels {list(clf.labels)}")
+    labels, items = labelled_images(data_dir, clf.labels)
+    if not items:
+        raise HappysadError(f"{data_dir}: no images in its class folders {', '.join(labels)}")
     print(f"decoding {len(items)} photos", file=sys.stderr, flush=True)
     images = [load_image(path) for path, _ in items]
     y = np.array([label for _, label in items], np.int64)

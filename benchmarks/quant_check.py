@@ -27,6 +27,7 @@ from edge import Classifier, load_image, preprocess
 from edge.cli_util import ArgumentParser, positive_int, run_main
 from edge.dataset import read_split, split_items
 from edge.fileio import write_bytes, write_json
+from edge.metrics import decide
 
 PROG = "python -m benchmarks.quant_check"
 EXIT_GATE = 3
@@ -55,7 +56,7 @@ def onnx_batch_accuracy(path: Path, pixels: np.ndarray, labels: np.ndarray, thre
     (:func:`export.validate.onnx_probabilities`): under emulation one image
     per run would take an hour."""
     from export.validate import onnx_probabilities
-    return float(np.mean((onnx_probabilities(path, pixels) >= threshold).astype(np.int64) == labels))
+    return float(np.mean(decide(onnx_probabilities(path, pixels), threshold) == labels))
 
 
 def emulated_accuracy(path: Path, split_json: Path, part: str) -> float | None:

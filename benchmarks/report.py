@@ -212,7 +212,7 @@ def read_report(path: str | os.PathLike) -> dict:
 
 
 def _key(row: dict) -> tuple:
-    return Path(row["model"]).name, row.get("threads")
+    return Path(row["model"]).name, row.get("threads"), row.get("tta", "none")
 
 
 def compare_reports(new: dict, old: dict, tolerance_pct: float = 20.0,
@@ -281,7 +281,7 @@ def write_plot(report: dict, path: str | os.PathLike) -> None:
     # Accuracy is per file (threads do not change labels): one bar per file,
     # the drop against its float reference in percentage points, the
     # figure that decides shipping, with the accuracy written beside it.
-    files = list({r["model"]: r for r in results}.values())
+    files = list({(r["model"], r.get("tta", "none")): r for r in results}.values())
     drops = [r.get("drop_pp", 0.0) for r in files]
     colors = ["#c0392b" if d > 0 else "#27ae60" for d in drops]
     ax2.barh(range(len(files)), drops, color=colors)

@@ -26,6 +26,7 @@ from edge import Classifier, HappysadError, preprocess
 from edge.errors import UsageError
 from edge.faces import DEFAULT_DETECTOR, face_crop, make_detector
 from edge.metadata import ModelMetadata
+from edge.metrics import class_probabilities, decide
 
 from .cost import file_size_mb, keras_cost, onnx_cost, tflite_cost
 from .timing import time_once
@@ -67,10 +68,10 @@ class EdgeRunner:
     """
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None,
-                 backend: str | None = None, detector: str = DEFAULT_DETECTOR):
+                 backend: str | None = None, detector: str = DEFAULT_DETECTOR, tta: str = "none"):
         self.path = Path(path)
         self.threads = threads
-        self.load_ms, self.clf = time_once(lambda: Classifier(path, threads, backend, detector))
+        self.load_ms, self.clf = time_once(lambda: Classifier(path, threads, backend, detector, tta=tta))
         meta = self.clf.metadata
         self.labels = list(meta.labels)
         self.size, self.color = meta.image_size, meta.color
@@ -93,6 +94,13 @@ class EdgeRunner:
         """The three stage callables for one decoded image (see module doc)."""
         clf, backend = self.clf, self.clf.backend
         meta = clf.metadata
+
+        if clf.tta != "none":
+            # Both inferences (and writing the mirrored input) count as invoke.
+            def pre_tta():
+                return preprocess(image, meta.image_size, meta.color)
+
+            return pre_tta, clf.scores, clf.predict_index
 
         def pre():
             backend.set_input(preprocess(image, meta.image_size, meta.color))
@@ -145,10 +153,17 @@ class KerasRunner:
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise HappysadError(f"{path}: not a loadable Keras model ({first})") from None
         _, height, width, channels = self.model.input_shape
-        self.labels = list(labels) if labels is not None else ["class 0", "class 1"]  # no data: any two names
+        units = int(self.model.output_shape[-1])
+        self.output = "sigmoid" if units == 1 else "softmax"
+        n_classes = 2 if units == 1 else units
+        # No data: any names, one per class.
+        self.labels = list(labels) if labels is not None else [f"class {i}" for i in range(n_classes)]
+        if len(self.labels) != n_classes:
+            raise HappysadError(f"{path}: the model has {n_classes} classes, the data {len(self.labels)} "
+                                f"({', '.join(self.labels)})")
         labels = self.labels
         self.size, self.color = (int(height), int(width)), "gray" if channels == 1 else "rgb"
-        self.meta = ModelMetadata(tuple(labels), self.size, self.color)
+        self.meta = ModelMetadata(tuple(labels), self.size, self.color, output=self.output)
         self.name = self.path.name
         self.format = "keras-float32"
         self.backend = f"keras-{keras.backend.backend()}"
@@ -174,7 +189,7 @@ class KerasRunner:
             return model.predict_on_batch(x)
 
         def post(out):
-            return int(float(np.asarray(out).reshape(-1)[0]) >= threshold)
+            return int(decide(class_probabilities(np.asarray(out)[0], self.output), threshold))
 
         return pre, invoke, post
 
@@ -194,16 +209,16 @@ class KerasRunner:
     def predict(self, images: list, batch_size: int = 256) -> np.ndarray:
         """Class indices (int64 (N,)), in batches of ``batch_size``."""
         x = np.stack([preprocess(self._face_or_whole(im), self.size, self.color) for im in images])
-        p = self.model.predict(x.astype(np.float32), batch_size=batch_size, verbose=0).reshape(-1)
-        return (p >= self.meta.threshold).astype(np.int64)
+        raw = self.model.predict(x.astype(np.float32), batch_size=batch_size, verbose=0)
+        return decide(class_probabilities(raw, self.output), self.meta.threshold)
 
 
 def load_runner(path: str | os.PathLike, labels: list[str], threads: int | None = None,
-                detector: str = DEFAULT_DETECTOR):
+                detector: str = DEFAULT_DETECTOR, tta: str = "none"):
     """An :class:`EdgeRunner`, or a :class:`KerasRunner` for a .keras file
-    (which ignores ``threads``); ``detector`` finds the faces in images
-    larger than the model input, for both. ``labels`` None (no data)
-    skips the label check.
+    (which ignores ``threads`` and ``tta``); ``detector`` finds the faces in
+    images larger than the model input, for both. ``labels`` None (no data)
+    skips the label check. ``tta``: see :class:`edge.Classifier`.
 
     Raises:
         HappysadError: the model cannot be loaded, or its labels differ from
@@ -211,7 +226,7 @@ def load_runner(path: str | os.PathLike, labels: list[str], threads: int | None 
     """
     if is_keras_path(path):
         return KerasRunner(path, labels, detector)
-    runner = EdgeRunner(path, threads, detector=detector)
+    runner = EdgeRunner(path, threads, detector=detector, tta=tta)
     if labels is not None and runner.labels != list(labels):
         raise HappysadError(f"{path}: model labels {runner.labels} differ from the data's {list(labels)}")
     return runner

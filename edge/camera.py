@@ -27,6 +27,7 @@ import numpy as np
 from .classifier import Classifier, Prediction, stat_stamp
 from .errors import HappysadError
 from .fileio import output_target, temp_name
+from .metadata import UNCERTAIN
 from .preprocess import channels_of
 from .smoothing import ScoreSmoother
 from .sources import Capture, open_source
@@ -130,6 +131,20 @@ def _label(frame: np.ndarray, text: str, org: tuple[int, int], color, scale: flo
                 cv2.LINE_AA)
 
 
+#: BGR colours of the preview's labels; other labels take :data:`PALETTE` in turn.
+LABEL_COLORS = {"happy": (0, 160, 0), "sad": (0, 0, 200), UNCERTAIN: (110, 110, 110)}
+PALETTE = ((200, 120, 0), (0, 140, 200), (160, 0, 160), (0, 160, 160), (120, 60, 0))
+
+
+def label_color(label: str) -> tuple[int, int, int]:
+    """The BGR colour a label is drawn in: fixed for happy, sad and
+    uncertain, else one of :data:`PALETTE` chosen by the label's name (the
+    same colour in every frame and run)."""
+    if label in LABEL_COLORS:
+        return LABEL_COLORS[label]
+    return PALETTE[sum(label.encode()) % len(PALETTE)]
+
+
 def annotate(frame: np.ndarray, results: list[Prediction], fps: float) -> np.ndarray:
     """Draw face boxes, label, confidence and FPS onto ``frame`` in place.
 
@@ -138,7 +153,7 @@ def annotate(frame: np.ndarray, results: list[Prediction], fps: float) -> np.nda
     on a 1080p preview as on a 320 px one."""
     scale = max(0.45, frame.shape[1] / 640 * 0.6)
     for r in results:
-        color = (0, 160, 0) if r.label == "happy" else (0, 0, 200)
+        color = label_color(r.label)
         text = f"{r.label} {r.confidence:.0%}"
         if r.face is None:
             _label(frame, text, (8, int(50 * scale / 0.6)), color, scale)
@@ -193,7 +208,8 @@ class ModelWatcher:
         self._stamp = stamp
         old = self.classifier
         try:
-            new = Classifier(old.path, self._threads, self._backend, detector=old._detector)
+            new = Classifier(old.path, self._threads, self._backend, detector=old._detector,
+                             min_confidence=old.min_confidence, tta=old.tta)
             h, w = new.metadata.image_size
             channels = channels_of(new.metadata.color)
             # It must run, not only load: the edge cases of the input range
@@ -365,7 +381,7 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
     handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     watcher = ModelWatcher(classifier, threads, backend)
     clf = classifier
-    smoother = ScoreSmoother(options.smooth, clf.labels, clf.metadata.threshold)
+    smoother = ScoreSmoother(options.smooth, clf.labels, clf.metadata.threshold, clf.min_confidence)
     tracker = FaceTracker(options.detect_every)
     times = collections.deque(maxlen=FPS_WINDOW)
     frames = with_face = errors = 0
@@ -396,7 +412,7 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
             new = watcher.poll()
             if new is not None:
                 clf = new
-                smoother = ScoreSmoother(options.smooth, clf.labels, clf.metadata.threshold)
+                smoother = ScoreSmoother(options.smooth, clf.labels, clf.metadata.threshold, clf.min_confidence)
                 if metrics:
                     _record_model(metrics, clf)
             t1 = time.perf_counter()

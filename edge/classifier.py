@@ -11,8 +11,12 @@ import numpy as np
 from .backends import Backend, load_backend, model_format
 from .errors import HappysadError
 from .faces import DEFAULT_DETECTOR, Box, Face, face_crop, make_detector
-from .metadata import ModelMetadata, read_onnx_metadata, read_tflite_metadata
+from .metadata import UNCERTAIN, ModelMetadata, read_onnx_metadata, read_tflite_metadata
+from .metrics import class_probabilities, decide
 from .preprocess import channels_of, preprocess
+
+#: ``tta`` choices: none, or the face and its mirror image averaged (two inferences).
+TTA_MODES = ("none", "flip")
 
 
 @dataclass(frozen=True)
@@ -20,8 +24,10 @@ class Prediction:
     """One classified image or face.
 
     Attributes:
-        label: the predicted class name.
-        confidence: the predicted class's score, 0..1.
+        label: the predicted class name, or ``"uncertain"`` when the
+            classifier has a minimum confidence and the best class's score
+            is under it.
+        confidence: the best class's score, 0..1 (also when uncertain).
         scores: {label: probability} for every class, summing to 1.
         face: (x, y, w, h) of the detected face in the input image's pixels,
             or None when the whole image was classified.
@@ -89,7 +95,8 @@ def stat_stamp(path: Path):
 
 
 class Classifier:
-    """A happy/sad model, loaded once, ready for many images.
+    """An image classifier (happy/sad, or any labels its metadata names),
+    loaded once, ready for many images.
 
     Args:
         model_path: a .tflite or .onnx file exported by happysad-export.
@@ -98,14 +105,23 @@ class Classifier:
         detector: a name from :data:`edge.faces.DETECTORS` or a detector
             object (anything with ``detect(image) -> list[Face]``); a named
             one is created on first need.
+        min_confidence: a score 0..1 under which the label is
+            ``"uncertain"``; ``"auto"`` takes the one the model's metadata
+            suggests (chosen on validation data at export); None or 0: off.
+        tta: ``"none"`` or ``"flip"``: average the scores of the face and
+            its mirror image (two inferences per face).
 
     Raises:
         HappysadError: the file is missing, not a model, carries no valid
-            metadata, or its input shape disagrees with its metadata.
+            metadata, or its input or output shape disagrees with its metadata.
+        ValueError: ``min_confidence`` or ``tta`` is not one of the values above.
     """
 
     def __init__(self, model_path: str | os.PathLike, threads: int | None = None,
-                 backend: str | None = None, detector=DEFAULT_DETECTOR):
+                 backend: str | None = None, detector=DEFAULT_DETECTOR,
+                 min_confidence: float | str | None = None, tta: str = "none"):
+        if tta not in TTA_MODES:
+            raise ValueError(f"tta={tta!r} is not one of {TTA_MODES}")
         self.path = Path(model_path)
         self.file_stamp = stat_stamp(self.path)  # which file was loaded, for noticing a replacement
         fmt = model_format(self.path)
@@ -117,10 +133,18 @@ class Classifier:
         if tuple(self.backend.input_shape[1:]) != expected:
             raise HappysadError(f"{self.path}: model input {self.backend.input_shape[1:]} does not "
                                 f"match its metadata {expected}; re-export the model")
-        if tuple(self.backend.output_shape) not in ((1, 1), (1,)):
-            raise HappysadError(f"{self.path}: model output {self.backend.output_shape} is not one score "
-                                f"for {len(self.metadata.labels)} labels; re-export the model")
+        units = 1 if self.metadata.output == "sigmoid" else len(self.metadata.labels)
+        if tuple(self.backend.output_shape) not in ((1, units), (units,)):
+            raise HappysadError(f"{self.path}: model output {self.backend.output_shape} does not give "
+                                f"{units} {self.metadata.output} score{'s' * (units > 1)} for "
+                                f"{len(self.metadata.labels)} labels; re-export the model")
         self.labels = self.metadata.labels
+        if min_confidence == "auto":
+            min_confidence = self.metadata.min_confidence
+        elif isinstance(min_confidence, str) or not 0.0 <= (min_confidence or 0.0) <= 1.0:
+            raise ValueError(f"min_confidence={min_confidence!r} is not 'auto' or a number in 0..1")
+        self.min_confidence = float(min_confidence or 0.0)
+        self.tta = tta
         self._self_test()
         self._detector = detector if detector is not None else DEFAULT_DETECTOR
         self._threads = threads
@@ -152,30 +176,44 @@ class Classifier:
         return self._detector
 
     def scores(self, pixels: np.ndarray) -> np.ndarray:
-        """Class probabilities for one preprocessed input.
+        """Class probabilities for one preprocessed input (with ``tta="flip"``,
+        the mean of the input's and its mirror image's).
 
         Args:
             pixels: uint8 (H, W, C) from :func:`edge.preprocess` with this
                 model's size and color.
 
         Returns:
-            float32 array (2,): [p(labels[0]), p(labels[1])].
+            float32 array (C,): p(labels[i]) in label order, summing to 1.
         """
-        return self.scores_from_output(self.backend.run(pixels))
+        s = self.scores_from_output(self.backend.run(pixels))
+        if self.tta == "flip":
+            s = (s + self.scores_from_output(self.backend.run(np.ascontiguousarray(pixels[:, ::-1])))) / 2
+        return s
 
     def scores_from_output(self, output: np.ndarray) -> np.ndarray:
-        """Class probabilities from the backend's float32 output (1,), as
-        :meth:`scores` computes them; for timing the stages apart.
+        """Class probabilities from the backend's float32 output ((1,) for a
+        sigmoid model, (C,) for a softmax one), as :meth:`scores` computes
+        them (:func:`edge.metrics.class_probabilities`); for timing the
+        stages apart.
 
         Returns:
-            float32 array (2,): [p(labels[0]), p(labels[1])].
+            float32 array (C,): p(labels[i]) in label order.
         """
-        p = float(np.clip(output[0], 0.0, 1.0))
-        return np.array([1.0 - p, p], dtype=np.float32)
+        return class_probabilities(output, self.metadata.output)
 
     def predict_index(self, scores: np.ndarray) -> int:
-        """Class index for a score pair, applying the model's threshold."""
-        return int(scores[1] >= self.metadata.threshold)
+        """Class index for one image's scores (C,): the model's threshold with
+        two classes, the largest score with more (:func:`edge.metrics.decide`)."""
+        return int(decide(scores, self.metadata.threshold))
+
+    def label_of(self, scores: np.ndarray) -> tuple[str, float]:
+        """(label, confidence) for one image's scores (C,): the predicted
+        class and its score, or ``"uncertain"`` and that score when it is
+        under :attr:`min_confidence`."""
+        idx = self.predict_index(scores)
+        confidence = float(scores[idx])
+        return (UNCERTAIN if confidence < self.min_confidence else self.labels[idx]), confidence
 
     def classify(self, image: np.ndarray, face: Box | Face | None = None,
                  timings: dict | None = None) -> Prediction:
@@ -195,13 +233,13 @@ class Classifier:
         t1 = time.perf_counter()
         s = self.scores(pixels)
         t2 = time.perf_counter()
-        idx = self.predict_index(s)
+        label, confidence = self.label_of(s)
         ms = dict(timings or {})
         ms["preprocess"] = (t1 - t0) * 1e3
         ms["inference"] = (t2 - t1) * 1e3
         ms["total"] = ms.get("detect", 0.0) + ms.get("crop", 0.0) + (time.perf_counter() - t0) * 1e3
         f = Face.of(face) if face is not None else None
-        return Prediction(self.labels[idx], float(s[idx]),
+        return Prediction(label, confidence,
                           {name: float(v) for name, v in zip(self.labels, s)},
                           f.box if f else None, ms, f.keypoints if f else None,
                           f.score if f and f.keypoints is not None else None)

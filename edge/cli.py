@@ -11,7 +11,7 @@ import numpy as np
 
 from .backends import BACKENDS
 from .camera import CAMERA_DETECTOR, DETECT_EVERY, DETECT_WIDTH, MIN_FACE, CameraOptions, run as run_camera
-from .classifier import Classifier
+from .classifier import TTA_MODES, Classifier
 from .cli_util import ArgumentParser, Progress, non_negative_int, positive_int, run_main
 from .errors import HappysadError
 from .faces import DEFAULT_DETECTOR, DETECTORS
@@ -31,6 +31,19 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _min_confidence(text: str):
+    import argparse
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'auto'") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} must be in 0..1")
+    return value
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog=PROG, description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -46,6 +59,13 @@ def build_parser() -> ArgumentParser:
         p.add_argument("-b", "--backend", choices=BACKENDS, default=None,
                        help="force an interpreter (default: chosen from the file)")
 
+    def decision_args(p):
+        p.add_argument("--min-confidence", type=_min_confidence, default=None, metavar="P|auto",
+                       help="label a face 'uncertain' when its best score is under P (0..1); auto: the "
+                            "value the model's metadata suggests, chosen on validation data at export")
+        p.add_argument("--tta", choices=TTA_MODES, default="none",
+                       help="flip: average each face's scores with its mirror image's (2 inferences per face)")
+
     p = sub.add_parser("classify", help="classify image files or folders",
                        description="Classify images: the largest face in each, or the whole image.")
     model_args(p)
@@ -57,6 +77,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--no-face", choices=("whole", "skip"), default="whole",
                    help="when no face is found: classify the whole image (marked basis whole-image), "
                         "or give no label")
+    decision_args(p)
 
     p = sub.add_parser("camera", help="classify faces in camera, stream or video frames",
                        description="Classify the faces in each frame of a camera, stream or video file.")
@@ -83,6 +104,7 @@ def build_parser() -> ArgumentParser:
                    help="smallest face searched for, pixels of the original frame")
     p.add_argument("--smooth", type=_fraction, default=0.0, metavar="ALPHA",
                    help="average each face's scores over frames, weight ALPHA on the history (0: off)")
+    decision_args(p)
     p.add_argument("--serve", metavar="HOST:PORT", default=None,
                    help="MJPEG preview page; PORT alone binds 127.0.0.1")
     p.add_argument("--serve-token", metavar="TOKEN", default=None,
@@ -121,7 +143,8 @@ def build_parser() -> ArgumentParser:
 def _classify(args) -> int:
     from .faces import make_detector
     clf = Classifier(args.model, args.threads, args.backend,
-                     detector=make_detector(args.detector, threads=args.threads))
+                     detector=make_detector(args.detector, threads=args.threads),
+                     min_confidence=args.min_confidence, tta=args.tta)
     status = 0  # the worst exit code met: 1 for a bad file, 2 for a missing path
     for root in args.paths:
         try:
@@ -201,7 +224,8 @@ def _camera(args) -> int:
         print("warning: the metrics are reachable from the network (no authentication)", file=sys.stderr)
     clf = Classifier(args.model, args.threads, args.backend,
                      detector=None if args.no_face else make_detector(args.detector, args.min_face,
-                                                                      args.detect_width, args.threads))
+                                                                      args.detect_width, args.threads),
+                     min_confidence=args.min_confidence, tta=args.tta)
     options = CameraOptions(source=args.source, headless=args.headless, max_frames=args.max_frames,
                             faces=args.faces, no_face=args.no_face, smooth=args.smooth, serve=args.serve,
                             serve_token=token, metrics=args.metrics, record=args.record, log=args.log,

@@ -1,7 +1,8 @@
 """Labelled image folders and saved train/validation/test splits.
 
-A labelled folder has one sub-folder per class (``happy/``, ``sad/``); the
-labels are the sub-folder names, sorted. A split file
+A labelled folder has one sub-folder per class (``happy/``, ``sad/``, and
+any others); the labels are the sub-folder names, sorted, or the ones asked
+for in the order asked. A split file
 (``RUN_DIR/split.json``, written by happysad-train) lists each part's files
 relative to its data folder, with each file's sha256.
 """
@@ -17,25 +18,38 @@ from .images import find_images
 SPLIT_PARTS = ("train", "val", "test")
 
 
-def class_folders(data_dir: str | os.PathLike) -> list[str]:
+def class_folders(data_dir: str | os.PathLike, classes=None, minimum: int = 2) -> list[str]:
     """The class names of a labelled folder: its sub-folders, sorted.
 
+    Args:
+        classes: keep only these names, in this order (each must be there);
+            None keeps every sub-folder.
+        minimum: the fewest classes accepted.
+
     Raises:
-        HappysadError: the folder is missing or has fewer than two sub-folders;
-            the message says how to lay one out.
+        HappysadError: the folder is missing, a class asked for is not
+            there, or fewer than ``minimum`` classes remain; the message
+            says how to lay one out.
     """
     data_dir = Path(data_dir)
     layout = f"lay out photos as {data_dir}/happy/*.jpg and {data_dir}/sad/*.jpg"
     if not data_dir.is_dir():
         raise UsageError(f"{data_dir}: no such data folder; {layout}")
     labels = sorted(p.name for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if len(labels) != 2:
-        raise HappysadError(f"{data_dir}: found {len(labels)} class folders {labels}, need exactly 2; {layout}")
+    if classes is not None:
+        missing = [c for c in classes if c not in labels]
+        if missing:
+            raise HappysadError(f"{data_dir}: no class folder {', '.join(missing)} (it has {', '.join(labels)})")
+        labels = list(classes)
+    if len(labels) < minimum:
+        raise HappysadError(f"{data_dir}: found {len(labels)} class folders {labels}, need at least "
+                            f"{minimum}; {layout}")
     return labels
 
 
-def labelled_images(data_dir: str | os.PathLike) -> tuple[list[str], list[tuple[Path, int]]]:
-    """All image files of a labelled folder with their class index.
+def labelled_images(data_dir: str | os.PathLike, classes=None) -> tuple[list[str], list[tuple[Path, int]]]:
+    """All image files of a labelled folder with their class index
+    (of the ``classes`` named, in that order, when given).
 
     Returns:
         (labels, [(path, class index), ...]) with paths sorted per class.
@@ -43,7 +57,7 @@ def labelled_images(data_dir: str | os.PathLike) -> tuple[list[str], list[tuple[
     Raises:
         HappysadError: see :func:`class_folders`.
     """
-    labels = class_folders(data_dir)
+    labels = class_folders(data_dir, classes)
     items = [(p, i) for i, name in enumerate(labels) for p in find_images(Path(data_dir) / name)]
     return labels, items
 

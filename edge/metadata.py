@@ -11,7 +11,10 @@ Schema versions: 1 has labels, input size and color, preprocessing,
 threshold and face margin. 2 adds the input tensor's dtype, scale and zero
 point, and the verification figures measured at export (accuracy of the
 float model and of this file on the validation split, the drop in
-percentage points, the agreement). A reader of version 2 reads both.
+percentage points, the agreement). 3 adds the output kind (``sigmoid``:
+one unit, two labels; ``softmax``: one unit per label, any number of
+labels) and the suggested ``min_confidence``. A reader of version 3 reads
+all three; files of versions 1 and 2 are sigmoid models.
 """
 from __future__ import annotations
 
@@ -26,7 +29,9 @@ from .faces import DEFAULT_FACE_MARGIN, DEFAULT_FACE_SHIFT
 from .preprocess import COLOR_MODES, channels_of
 
 SCHEMA = "happysad.model-metadata"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+#: Output kinds: one sigmoid unit giving p(labels[1]), or a softmax over the labels.
+OUTPUTS = ("sigmoid", "softmax")
 #: dtypes a model input may have: float32 pixels 0..255, or integers that map
 #: to pixels through the input's scale and zero point.
 INPUT_DTYPES = ("float32", "int8", "uint8")
@@ -35,6 +40,8 @@ _INT_RANGES = {"int8": (-128, 127), "uint8": (0, 255)}
 TFLITE_MEMBER = "happysad_metadata.json"
 #: Key of the JSON string in an ONNX model's ``metadata_props``.
 ONNX_KEY = "happysad"
+#: The label given to a prediction under the minimum confidence asked for.
+UNCERTAIN = "uncertain"
 #: Largest metadata JSON read, in bytes; a larger one is refused.
 MAX_METADATA_BYTES = 256 * 1024
 
@@ -44,11 +51,14 @@ class ModelMetadata:
     """What a model file says about itself.
 
     Attributes:
-        labels: class names in output order. The model has one sigmoid output
-            p, the probability of ``labels[1]``; ``labels[0]`` has 1 - p.
+        labels: class names in output order. A ``sigmoid`` model has two
+            labels and one output p, the probability of ``labels[1]``
+            (``labels[0]`` has 1 - p); a ``softmax`` model has one output
+            per label, in this order.
         image_size: input (height, width) in pixels.
         color: ``"gray"`` or ``"rgb"``, as understood by :func:`edge.preprocess`.
-        threshold: p at or above which the label is ``labels[1]``.
+        threshold: with two labels, p(labels[1]) at or above which the
+            label is ``labels[1]``; with more, unused (the largest wins).
         face_margin: fraction of the detected face box's width and height
             added on each side before cropping (the framing of the training
             faces).
@@ -64,6 +74,12 @@ class ModelMetadata:
             (``split``, ``n``, ``float_accuracy``, ``accuracy``, ``drop_pp``,
             ``agreement``; accuracies and agreement are fractions 0..1, the
             drop is in percentage points); None when not measured.
+        output: ``"sigmoid"`` or ``"softmax"`` (:data:`OUTPUTS`).
+        min_confidence: the confidence (0..1) below which a prediction is
+            suggested to be read as ``"uncertain"``, chosen at export on the
+            validation split (:func:`edge.metrics.suggest_min_confidence`);
+            0.0 when not chosen. Applied only when asked for
+            (``--min-confidence auto``).
     """
 
     labels: tuple[str, ...]
@@ -77,6 +93,8 @@ class ModelMetadata:
     input_zero_point: int | None = None
     verification: dict | None = None
     face_shift: float = DEFAULT_FACE_SHIFT
+    output: str = "sigmoid"
+    min_confidence: float = 0.0
 
     def to_dict(self) -> dict:
         """The JSON-ready dict, schema name and version included."""
@@ -87,7 +105,7 @@ class ModelMetadata:
             # dtype; it is written back as version 1 rather than invent one.
             "schema_version": SCHEMA_VERSION if self.input_dtype else 1,
             "labels": list(self.labels),
-            "output": "sigmoid",
+            "output": self.output,
             "input": {"layout": "NHWC", "height": self.image_size[0],
                       "width": self.image_size[1],
                       "channels": channels_of(self.color),
@@ -98,6 +116,7 @@ class ModelMetadata:
             "threshold": self.threshold,
             "face_margin": self.face_margin,
             "face_shift": self.face_shift,
+            "min_confidence": self.min_confidence,
         })
         if self.input_dtype:
             d["input"].update({"dtype": self.input_dtype, "scale": self.input_scale,
@@ -123,10 +142,20 @@ class ModelMetadata:
             if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
                 raise ValueError(f"schema_version {version!r} is not supported "
                                  f"(this reader knows 1..{SCHEMA_VERSION}); upgrade happysad")
+            output = d.get("output", "sigmoid") if version >= 3 else "sigmoid"
+            if output not in OUTPUTS:
+                raise ValueError(f"output {output!r} is not one of {', '.join(OUTPUTS)}")
             labels = d["labels"]
-            if (not isinstance(labels, list) or len(labels) != 2
-                    or not all(isinstance(x, str) and x for x in labels)):
-                raise ValueError("labels must be a list of two names")
+            if (not isinstance(labels, list) or not 2 <= len(labels) <= 1000
+                    or not all(isinstance(x, str) and x for x in labels) or len(set(labels)) != len(labels)):
+                raise ValueError("labels must be a list of 2 to 1000 distinct names")
+            if output == "sigmoid" and len(labels) != 2:
+                raise ValueError(f"a sigmoid model has two labels, not {len(labels)}")
+            if UNCERTAIN in labels:
+                raise ValueError(f"{UNCERTAIN!r} is reserved and cannot be a label")
+            min_conf = float(d.get("min_confidence", 0.0))
+            if not 0.0 <= min_conf <= 1.0:
+                raise ValueError(f"min_confidence {min_conf} is outside 0..1")
             inp = d["input"]
             size = (int(inp["height"]), int(inp["width"]))
             if min(size) < 1 or max(size) > 4096:
@@ -150,7 +179,7 @@ class ModelMetadata:
             raise HappysadError(f"{source}: bad model metadata ({missing}); re-export the model") from None
         return cls(tuple(labels), size, color, threshold, margin, extra=dict(d), input_dtype=dtype,
                    input_scale=scale, input_zero_point=zero_point, verification=verification,
-                   face_shift=shift)
+                   face_shift=shift, output=output, min_confidence=min_conf)
 
 
 def _input_quantization(inp: dict, version: int) -> tuple:

@@ -106,3 +106,93 @@ def best_threshold(y_true, scores) -> float:
         if bal > best + 1e-12 or (abs(bal - best) <= 1e-12 and abs(t - 0.5) < abs(best_t - 0.5)):
             best, best_t = bal, float(t)
     return best_t
+
+
+def class_probabilities(raw, output: str = "sigmoid") -> np.ndarray:
+    """Model outputs as class probabilities, one row per image.
+
+    Args:
+        raw: float (N, K) or (K,) outputs of a model: K = 1 for a
+            ``sigmoid`` model (p of the second label), K = the number of
+            labels for a ``softmax`` model.
+        output: ``"sigmoid"`` or ``"softmax"`` (:data:`edge.metadata.OUTPUTS`).
+
+    Returns:
+        float32 (N, C) (or (C,) for a 1-D ``raw``), each row in 0..1 and
+        summing to 1: ``[1 - p, p]`` for a sigmoid, the softmax row clipped
+        to 0..1 and renormalised (an int8 output's rounding can leave a sum
+        of 0.996) for a softmax.
+    """
+    a = np.asarray(raw, dtype=np.float32)
+    one = a.ndim == 1
+    a = a.reshape(1, -1) if one else a.reshape(a.shape[0], -1)
+    if output == "sigmoid":
+        p = np.clip(a[:, :1], 0.0, 1.0)
+        probs = np.concatenate([1.0 - p, p], axis=1)
+    else:
+        probs = np.clip(a, 0.0, 1.0)
+        total = probs.sum(axis=1, keepdims=True)
+        uniform = np.where(np.isnan(total), np.nan, 1.0 / probs.shape[1])  # NaN stays visible
+        probs = np.where(total > 0, probs / np.where(total > 0, total, 1.0), uniform)
+    probs = probs.astype(np.float32)
+    return probs[0] if one else probs
+
+
+def decide(probs, threshold: float = 0.5) -> np.ndarray:
+    """Predicted class indices from class probabilities.
+
+    With two classes the second is chosen where its probability is at or
+    above ``threshold`` (0.5, or the one ``--tune-threshold`` chose); with
+    more, the most probable class (the first of equals).
+
+    Args:
+        probs: float (N, C) or (C,) from :func:`class_probabilities`.
+
+    Returns:
+        int64 (N,), or an int64 scalar array for one row.
+    """
+    p = np.asarray(probs)
+    if p.shape[-1] == 2:
+        return (p[..., 1] >= threshold).astype(np.int64)
+    return np.argmax(p, axis=-1).astype(np.int64)
+
+
+def suggest_min_confidence(y_true, probs, threshold: float = 0.5, target: float = 0.97) -> dict:
+    """The lowest confidence at and above which predictions are right at
+    least ``target`` of the time (selective classification: Geifman and
+    El-Yaniv, "Selective Classification for Deep Neural Networks", NeurIPS
+    2017, choose the threshold on held-out data the same way).
+
+    Meant for the validation split. The confidence of a prediction is the
+    probability of the class it gives.
+
+    Args:
+        y_true: int (N,) true classes. probs: float (N, C).
+        threshold: the model's two-class decision threshold.
+        target: accuracy wanted on the predictions kept, 0..1.
+
+    Returns:
+        {"min_confidence": t (0.0 when every prediction together already
+        meets the target), "accuracy_kept": accuracy at and above t,
+        "coverage": share of images kept, "target": target}; rates 0..1.
+    """
+    y = np.asarray(y_true, dtype=np.int64)
+    p = np.asarray(probs, dtype=np.float64)
+    pred = decide(p, threshold)
+    conf = p[np.arange(len(p)), pred] if len(p) else np.zeros(0)
+    right = pred == y
+    best = {"min_confidence": 0.0, "accuracy_kept": float(right.mean()) if len(y) else 0.0,
+            "coverage": 1.0, "target": target}
+    if not len(y) or best["accuracy_kept"] >= target:
+        return best
+    order = np.argsort(-conf, kind="mergesort")
+    kept_right = np.cumsum(right[order])
+    kept = np.arange(1, len(y) + 1)
+    ok = np.flatnonzero(kept_right / kept >= target)
+    if not len(ok):
+        return {"min_confidence": 1.0, "accuracy_kept": 0.0, "coverage": 0.0, "target": target}
+    k = ok[-1]  # the most predictions kept that still meet the target
+    t = float(conf[order[k]])
+    keep = conf >= t
+    return {"min_confidence": round(t, 4), "accuracy_kept": float(right[keep].mean()),
+            "coverage": float(keep.mean()), "target": target}

@@ -6,6 +6,8 @@ import dataclasses
 
 from .classifier import Prediction
 from .faces import Box
+from .metadata import UNCERTAIN
+from .metrics import decide
 
 #: Two boxes in consecutive frames are the same face when their
 #: intersection-over-union is at least this (the PASCAL VOC match criterion).
@@ -34,13 +36,16 @@ class ScoreSmoother:
     Args:
         alpha: weight of the history, 0..1 (0.6 settles within about 5
             frames: 0.6^5 < 0.08).
-        labels: class names in score order; threshold: the model's decision threshold.
+        labels: class names in score order; threshold: the model's
+            two-class decision threshold (:func:`edge.metrics.decide`).
+        min_confidence: a smoothed best score under it gives ``"uncertain"``.
     """
 
-    def __init__(self, alpha: float, labels, threshold: float = 0.5):
+    def __init__(self, alpha: float, labels, threshold: float = 0.5, min_confidence: float = 0.0):
         self.alpha = alpha
         self.labels = tuple(labels)
         self.threshold = threshold
+        self.min_confidence = min_confidence
         self._tracks: list[dict] = []
 
     def update(self, predictions: list[Prediction]) -> list[Prediction]:
@@ -65,8 +70,9 @@ class ScoreSmoother:
                 old = self._tracks[match[i]]["scores"]
                 new = [self.alpha * o + (1 - self.alpha) * n for o, n in zip(old, new)]
             tracks.append({"box": p.face, "scores": new, "misses": 0})
-            idx = int(new[1] >= self.threshold)
-            out.append(dataclasses.replace(p, label=self.labels[idx], confidence=float(new[idx]),
+            idx = int(decide(new, self.threshold))
+            label = UNCERTAIN if new[idx] < self.min_confidence else self.labels[idx]
+            out.append(dataclasses.replace(p, label=label, confidence=float(new[idx]),
                                            scores=dict(zip(self.labels, map(float, new)))))
         for j, t in enumerate(self._tracks):
             if j not in matched_t and t["misses"] + 1 < MAX_MISSES:

@@ -110,10 +110,15 @@ def check_model(model: Path, rec: dict, backend: str | None = None, threads: int
                                 f"{meta.input_dtype} {quant}; re-export the model")
     channels = channels_of(meta.color)
     gray = np.full((*meta.image_size, channels), 128, np.uint8)
-    # The backend's own output, before Classifier.scores clips it to 0..1.
-    raw = float(b.run(gray)[0])
-    if not (np.isfinite(raw) and -1e-3 <= raw <= 1 + 1e-3):
-        raise HappysadError(f"{model}: output {raw} on a gray image is not a probability; re-export the model")
+    # The backend's own output, before Classifier.scores clips it to 0..1:
+    # each value a probability, and a softmax's summing to 1 (within an
+    # int8 output's rounding, 1/256 per class).
+    raw = np.asarray(b.run(gray), dtype=np.float64).reshape(-1)
+    total_ok = meta.output != "softmax" or abs(raw.sum() - 1) <= 0.01 + len(raw) / 256
+    if not (np.all(np.isfinite(raw)) and np.all((-1e-3 <= raw) & (raw <= 1 + 1e-3)) and total_ok):
+        shown = ", ".join(f"{v:.4g}" for v in raw[:8])
+        raise HappysadError(f"{model}: output [{shown}] on a gray image is not {meta.output} probabilities; "
+                            "re-export the model")
     return clf
 
 

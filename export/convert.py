@@ -28,11 +28,12 @@ from edge.errors import UsageError
 from edge.faces import DEFAULT_FACE_MARGIN, DEFAULT_FACE_SHIFT
 from edge.fileio import atomic_path, read_json, write_bytes, write_json
 from edge.metadata import ONNX_KEY, ModelMetadata, append_to_tflite, encode, strip_tflite_metadata
+from edge.metrics import decide, suggest_min_confidence
 from edge.verify import MANIFEST_NAME, file_digest
 
 from . import CALIBRATION_METHODS, CALIBRATIONS, FORMATS, IO_TYPES, MIN_ACCURACY
 from .validate import (VERIFY_SPLIT, compare, file_probabilities, keras_probabilities, missed_by,
-                       onnx_probabilities, validation_set)
+                       onnx_probabilities, output_kind, validation_set)
 
 FILENAMES = {"tflite-float32": "model_float32.tflite", "tflite-float16": "model_float16.tflite",
              "tflite-int8": "model_int8.tflite", "onnx-float32": "model_float32.onnx",
@@ -178,7 +179,9 @@ def _metadata(split, extra: dict, fmt: str, quant: dict, io: tuple,
                          extra["run"]["threshold"], DEFAULT_FACE_MARGIN,
                          extra={**extra, "format": fmt, "quantization": quant},
                          input_dtype=io[0], input_scale=io[1], input_zero_point=io[2],
-                         verification=verification, face_shift=DEFAULT_FACE_SHIFT)
+                         verification=verification, face_shift=DEFAULT_FACE_SHIFT,
+                         output=extra["run"]["output"],
+                         min_confidence=extra["run"]["min_confidence"]["min_confidence"])
 
 
 @contextlib.contextmanager
@@ -303,7 +306,8 @@ def onnx_float(model):
 
     Goes through ``tf2onnx.convert.from_function``: ``from_keras`` fails on
     Keras 3 models. Input ``image``: float32 (N, H, W, C), pixels 0..255;
-    one output: float32 (N, 1), the sigmoid probability of ``labels[1]``.
+    one output: float32 (N, 1), the sigmoid probability of ``labels[1]``,
+    or (N, C), the softmax over the labels.
     """
     import logging
 
@@ -490,8 +494,8 @@ def _val_accuracy(path: Path, judge) -> tuple[float, float]:
     """(accuracy, agreement with the Keras model) of an ONNX file on the
     validation images ``judge`` holds: (pixels, labels, reference, threshold)."""
     pixels, labels, reference, threshold = judge
-    label = (onnx_probabilities(path, pixels) >= threshold).astype(np.int64)
-    return float(np.mean(label == labels)), float(np.mean(label == (reference >= threshold)))
+    label = decide(onnx_probabilities(path, pixels), threshold)
+    return float(np.mean(label == labels)), float(np.mean(label == decide(reference, threshold)))
 
 
 def _onnx_int8_body(cache: dict, calib, opts: ExportOptions, tmp_dir: Path, debug_pixels, judge) -> tuple:
@@ -602,7 +606,7 @@ def ship(path: Path, body: bytes, meta_for, reference: np.ndarray, pixels: np.nd
         meta_for: (io, verification) -> :class:`ModelMetadata`, where io is
             (input dtype name, scale or None, zero point or None) as read
             from the loaded model's input tensor.
-        reference: float32 (N,) Keras p(labels[1]).
+        reference: float32 (N, C) Keras class probabilities.
         pixels: uint8 (N, H, W, C); labels: int (N,) true classes.
 
     Returns:
@@ -711,6 +715,7 @@ def export_run(opts: ExportOptions) -> dict:
                             f"of {len(reference)} validation images; its weights are broken; train it again")
     threshold = float(metrics.get("threshold", 0.5))
     ref = compare(reference, reference, labels, threshold)
+    suggestion = suggest_min_confidence(labels, reference, threshold)
     if ref["float_accuracy"] < opts.min_accuracy:
         raise HappysadError(f"{run_dir / 'model.keras'}: the Keras model is right on only {ref['float_accuracy']:.1%} "
                             f"of the {len(labels)} validation images, under --min-accuracy {opts.min_accuracy:g} "
@@ -719,6 +724,10 @@ def export_run(opts: ExportOptions) -> dict:
     _log(f"verifying on the {VERIFY_SPLIT} split: {len(labels)} images, Keras accuracy "
          f"{ref['float_accuracy']:.4f}, max drop {opts.max_drop:g} pp")
     extra = base_metadata(split, metrics, run_dir)
+    extra["run"].update(output=output_kind(model), min_confidence={"split": VERIFY_SPLIT, **suggestion})
+    _log(f"suggested --min-confidence {suggestion['min_confidence']:.3f}: the Keras model is right on "
+         f"{suggestion['accuracy_kept']:.1%} of the {VERIFY_SPLIT} faces it keeps ({suggestion['coverage']:.1%} "
+         f"of them), target {suggestion['target']:.0%}")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -11,6 +11,7 @@ import numpy as np
 from edge import Classifier, HappysadError, load_image, preprocess
 from edge.cli_util import Progress
 from edge.dataset import split_items
+from edge.metrics import class_probabilities, decide
 
 #: The split every file is verified on. The test split stays untouched by
 #: the export, so the benchmark's figures on it remain an independent check.
@@ -42,34 +43,42 @@ def validation_set(split: dict, part: str = VERIFY_SPLIT) -> tuple[np.ndarray, n
     return pixels, np.array([label for _, label in items], dtype=np.int64)
 
 
+def output_kind(model) -> str:
+    """``"sigmoid"`` for a Keras model with one output unit, else ``"softmax"``
+    (:data:`edge.metadata.OUTPUTS`)."""
+    return "sigmoid" if model.output_shape[-1] == 1 else "softmax"
+
+
 def keras_probabilities(model, pixels: np.ndarray) -> np.ndarray:
-    """The Keras model's sigmoid output for each image.
+    """The Keras model's class probabilities for each image.
 
     Args:
         model: the run's Keras model (it rescales 0..255 to 0..1 itself).
         pixels: uint8 (N, H, W, C).
 
     Returns:
-        float32 (N,): p(labels[1]) per image.
+        float32 (N, C): p(labels[i]) per image (:func:`edge.metrics.class_probabilities`).
     """
-    return model.predict(pixels.astype(np.float32), batch_size=256, verbose=0).reshape(-1).astype(np.float32)
+    raw = model.predict(pixels.astype(np.float32), batch_size=256, verbose=0)
+    return class_probabilities(raw, output_kind(model))
 
 
 def file_probabilities(clf: Classifier, pixels: np.ndarray) -> np.ndarray:
-    """The exported file's p(labels[1]) per image, one image per invoke as on a device.
+    """The exported file's class probabilities per image, one image per
+    invoke as on a device.
 
     Args:
         clf: the file loaded by the edge runtime.
         pixels: uint8 (N, H, W, C).
 
     Returns:
-        float32 (N,).
+        float32 (N, C).
     """
-    return np.array([clf.scores(x)[1] for x in pixels], dtype=np.float32)
+    return np.array([clf.scores(x) for x in pixels], dtype=np.float32).reshape(len(pixels), -1)
 
 
 def onnx_probabilities(path, pixels: np.ndarray, batch: int = 256) -> np.ndarray:
-    """An ONNX file's p(labels[1]) per image, ``batch`` images per run.
+    """An ONNX file's class probabilities per image, ``batch`` images per run.
 
     Each image's arithmetic is the same as one image per run, at a fraction
     of the per-call overhead: for trying several quantizations of a file,
@@ -80,13 +89,14 @@ def onnx_probabilities(path, pixels: np.ndarray, batch: int = 256) -> np.ndarray
         pixels: uint8 (N, H, W, C).
 
     Returns:
-        float32 (N,).
+        float32 (N, C); a one-unit output is read as a sigmoid.
     """
     import onnxruntime as ort
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = pixels.astype(np.float32)
-    return np.concatenate([session.run(None, {"image": x[i:i + batch]})[0].reshape(-1)
-                           for i in range(0, len(x), batch)]).astype(np.float32)
+    raw = np.concatenate([session.run(None, {"image": x[i:i + batch]})[0].reshape(len(x[i:i + batch]), -1)
+                          for i in range(0, len(x), batch)])
+    return class_probabilities(raw, "sigmoid" if raw.shape[1] == 1 else "softmax")
 
 
 def compare(reference: np.ndarray, probs: np.ndarray, labels: np.ndarray,
@@ -94,10 +104,10 @@ def compare(reference: np.ndarray, probs: np.ndarray, labels: np.ndarray,
     """Figures of a file against the float reference on the same images.
 
     Args:
-        reference: float (N,) the Keras model's p(labels[1]).
-        probs: float (N,) the file's p(labels[1]).
+        reference: float (N, C) the Keras model's class probabilities.
+        probs: float (N, C) the file's.
         labels: int (N,) true class indices.
-        threshold: p at or above which the class is labels[1].
+        threshold: the two-class decision threshold (:func:`edge.metrics.decide`).
         split: name of the part the images come from, recorded as is.
 
     Returns:
@@ -108,8 +118,8 @@ def compare(reference: np.ndarray, probs: np.ndarray, labels: np.ndarray,
         both give the same label, 0..1); ``max_abs_diff`` (largest
         |probs - reference|, in probability units).
     """
-    ref_label = (reference >= threshold).astype(np.int64)
-    label = (probs >= threshold).astype(np.int64)
+    ref_label = decide(reference, threshold)
+    label = decide(probs, threshold)
     float_acc = float(np.mean(ref_label == labels))
     acc = float(np.mean(label == labels))
     return {"split": split, "n": int(len(labels)), "float_accuracy": round(float_acc, 6),

@@ -7,8 +7,9 @@ import cv2
 import numpy as np
 
 
-def draw_face(rng: np.random.Generator, happy: bool, size: int = 48) -> np.ndarray:
-    """A gray cartoon face: smiling mouth for happy, frowning for sad.
+def draw_face(rng: np.random.Generator, happy: bool | str, size: int = 48) -> np.ndarray:
+    """A gray cartoon face: smiling mouth for happy (True or "happy"),
+    frowning for sad (False or "sad"), a straight one for "neutral".
 
     Returns:
         uint8 (size, size) image with random position, brightness and noise.
@@ -26,7 +27,10 @@ def draw_face(rng: np.random.Generator, happy: bool, size: int = 48) -> np.ndarr
     for dx in (-0.4, 0.4):
         cv2.circle(img, (int(c[0] + dx * r), eye_y), max(1, r // 8), 20, -1)
     mouth_w = int(r * 0.55)
-    if happy:  # arc below its centre: a smile
+    if happy == "neutral":
+        y = int(c[1] + r * 0.45)
+        cv2.line(img, (int(c[0]) - mouth_w, y), (int(c[0]) + mouth_w, y), 20, 2)
+    elif happy in (True, "happy"):  # arc below its centre: a smile
         cv2.ellipse(img, (int(c[0]), int(c[1] + r * 0.2)), (mouth_w, int(r * 0.3)), 0, 20, 160, 20, 2)
     else:  # arc above its centre: a frown
         cv2.ellipse(img, (int(c[0]), int(c[1] + r * 0.6)), (mouth_w, int(r * 0.3)), 0, 200, 340, 20, 2)
@@ -34,12 +38,13 @@ def draw_face(rng: np.random.Generator, happy: bool, size: int = 48) -> np.ndarr
     return np.clip(img + noise, 0, 255).astype(np.uint8)
 
 
-def make_dataset(root: Path, per_class: int = 60, seed: int = 0) -> Path:
-    """Write ``root/happy/*.png`` and ``root/sad/*.png``; returns root."""
+def make_dataset(root: Path, per_class: int = 60, seed: int = 0, labels=("happy", "sad")) -> Path:
+    """Write ``root/<label>/*.png`` for each of ``labels`` (happy, sad,
+    neutral); returns root."""
     rng = np.random.default_rng(seed)
-    for label in ("happy", "sad"):
+    for label in labels:
         folder = root / label
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            cv2.imwrite(str(folder / f"{label}_{i:03d}.png"), draw_face(rng, label == "happy"))
+            cv2.imwrite(str(folder / f"{label}_{i:03d}.png"), draw_face(rng, label))
     return root

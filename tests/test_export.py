@@ -52,7 +52,7 @@ def test_five_files_each_verified_and_described(export_dir, val):
         assert rec["size_bytes"] == len(data) and rec["sha256"] == hashlib.sha256(data).hexdigest()
         meta = read_metadata(export_dir / name)
         d = meta.to_dict()
-        assert d["schema_version"] == 2 and meta.extra["format"] == rec["format"]
+        assert d["schema_version"] == 3 and d["output"] == "sigmoid" and meta.extra["format"] == rec["format"]
         # The figures measured before shipping are in the file and in the manifest, alike.
         assert meta.verification == rec["verification"]
         v = rec["verification"]

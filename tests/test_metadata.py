@@ -69,9 +69,10 @@ V2 = ModelMetadata(("happy", "sad"), (48, 48), "gray", 0.5, 0.1, extra={"format"
                                  "drop_pp": 5.0, "agreement": 0.95})
 
 
-def test_schema_2_round_trip():
+def test_schema_3_round_trip_and_schema_2_reads():
     d = json.loads(encode(V2))
-    assert d["schema_version"] == 2
+    assert d["schema_version"] == 3 and d["output"] == "sigmoid"
+    assert decode(json.dumps({**d, "schema_version": 2}).encode(), "m") == V2
     assert d["input"]["dtype"] == "int8" and d["input"]["scale"] == 1.0 and d["input"]["zero_point"] == -128
     back = decode(encode(V2), "m")
     assert back == V2 and back.verification["drop_pp"] == 5.0

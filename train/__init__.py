@@ -5,5 +5,5 @@ TensorFlow is imported only once a run has passed its cheap checks, so
 """
 
 #: Architecture names accepted by ``happysad-train --arch``.
-ARCHS = ("compact", "seed")
+ARCHS = ("compact", "wide", "seed")
 DEFAULT_ARCH = "compact"

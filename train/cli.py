@@ -29,11 +29,39 @@ def _lr(text: str) -> float:
     return value
 
 
+def _unit(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} must be in 0..1")
+    return value
+
+
+def _classes(text: str) -> tuple:
+    names = tuple(x.strip() for x in text.split(","))
+    if len(names) < 2 or not all(names) or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: give two or more distinct class names, comma-separated")
+    if "uncertain" in names:
+        raise argparse.ArgumentTypeError("'uncertain' is the label of low-confidence predictions; rename that class")
+    return names
+
+
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog=PROG, description=__doc__,
                        epilog="DATA_DIR holds one sub-folder per class, e.g. DATA_DIR/happy/*.jpg "
                               "and DATA_DIR/sad/*.jpg; labels are the folder names, sorted.")
-    p.add_argument("data_dir", metavar="DATA_DIR", help="folder with one sub-folder of photos per class")
+    p.add_argument("data_dir", metavar="DATA_DIR", nargs="+",
+                   help="folder with one sub-folder of photos per class; with several, a class is its "
+                        "sub-folders in all of them")
+    p.add_argument("--classes", type=_classes, default=None, metavar="A,B[,C...]",
+                   help="train on these classes only, in this output order (default: every class folder, "
+                        "sorted); e.g. happy,sad,neutral")
+    p.add_argument("--aux", metavar="AUX_DIR", action="append", default=[],
+                   help="folder of auxiliary classes, trained on beside DATA_DIR's (one softmax over all) and "
+                        "left out of the shipped model; split like DATA_DIR, its train part trained on, copies of "
+                        "DATA_DIR images left out (repeatable)")
     p.add_argument("-o", "--out", metavar="RUN_DIR", default=None,
                    help="run folder to write (required unless --check)")
     p.add_argument("--check", action="store_true",
@@ -60,10 +88,20 @@ def build_parser() -> ArgumentParser:
                    help="training augmentation: basic (flip, rotation, shift, zoom, brightness, contrast) or "
                         "camera (basic with more crop jitter, plus low resolution, blur, noise, gamma, JPEG)")
     p.add_argument("--overwrite", action="store_true", help="replace a trained run already in RUN_DIR")
+    p.add_argument("--teacher", metavar="MODEL.keras", default=None,
+                   help="distil from this trained model: the targets mix the true labels with its outputs "
+                        "(with --aux, give the teacher run's model_full.keras)")
+    p.add_argument("--distill-alpha", type=_unit, default=0.5, metavar="A",
+                   help="weight of the true labels in the distillation targets, 0..1 (the teacher's: 1 - A)")
     p.add_argument("--deterministic", action="store_true",
                    help="bit-identical weights from two runs with the same seed on the same machine "
                         "(TensorFlow's op determinism; training may run slower)")
     return p
+
+
+def _dirs(dirs: list):
+    """One folder as itself (its split records paths as before), several as a list."""
+    return dirs[0] if len(dirs) == 1 else list(dirs)
 
 
 def _body(argv) -> int:
@@ -74,16 +112,16 @@ def _body(argv) -> int:
 
         from .trainer import check_data
         report = Path(args.out or ".") / "data_report.json"
-        check_data(args.data_dir, report, (args.img_size, args.img_size), args.color)
+        check_data(_dirs(args.data_dir), report, (args.img_size, args.img_size), args.color, args.classes)
         return 0
     if not args.out:
         parser.error("the following arguments are required: -o/--out")
     require_workstation()
     from .trainer import TrainOptions, train
-    train(TrainOptions(args.data_dir, args.out, args.arch, args.epochs, args.seed, args.img_size,
+    train(TrainOptions(_dirs(args.data_dir), args.out, args.arch, args.epochs, args.seed, args.img_size,
                        args.color, args.split_ratios, args.batch_size, args.lr, args.patience,
                        args.tune_threshold, args.strategy, args.cache, args.deterministic, args.augment,
-                       args.overwrite,
+                       args.overwrite, args.classes, tuple(args.aux), args.teacher, args.distill_alpha,
                        verbose=1 if sys.stdout.isatty() else 2))
     return 0
 

@@ -140,8 +140,9 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, desc="scanning", unit="img", disable=None, leave=False)
 
 
-def scan(data_dir: str | os.PathLike, size=(48, 48), color="gray", progress: bool = False) -> Scan:
-    """Read every image of a labelled folder through the edge preprocessing.
+def scan(data_dir, size=(48, 48), color="gray", progress: bool = False, classes=None,
+         min_classes: int = 2) -> Scan:
+    """Read every image of one or more labelled folders through the edge preprocessing.
 
     Files without an image suffix, and files that do not decode, are skipped
     with a reason. Exact duplicates (same sha256) and near-duplicates of the
@@ -150,31 +151,52 @@ def scan(data_dir: str | os.PathLike, size=(48, 48), color="gray", progress: boo
     listed in ``conflicts``, since one of the labels must be wrong.
 
     Args:
-        data_dir: folder with one sub-folder per class.
+        data_dir: folder with one sub-folder per class, or a list of such
+            folders: a class is the union of its sub-folders in each, and
+            paths are kept relative to the folders' common parent.
         size: (height, width) of the model input.
         color: "gray" or "rgb".
         progress: show a progress bar on a terminal.
+        classes: the class names to use, in this order; None: every
+            sub-folder, sorted.
+        min_classes: the fewest classes accepted (1 for auxiliary folders).
 
     Raises:
-        HappysadError: no such folder, not two class folders, or a class
-            with no usable image.
+        HappysadError: no such folder, fewer than two classes, a class
+            asked for in no folder, or a class with no usable image.
     """
-    data_dir = Path(data_dir)
-    labels = class_folders(data_dir)
+    roots = [Path(d) for d in ([data_dir] if isinstance(data_dir, (str, os.PathLike)) else data_dir)]
+    base = roots[0] if len(roots) == 1 else Path(os.path.commonpath([r.resolve() for r in roots]))
+    found = {r: class_folders(r, minimum=1 if len(roots) > 1 else min_classes) for r in roots}
+    everything = sorted({name for names in found.values() for name in names})
+    labels = list(classes) if classes else everything
+    missing = [c for c in labels if c not in everything]
+    if missing:
+        raise HappysadError(f"no class folder {', '.join(missing)} in {', '.join(map(str, roots))} "
+                            f"(classes there: {', '.join(everything)})")
+    if len(labels) < min_classes:
+        raise HappysadError(f"{', '.join(map(str, roots))}: {len(labels)} class {labels}, need at least {min_classes}")
     candidates, skipped = [], []
-    for idx, name in enumerate(labels):
-        for root, dirs, files in os.walk(data_dir / name):
-            dirs.sort()
-            for fname in sorted(files):
-                path = Path(root) / fname
-                rel = path.relative_to(data_dir).as_posix()
-                if is_image_path(path):
-                    candidates.append((path, rel, idx))
-                else:
-                    skipped.append({"path": rel, "reason": "not an image file (" + ", ".join(IMAGE_SUFFIXES) + ")"})
-    for entry in sorted(data_dir.iterdir()):
-        if entry.is_file():
-            skipped.append({"path": entry.name, "reason": "not inside a class folder"})
+    for root in roots:
+        for idx, name in enumerate(labels):
+            if name not in found[root]:
+                continue
+            for folder, dirs, files in os.walk(root / name):
+                dirs.sort()
+                for fname in sorted(files):
+                    path = Path(folder) / fname
+                    rel = os.path.relpath(path.resolve() if len(roots) > 1 else path, base)
+                    rel = Path(rel).as_posix()
+                    if is_image_path(path):
+                        candidates.append((path, rel, idx))
+                    else:
+                        skipped.append({"path": rel, "reason": "not an image file ("
+                                        + ", ".join(IMAGE_SUFFIXES) + ")"})
+        for entry in sorted(root.iterdir()):
+            if entry.is_file():
+                skipped.append({"path": Path(os.path.relpath(entry.resolve() if len(roots) > 1 else entry,
+                                                             base)).as_posix(),
+                                "reason": "not inside a class folder"})
     rows = []
     bar = _progress(len(candidates), progress)
     for path, rel, idx in candidates:
@@ -195,7 +217,7 @@ def scan(data_dir: str | os.PathLike, size=(48, 48), color="gray", progress: boo
                      "gray" if is_gray else "color", float(gray.std())))
     if bar is not None:
         bar.close()
-    return _assemble(data_dir, labels, rows, skipped)
+    return _assemble(base, labels, rows, skipped)
 
 
 def _assemble(data_dir, labels, rows, skipped) -> Scan:
@@ -354,3 +376,41 @@ def parse_ratios(text: str) -> tuple[float, float, float]:
             or parts[0] <= 0 or parts[2] <= 0:
         raise ValueError("give three fractions train,val,test summing to 1, e.g. 0.7,0.2,0.1")
     return tuple(parts)
+
+
+def auxiliary(main: Scan, aux_dirs, size=(48, 48), color="gray", progress: bool = False) -> tuple[Scan, list]:
+    """Scan auxiliary class folders and drop what would leak or double-count.
+
+    An auxiliary image that is byte-identical to an image of ``main``, or a
+    near-duplicate of one (pHash within :data:`NEAR_DUPLICATE_DISTANCE`
+    bits), is left out: the copy under ``main``'s label is the one used, on
+    whichever side of the split it fell, so no face is counted under two
+    labels and none reaches training through the back door.
+
+    Args:
+        main: the scan of the model's own classes.
+        aux_dirs: labelled folders (see :func:`scan`).
+
+    Returns:
+        (the auxiliary scan, kept files only; [{"path", "copy_of"}] left out).
+    """
+    aux = scan(list(aux_dirs), size, color, progress, min_classes=1)
+    main_digests = {d: p for d, p in zip(main.sha256, main.paths)}
+    dropped, keep = [], []
+    near = {}
+    if len(aux.paths) and len(main.paths):
+        both = np.concatenate([main.phash, aux.phash])
+        for a, b in hamming_pairs(both, NEAR_DUPLICATE_DISTANCE):
+            if a < len(main.paths) <= b:
+                near.setdefault(b - len(main.paths), main.paths[a])
+    for i, (path, digest) in enumerate(zip(aux.paths, aux.sha256)):
+        copy = main_digests.get(digest) or near.get(i)
+        if copy is not None:
+            dropped.append({"path": path, "copy_of": copy})
+        else:
+            keep.append(i)
+    kept = Scan(aux.data_dir, aux.labels, paths=[aux.paths[i] for i in keep], y=aux.y[keep],
+                sha256=[aux.sha256[i] for i in keep], phash=aux.phash[keep],
+                sizes=[aux.sizes[i] for i in keep], colors=[aux.colors[i] for i in keep],
+                skipped=aux.skipped, conflicts=aux.conflicts, groups=[aux.groups[i] for i in keep])
+    return kept, dropped

@@ -11,20 +11,24 @@ import keras
 from keras import layers
 
 
-def build_seed(size=(48, 48), channels=1) -> keras.Model:
+def head(x, classes: int):
+    """The output layer: one sigmoid unit for two classes (p of the second),
+    else a ``Dense`` of one logit per class named ``logits`` and a softmax."""
+    if classes <= 2:
+        return layers.Dense(1, activation="sigmoid")(x)
+    return layers.Softmax(name="probabilities")(layers.Dense(classes, name="logits")(x))
+
+
+def build_seed(size=(48, 48), channels=1, classes: int = 2) -> keras.Model:
     """The classic of the seed projects: Conv2D 16, MaxPool, Conv2D 32,
-    MaxPool, Conv2D 16, MaxPool, Flatten, Dense 256 ReLU, Dense 1 sigmoid
+    MaxPool, Conv2D 16, MaxPool, Flatten, Dense 256 ReLU, :func:`head`
     (3x3 kernels, stride 1, valid padding, ReLU)."""
-    return keras.Sequential([
-        keras.Input((*size, channels), name="image"),
-        layers.Rescaling(1 / 255.0),
-        layers.Conv2D(16, 3, activation="relu"), layers.MaxPooling2D(),
-        layers.Conv2D(32, 3, activation="relu"), layers.MaxPooling2D(),
-        layers.Conv2D(16, 3, activation="relu"), layers.MaxPooling2D(),
-        layers.Flatten(),
-        layers.Dense(256, activation="relu"),
-        layers.Dense(1, activation="sigmoid"),
-    ], name="seed")
+    inp = keras.Input((*size, channels), name="image")
+    x = layers.Rescaling(1 / 255.0)(inp)
+    for filters in (16, 32, 16):
+        x = layers.MaxPooling2D()(layers.Conv2D(filters, 3, activation="relu")(x))
+    x = layers.Dense(256, activation="relu")(layers.Flatten()(x))
+    return keras.Model(inp, head(x, classes), name="seed")
 
 
 def _conv_bn_relu(x, filters, separable=False):
@@ -36,37 +40,83 @@ def _conv_bn_relu(x, filters, separable=False):
     return layers.ReLU()(x)
 
 
-def build_compact(size=(48, 48), channels=1) -> keras.Model:
+#: Channels of the four stages of ``compact`` and of ``wide``.
+WIDTHS = {"compact": (24, 48, 96, 128), "wide": (32, 64, 128, 192)}
+
+
+def build_compact(size=(48, 48), channels=1, classes: int = 2, widths=WIDTHS["compact"],
+                  name: str = "compact") -> keras.Model:
     """The default: a compact CNN for 48x48 faces, cheap on a Raspberry Pi.
 
-    Four stages at 48, 24, 12 and 6 pixels with 24, 48, 96 and 128 channels;
+    Four stages at 48, 24, 12 and 6 pixels with ``widths`` channels (24,
+    48, 96 and 128; ``wide``: 32, 64, 128 and 192, about 370k parameters
+    and 34M multiply-accumulates);
     full 3x3 convolutions where channels are few, depthwise-separable ones
     where they are many; BatchNorm after each convolution (folded into it
-    by the TFLite converter), global average pooling, dropout, one sigmoid
-    unit. About 190k parameters and 18.5M multiply-accumulates per 48x48
+    by the TFLite converter), global average pooling, dropout, and
+    :func:`head` (one sigmoid unit for two classes). About 190k parameters
+    and 18.5M multiply-accumulates per 48x48
     gray image; built only from ops int8 TFLite (XNNPACK) and ONNX Runtime
     run well.
     """
     inp = keras.Input((*size, channels), name="image")
     x = layers.Rescaling(1 / 255.0)(inp)
-    x = _conv_bn_relu(x, 24)
+    w1, w2, w3, w4 = widths
+    x = _conv_bn_relu(x, w1)
     x = layers.MaxPooling2D()(x)
-    x = _conv_bn_relu(x, 48)
+    x = _conv_bn_relu(x, w2)
     x = layers.MaxPooling2D()(x)
-    x = _conv_bn_relu(x, 96)
-    x = _conv_bn_relu(x, 96, separable=True)
+    x = _conv_bn_relu(x, w3)
+    x = _conv_bn_relu(x, w3, separable=True)
     x = layers.MaxPooling2D()(x)
-    x = _conv_bn_relu(x, 128)
-    x = _conv_bn_relu(x, 128, separable=True)
+    x = _conv_bn_relu(x, w4)
+    x = _conv_bn_relu(x, w4, separable=True)
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(0.3)(x)
-    out = layers.Dense(1, activation="sigmoid")(x)
-    return keras.Model(inp, out, name="compact")
+    return keras.Model(inp, head(x, classes), name=name)
 
 
-def build_model(arch: str, size=(48, 48), channels=1) -> keras.Model:
-    """Build an untrained model by name (one of :data:`train.ARCHS`)."""
-    return {"compact": build_compact, "seed": build_seed}[arch](size, channels)
+def build_model(arch: str, size=(48, 48), channels=1, classes: int = 2) -> keras.Model:
+    """Build an untrained model by name (one of :data:`train.ARCHS`) for
+    ``classes`` classes (:func:`head`)."""
+    if arch == "seed":
+        return build_seed(size, channels, classes)
+    return build_compact(size, channels, classes, WIDTHS[arch], arch)
+
+
+def restrict_head(model: keras.Model, keep: list[int]) -> keras.Model:
+    """The model answering for some of its classes only, as if trained on them.
+
+    A softmax restricted to a subset of classes is the softmax of their
+    logits alone; for two classes, p(second) = sigmoid(z_second - z_first).
+    The ``logits`` layer's kernel and bias are sliced (or differenced) into a
+    new head on the same features, so the result is an ordinary model of
+    the kind :func:`head` builds: one sigmoid unit for two classes, a softmax
+    for more. Weights are shared with ``model``, not copied.
+
+    Args:
+        model: a softmax model built by :func:`build_model` (``logits`` layer).
+        keep: class indices to keep, in the new output order (at least 2).
+
+    Raises:
+        ValueError: ``model`` has no ``logits`` layer, or fewer than two classes are kept.
+    """
+    import numpy as np
+    if len(keep) < 2:
+        raise ValueError("keep at least two classes")
+    logits = model.get_layer("logits")
+    kernel, bias = (np.asarray(w) for w in logits.get_weights())
+    features = logits.input
+    if len(keep) == 2:
+        a, b = keep
+        dense = layers.Dense(1, activation="sigmoid", name="restricted")
+        out = dense(features)
+        dense.set_weights([kernel[:, [b]] - kernel[:, [a]], bias[[b]] - bias[[a]]])
+    else:
+        dense = layers.Dense(len(keep), name="restricted_logits")
+        out = layers.Softmax(name="probabilities")(dense(features))
+        dense.set_weights([kernel[:, keep], bias[keep]])
+    return keras.Model(model.input, out, name=model.name)
 
 
 #: ``--augment`` choices: ``basic`` (flip, rotation, shift, zoom, brightness,
@@ -174,3 +224,65 @@ def count_macs(model: keras.Model) -> int:
         elif isinstance(layer, layers.Dense):
             total += layer.input.shape[-1] * layer.units
     return int(total)
+
+
+def distillation_trainer(augment: keras.Model, student: keras.Model, teacher: keras.Model,
+                         alpha: float = 0.5) -> tuple[keras.Model, object, list]:
+    """A model, loss and metric that train ``student`` on a mix of the true
+    labels and ``teacher``'s outputs (knowledge distillation: Hinton, Vinyals
+    and Dean, "Distilling the Knowledge in a Neural Network", 2015, at
+    temperature 1).
+
+    Both models see the same augmented image; the teacher runs in inference
+    mode and gets no gradient. The target is ``alpha`` x the true label
+    (one-hot) + (1 - alpha) x the teacher's probabilities; the loss is the
+    cross-entropy of the student's output against it.
+
+    Args:
+        augment: the training augmentation (:func:`augmentation`).
+        student, teacher: models of the same output shape: one sigmoid
+            unit, or one softmax unit per class.
+        alpha: weight of the true labels, 0..1.
+
+    Returns:
+        (model to ``fit``, its loss, its metrics); the model outputs the
+        student's and the teacher's outputs side by side.
+
+    Raises:
+        ValueError: the output shapes differ.
+    """
+    import tensorflow as tf
+    units = int(student.output_shape[-1])
+    if int(teacher.output_shape[-1]) != units:
+        raise ValueError(f"the teacher has {teacher.output_shape[-1]} outputs, the student {units}")
+    teacher.trainable = False
+
+    class Teacher(layers.Layer):
+        def call(self, x):
+            return tf.stop_gradient(teacher(x, training=False))
+
+    inp = keras.Input(student.input_shape[1:])
+    x = augment(inp)
+    both = layers.Concatenate()([student(x), Teacher()(x)])
+    model = keras.Model(inp, both, name="distillation")
+
+    def split(y_true, y_pred):
+        s, t = y_pred[:, :units], y_pred[:, units:]
+        y = tf.reshape(tf.cast(y_true, tf.float32), [-1])
+        hard = y[:, None] if units == 1 else tf.one_hot(tf.cast(y, tf.int32), units)
+        return alpha * hard + (1.0 - alpha) * t, s
+
+    def loss(y_true, y_pred):
+        target, s = split(y_true, y_pred)
+        s = tf.clip_by_value(s, 1e-7, 1.0 - 1e-7)
+        if units == 1:
+            return -tf.reduce_mean(target * tf.math.log(s) + (1 - target) * tf.math.log(1 - s), axis=-1)
+        return -tf.reduce_sum(target * tf.math.log(s), axis=-1)
+
+    def accuracy(y_true, y_pred):
+        s = y_pred[:, :units]
+        y = tf.reshape(tf.cast(y_true, tf.float32), [-1])
+        pred = tf.cast(s[:, 0] >= 0.5, tf.float32) if units == 1 else tf.cast(tf.argmax(s, axis=-1), tf.float32)
+        return tf.cast(tf.equal(pred, y), tf.float32)
+
+    return model, loss, [accuracy]
