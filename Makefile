@@ -25,6 +25,9 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	# setuptools >= 77 reads the SPDX licence field; the wheel test builds
+	# without isolation, with the venv's own setuptools.
+	$(PY) -m pip install --quiet "setuptools==80.9.0" "wheel==0.45.1"
 	$(PY) -m pip install --quiet -e ".[dev]"
 	@touch $@
 
@@ -44,7 +47,10 @@ demo: venv
 	echo "Next: make bench (the README's performance table), make edge-speed, make soak."; \
 	exit $$rc
 
+# ruff's lint and format check first (rules in pyproject.toml), then the suite.
 test: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q
 
 # The property-based tests of hostile inputs (image bytes, arrays, manifest

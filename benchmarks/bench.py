@@ -6,6 +6,7 @@ between a float and an int8 file is measured, not estimated. A .keras model
 (where TensorFlow is installed) gets a row too, the reference for speed-up
 and memory ratios.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,14 +20,14 @@ import numpy as np
 
 from edge import HappysadError, load_image, read_metadata
 from edge.backends import default_backend, model_format
+from edge.cli_util import Progress
+from edge.cli_util import log as _log
 from edge.dataset import labelled_images, read_split, split_items
 from edge.errors import UsageError
+from edge.faces import DEFAULT_DETECTOR
 from edge.metrics import classification_metrics
 
 from .coldstart import cold_start
-from edge.cli_util import Progress, log as _log
-from edge.faces import DEFAULT_DETECTOR
-
 from .runners import import_keras, is_keras_path, load_runner
 from .timing import STAGES, fps, percentiles, time_once, time_stages
 
@@ -155,9 +156,13 @@ def latency_row(runner, image: np.ndarray, opts: BenchOptions) -> dict:
     per_stage = time_stages((pre, invoke, post), opts.runs, opts.warmup, opts.min_seconds)
     total = per_stage.sum(axis=1)
     lat = percentiles(total)
-    return {"first_ms": first_ms, "latency_ms": lat,
-            "stages_ms": {s: percentiles(per_stage[:, i]) for i, s in enumerate(STAGES)},
-            "fps": fps(lat["p50"]), "samples_ms": [round(float(v), 5) for v in total]}
+    return {
+        "first_ms": first_ms,
+        "latency_ms": lat,
+        "stages_ms": {s: percentiles(per_stage[:, i]) for i, s in enumerate(STAGES)},
+        "fps": fps(lat["p50"]),
+        "samples_ms": [round(float(v), 5) for v in total],
+    }
 
 
 def bench_model(path: str, labels, y, images, image_path, opts: BenchOptions) -> list[dict]:
@@ -181,8 +186,10 @@ def bench_model(path: str, labels, y, images, image_path, opts: BenchOptions) ->
         rows += _bench_rows(path, labels, y, images, opts, opts.tta)
     cold = cold_start(path, image_path, opts.cold_runs)
     if cold:
-        _log(f"  {Path(path).name}: cold start {cold['ms']:.0f} ms, peak RSS {cold['peak_rss_mb']:.0f} MB "
-             f"(median of {opts.cold_runs})")
+        _log(
+            f"  {Path(path).name}: cold start {cold['ms']:.0f} ms, peak RSS {cold['peak_rss_mb']:.0f} MB "
+            f"(median of {opts.cold_runs})"
+        )
     for row in rows:
         row["cold_start"] = cold
     return rows
@@ -200,14 +207,30 @@ def _bench_rows(path: str, labels, y, images, opts: BenchOptions, tta: str) -> l
             preds = runner.predict(images)
             metrics = {**classification_metrics(y, preds, labels), "predictions": preds.tolist()}
             cost = runner.cost()
-            _log(f"  {name}: accuracy {metrics['accuracy']:.4f} on {len(images)} images "
-                 f"({time.perf_counter() - t0:.1f} s)")
+            _log(
+                f"  {name}: accuracy {metrics['accuracy']:.4f} on {len(images)} images "
+                f"({time.perf_counter() - t0:.1f} s)"
+            )
         lat = latency_row(runner, images[0], opts)
-        _log(f"  {name}, threads {threads or 'default'}: load {runner.load_ms:.1f} ms, "
-             f"p50 {lat['latency_ms']['p50']:.3f} ms over {len(lat['samples_ms'])} runs")
-        rows.append({"model": str(path), "name": name, "format": runner.format, "tta": tta,
-                     "backend": runner.backend, "threads": threads, "size_mb": runner.size_mb,
-                     "params": cost[0], "macs": cost[1], "load_ms": runner.load_ms, **lat})
+        _log(
+            f"  {name}, threads {threads or 'default'}: load {runner.load_ms:.1f} ms, "
+            f"p50 {lat['latency_ms']['p50']:.3f} ms over {len(lat['samples_ms'])} runs"
+        )
+        rows.append(
+            {
+                "model": str(path),
+                "name": name,
+                "format": runner.format,
+                "tta": tta,
+                "backend": runner.backend,
+                "threads": threads,
+                "size_mb": runner.size_mb,
+                "params": cost[0],
+                "macs": cost[1],
+                "load_ms": runner.load_ms,
+                **lat,
+            }
+        )
         del runner
     for row in rows:
         row.update(metrics)
@@ -271,15 +294,29 @@ def _cpu_model() -> str:
 def machine_info() -> dict:
     """CPU model, cores, OS, Python and the installed runtimes' versions."""
     versions = {}
-    for name in ("ai-edge-litert", "tflite-runtime", "onnxruntime", "numpy",
-                 "opencv-python-headless", "tensorflow-cpu", "tensorflow", "keras", "onnx"):
+    for name in (
+        "ai-edge-litert",
+        "tflite-runtime",
+        "onnxruntime",
+        "numpy",
+        "opencv-python-headless",
+        "tensorflow-cpu",
+        "tensorflow",
+        "keras",
+        "onnx",
+    ):
         try:
             versions[name] = md.version(name)
         except md.PackageNotFoundError:
             continue
-    return {"cpu": _cpu_model(), "machine": platform.machine(), "cores": os.cpu_count(),
-            "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
-            "versions": versions}
+    return {
+        "cpu": _cpu_model(),
+        "machine": platform.machine(),
+        "cores": os.cpu_count(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "versions": versions,
+    }
 
 
 def run_bench(opts: BenchOptions) -> dict:
@@ -294,22 +331,32 @@ def run_bench(opts: BenchOptions) -> dict:
     """
     check_models(opts.models)
     labels, paths, y, images = load_labelled(opts)
-    _log(f"{len(images)} labelled images; per model and thread count: {opts.warmup} warm-up + "
-         f"at least {opts.runs} timed runs"
-         + (f" and {opts.min_seconds:g} s" if opts.min_seconds else "")
-         + f"; {opts.cold_runs} cold starts per model")
+    _log(
+        f"{len(images)} labelled images; per model and thread count: {opts.warmup} warm-up + "
+        f"at least {opts.runs} timed runs"
+        + (f" and {opts.min_seconds:g} s" if opts.min_seconds else "")
+        + f"; {opts.cold_runs} cold starts per model"
+    )
     results = []
     start = time.perf_counter()
     for i, model in enumerate(opts.models, 1):
         _log(f"[{i}/{len(opts.models)}] {model} ({time.perf_counter() - start:.0f} s elapsed)")
         results.extend(bench_model(model, labels, y, images, paths[0], opts))
     add_comparisons(results)
-    settings = {"images": len(images), "labels": labels, "source": opts.split or opts.data,
-                "part": opts.part if opts.split else None, "threads": opts.threads,
-                "runs": opts.runs, "warmup": opts.warmup, "min_seconds": opts.min_seconds,
-                "cold_runs": opts.cold_runs, "latency_image": str(paths[0]),
-                "date": time.strftime("%Y-%m-%d", time.gmtime()),
-                "seconds": time.perf_counter() - start}
+    settings = {
+        "images": len(images),
+        "labels": labels,
+        "source": opts.split or opts.data,
+        "part": opts.part if opts.split else None,
+        "threads": opts.threads,
+        "runs": opts.runs,
+        "warmup": opts.warmup,
+        "min_seconds": opts.min_seconds,
+        "cold_runs": opts.cold_runs,
+        "latency_image": str(paths[0]),
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "seconds": time.perf_counter() - start,
+    }
     return {"machine": machine_info(), "settings": settings, "results": results}
 
 
@@ -328,6 +375,7 @@ def run_latency_only(opts: BenchOptions, workdir: Path) -> dict:
         HappysadError: a model cannot be loaded.
     """
     import cv2
+
     check_models(opts.models)
     results = []
     start = time.perf_counter()
@@ -345,38 +393,81 @@ def run_latency_only(opts: BenchOptions, workdir: Path) -> dict:
                 cv2.imwrite(str(image_path), image)
             lat = latency_row(runner, image, opts)
             _log(f"  {name}, threads {threads or 'default'}: p50 {lat['latency_ms']['p50']:.3f} ms")
-            results.append({"model": str(path), "name": name, "format": runner.format,
-                            "backend": runner.backend, "threads": threads, "size_mb": runner.size_mb,
-                            "load_ms": runner.load_ms, **lat})
+            results.append(
+                {
+                    "model": str(path),
+                    "name": name,
+                    "format": runner.format,
+                    "backend": runner.backend,
+                    "threads": threads,
+                    "size_mb": runner.size_mb,
+                    "load_ms": runner.load_ms,
+                    **lat,
+                }
+            )
             del runner
         cold = cold_start(path, image_path, opts.cold_runs)
         for row in results:
             if row["model"] == str(path):
                 row["cold_start"] = cold
-    settings = {"images": 0, "source": None, "accuracy": "no accuracy: no data", "threads": opts.threads,
-                "runs": opts.runs, "warmup": opts.warmup, "min_seconds": opts.min_seconds,
-                "cold_runs": opts.cold_runs, "date": time.strftime("%Y-%m-%d", time.gmtime()),
-                "seconds": time.perf_counter() - start}
+    settings = {
+        "images": 0,
+        "source": None,
+        "accuracy": "no accuracy: no data",
+        "threads": opts.threads,
+        "runs": opts.runs,
+        "warmup": opts.warmup,
+        "min_seconds": opts.min_seconds,
+        "cold_runs": opts.cold_runs,
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "seconds": time.perf_counter() - start,
+    }
     return {"machine": machine_info(), "settings": settings, "results": results}
 
 
 def format_latency_only(report: dict) -> str:
     """The latency table of :func:`run_latency_only`, plain text."""
-    head = ("model", "runtime", "threads", "size MB", "load ms", "p50 ms", "p90 ms", "p99 ms", "FPS",
-            "cold start ms", "peak RSS MB")
+    head = (
+        "model",
+        "runtime",
+        "threads",
+        "size MB",
+        "load ms",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "FPS",
+        "cold start ms",
+        "peak RSS MB",
+    )
     rows = [head]
     for r in report["results"]:
         lat, cold = r["latency_ms"], r.get("cold_start")
-        rows.append((r["name"], r["backend"], str(r["threads"] or "default"), f"{r['size_mb']:.3f}",
-                     f"{r['load_ms']:.1f}", f"{lat['p50']:.3f}", f"{lat['p90']:.3f}", f"{lat['p99']:.3f}",
-                     f"{r['fps']:.0f}", f"{cold['ms']:.0f}" if cold else "n/a",
-                     f"{cold['peak_rss_mb']:.1f}" if cold else "n/a"))
+        rows.append(
+            (
+                r["name"],
+                r["backend"],
+                str(r["threads"] or "default"),
+                f"{r['size_mb']:.3f}",
+                f"{r['load_ms']:.1f}",
+                f"{lat['p50']:.3f}",
+                f"{lat['p90']:.3f}",
+                f"{lat['p99']:.3f}",
+                f"{r['fps']:.0f}",
+                f"{cold['ms']:.0f}" if cold else "n/a",
+                f"{cold['peak_rss_mb']:.1f}" if cold else "n/a",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if j < 3 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths)))
-             for row in rows]
+    lines = [
+        "  ".join(c.ljust(w) if j < 3 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))) for row in rows
+    ]
     s = report["settings"]
-    lines.append(f"no accuracy: no data (give --data DIR or --split FILE for it); latency: one synthetic image of "
-                 f"the model's size, {s['warmup']} warm-up runs excluded, at least {s['runs']} timed runs; "
-                 f"cold start and peak RSS: median of {s['cold_runs']} fresh processes"
-                 if s["cold_runs"] else "no accuracy: no data; cold start: not measured (--cold-runs 0)")
+    lines.append(
+        f"no accuracy: no data (give --data DIR or --split FILE for it); latency: one synthetic image of "
+        f"the model's size, {s['warmup']} warm-up runs excluded, at least {s['runs']} timed runs; "
+        f"cold start and peak RSS: median of {s['cold_runs']} fresh processes"
+        if s["cold_runs"]
+        else "no accuracy: no data; cold start: not measured (--cold-runs 0)"
+    )
     return "\n".join(lines)

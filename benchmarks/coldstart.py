@@ -19,6 +19,7 @@ an installed package has it: the children run with bytecode writing on even
 where ``PYTHONDONTWRITEBYTECODE`` is set, or a checkout's modules would be
 compiled again in every timed process.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,7 +64,9 @@ import cv2
 mark("opencv")
 """
 
-_CHILD_EDGE = _CHILD_COMMON + """
+_CHILD_EDGE = (
+    _CHILD_COMMON
+    + """
 from edge import Classifier, load_image
 from edge.backends import default_backend, model_format
 mark("edge")
@@ -80,8 +83,11 @@ label = clf.classify(image).label
 mark("classify")
 done(label)
 """
+)
 
-_CHILD_KERAS = _CHILD_COMMON + """
+_CHILD_KERAS = (
+    _CHILD_COMMON
+    + """
 import keras
 mark("tensorflow + keras")
 from edge import load_image, preprocess
@@ -95,6 +101,7 @@ p = float(model.predict_on_batch(x[None].astype("float32")).reshape(-1)[0])
 mark("classify")
 done(int(p >= 0.5))
 """
+)
 
 
 def child_env() -> dict:
@@ -108,8 +115,7 @@ def child_env() -> dict:
     return env
 
 
-def cold_start_once(model: str | os.PathLike, image: str | os.PathLike,
-                    timeout_s: float = 300.0) -> dict:
+def cold_start_once(model: str | os.PathLike, image: str | os.PathLike, timeout_s: float = 300.0) -> dict:
     """One fresh process, from its start to its first prediction.
 
     Returns:
@@ -122,11 +128,17 @@ def cold_start_once(model: str | os.PathLike, image: str | os.PathLike,
     script = _CHILD_KERAS if is_keras_path(model) else _CHILD_EDGE
     t0 = time.monotonic()
     try:
-        res = subprocess.run([sys.executable, "-c", script, str(model), str(image)],
-                             capture_output=True, text=True, env=child_env(), timeout=timeout_s)
+        res = subprocess.run(
+            [sys.executable, "-c", script, str(model), str(image)],
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            timeout=timeout_s,
+        )
     except subprocess.TimeoutExpired:
-        raise HappysadError(f"{model}: cold start took over {timeout_s:.0f} s; "
-                            "run with --cold-runs 0 to skip it") from None
+        raise HappysadError(
+            f"{model}: cold start took over {timeout_s:.0f} s; run with --cold-runs 0 to skip it"
+        ) from None
     lines = [line for line in res.stdout.splitlines() if line.startswith("{")]
     if res.returncode != 0 or not lines:
         last = (res.stderr.strip().splitlines() or ["no output"])[-1][:200]
@@ -142,12 +154,21 @@ def cold_start_once(model: str | os.PathLike, image: str | os.PathLike,
 def _summary(samples: list[dict]) -> dict:
     ms = [s["ms"] for s in samples]
     rss = [s["peak_rss_mb"] for s in samples]
-    stages = [{"stage": first["stage"],
-               "ms": float(np.median([s["stages"][k]["ms"] for s in samples])),
-               "peak_rss_mb": float(np.median([s["stages"][k]["peak_rss_mb"] for s in samples]))}
-              for k, first in enumerate(samples[0]["stages"])]
-    return {"ms": float(np.median(ms)), "peak_rss_mb": float(np.median(rss)),
-            "runs_ms": ms, "runs_peak_rss_mb": rss, "stages": stages}
+    stages = [
+        {
+            "stage": first["stage"],
+            "ms": float(np.median([s["stages"][k]["ms"] for s in samples])),
+            "peak_rss_mb": float(np.median([s["stages"][k]["peak_rss_mb"] for s in samples])),
+        }
+        for k, first in enumerate(samples[0]["stages"])
+    ]
+    return {
+        "ms": float(np.median(ms)),
+        "peak_rss_mb": float(np.median(rss)),
+        "runs_ms": ms,
+        "runs_peak_rss_mb": rss,
+        "stages": stages,
+    }
 
 
 def cold_start(model: str | os.PathLike, image: str | os.PathLike, runs: int) -> dict | None:

@@ -14,6 +14,7 @@ The exported files carry BatchNorm folded into the convolutions, so their
 parameter count is lower than the Keras model's, which also counts
 BatchNorm's four values per channel.
 """
+
 from __future__ import annotations
 
 import math
@@ -139,4 +140,5 @@ def keras_cost(model) -> tuple[int, int]:
     TensorFlow is installed, which is where ``train`` runs too.
     """
     from train.models import count_macs
+
     return int(model.count_params()), count_macs(model)

@@ -7,6 +7,7 @@ that lost more than ``--max-drop`` on the validation split) does not stop
 the demo: the files that passed are still benchmarked and used, and the
 demo exits 1 at the end, naming it.
 """
+
 from __future__ import annotations
 
 import sys
@@ -46,25 +47,34 @@ def main(argv=None) -> int:
     models = [str(export_dir / n) for n in BENCH_FILES if n in written]
     from benchmarks.cli import main as bench
     from edge.cli import main as edge
+
     code = 0
     if models:
-        code |= bench([*models, "--split", str(run / "split.json"), "--json", str(run / "bench.json"),
-                       "--cold-runs", "0"])
-        pick = next((m for m in models if m.endswith("int8.tflite")),
-                    next((m for m in models if "int8" in m), models[0]))
+        code |= bench(
+            [*models, "--split", str(run / "split.json"), "--json", str(run / "bench.json"), "--cold-runs", "0"]
+        )
+        pick = next(
+            (m for m in models if m.endswith("int8.tflite")), next((m for m in models if "int8" in m), models[0])
+        )
         photos = [str(p) for p, _ in split_items(read_split(run / "split.json"), "test")[::CLASSIFY_EVERY]]
         code |= edge(["classify", pick, *photos])
     print()
     if refused or status:
         for name, rec in refused.items():
             v = rec["verification"]
-            print(f"{PROG}: REFUSED {name}: loses {v['drop_pp']:.2f} pp on the {v['split']} split "
-                  f"({v['float_accuracy']:.4f} -> {v['accuracy']:.4f}), over --max-drop by "
-                  f"{rec['missed_by_pp']:.2f} pp; not written", file=sys.stderr)
+            print(
+                f"{PROG}: REFUSED {name}: loses {v['drop_pp']:.2f} pp on the {v['split']} split "
+                f"({v['float_accuracy']:.4f} -> {v['accuracy']:.4f}), over --max-drop by "
+                f"{rec['missed_by_pp']:.2f} pp; not written",
+                file=sys.stderr,
+            )
         if status and not refused:
             print(f"{PROG}: the export failed (exit {status}); see its message above", file=sys.stderr)
-        print(f"{PROG}: benchmarked and classified with the {len(models)} files that passed: "
-              + ", ".join(Path(m).name for m in models), file=sys.stderr)
+        print(
+            f"{PROG}: benchmarked and classified with the {len(models)} files that passed: "
+            + ", ".join(Path(m).name for m in models),
+            file=sys.stderr,
+        )
         return 1
     return 1 if code else 0
 

@@ -15,6 +15,7 @@ moves both sides alike:
 
 Exit status 3 when a goal is missed, as ``happysad-bench``'s gates.
 """
+
 from __future__ import annotations
 
 import io
@@ -25,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from edge import Classifier, HappysadError
-from edge.camera import CAMERA_DETECTOR, DETECT_EVERY, DETECT_WIDTH, MIN_FACE, CameraOptions, run as run_camera
+from edge.camera import CAMERA_DETECTOR, DETECT_EVERY, DETECT_WIDTH, MIN_FACE, CameraOptions
+from edge.camera import run as run_camera
 from edge.cli_util import ArgumentParser, positive_int, run_main
 from edge.errors import UsageError
 from edge.faces import DETECTORS, make_detector
@@ -36,8 +38,14 @@ from .timing import time_stages
 from .video import face_frames, write_video
 
 PROG = "python -m benchmarks.edge_speed"
-GOALS = {"per_face_over_invoke": 1.5, "loop_over_allowed": 0.9, "cold_speedup": 20.0, "cold_memory": 10.0,
-         "detect_speedup_vs_haar": 3.0, "loop_speedup_vs_haar": 2.5}
+GOALS = {
+    "per_face_over_invoke": 1.5,
+    "loop_over_allowed": 0.9,
+    "cold_speedup": 20.0,
+    "cold_memory": 10.0,
+    "detect_speedup_vs_haar": 3.0,
+    "loop_speedup_vs_haar": 2.5,
+}
 
 
 def per_face_ratio(clf: Classifier, frames, runs: int) -> dict:
@@ -66,8 +74,13 @@ def loop_ratio(clf: Classifier, frames, video: Path) -> dict:
     for frame in frames:
         clf.classify_faces(frame, largest_only=True)
     allowed = len(frames) / (time.perf_counter() - t0)
-    return {"loop_fps": summary["fps"], "allowed_fps": allowed, "loop_over_allowed": summary["fps"] / allowed,
-            "frames": summary["frames"], "frames_with_face": summary["frames_with_face"]}
+    return {
+        "loop_fps": summary["fps"],
+        "allowed_fps": allowed,
+        "loop_over_allowed": summary["fps"] / allowed,
+        "frames": summary["frames"],
+        "frames_with_face": summary["frames_with_face"],
+    }
 
 
 def camera_detector(name: str):
@@ -87,6 +100,7 @@ def detector_race(model, frames, video: Path) -> dict:
     detector (:data:`edge.camera.CAMERA_DETECTOR`).
     """
     import json
+
     out = {}
     for name in DETECTORS:
         det = camera_detector(name)
@@ -104,13 +118,21 @@ def detector_race(model, frames, video: Path) -> dict:
         summary = run_camera(clf, CameraOptions(source=str(video), headless=True, detect_every=every), out=sink)
         lines = [json.loads(line) for line in sink.getvalue().splitlines()]
         share = sum(r["ms"]["detect"] for r in lines) / max(1e-9, sum(r["ms"]["total"] for r in lines))
-        out[name] = {"detect_p50_ms": detect_p50, "loop_fps": summary["fps"], "detect_every": every,
-                     "frames_with_face": summary["frames_with_face"], "detect_share": share}
+        out[name] = {
+            "detect_p50_ms": detect_p50,
+            "loop_fps": summary["fps"],
+            "detect_every": every,
+            "frames_with_face": summary["frames_with_face"],
+            "detect_share": share,
+        }
     for name in DETECTORS:
         out[name]["detect_speedup_vs_haar"] = out["haar"]["detect_p50_ms"] / out[name]["detect_p50_ms"]
         out[name]["loop_speedup_vs_haar"] = out[name]["loop_fps"] / out["haar"]["loop_fps"]
-    return {"detectors": out, "detect_speedup_vs_haar": out[CAMERA_DETECTOR]["detect_speedup_vs_haar"],
-            "loop_speedup_vs_haar": out[CAMERA_DETECTOR]["loop_speedup_vs_haar"]}
+    return {
+        "detectors": out,
+        "detect_speedup_vs_haar": out[CAMERA_DETECTOR]["detect_speedup_vs_haar"],
+        "loop_speedup_vs_haar": out[CAMERA_DETECTOR]["loop_speedup_vs_haar"],
+    }
 
 
 #: The stages of an edge process that are not edge's own code: Python,
@@ -133,17 +155,25 @@ def cold_ratio(model, keras_model, image, runs: int) -> dict:
     against that floor alone, the best an edge process could reach here.
     """
     edge_cs, keras_cs = cold_starts([model, keras_model], image, runs)
-    floor = [(st["ms"], mb) for st, mb in zip(edge_cs["stages"], added(edge_cs["stages"]))
-             if st["stage"] in FLOOR_STAGES]
+    floor = [
+        (st["ms"], mb) for st, mb in zip(edge_cs["stages"], added(edge_cs["stages"])) if st["stage"] in FLOOR_STAGES
+    ]
     floor_ms = sum(ms for ms, _ in floor)
     floor_mb = sum(mb for _, mb in floor)
-    return {"edge_ms": edge_cs["ms"], "edge_peak_rss_mb": edge_cs["peak_rss_mb"],
-            "keras_ms": keras_cs["ms"], "keras_peak_rss_mb": keras_cs["peak_rss_mb"],
-            "cold_speedup": keras_cs["ms"] / edge_cs["ms"],
-            "cold_memory": keras_cs["peak_rss_mb"] / edge_cs["peak_rss_mb"],
-            "floor_ms": floor_ms, "floor_peak_rss_mb": floor_mb,
-            "floor_speedup": keras_cs["ms"] / floor_ms, "floor_memory": keras_cs["peak_rss_mb"] / floor_mb,
-            "edge_stages": edge_cs["stages"], "keras_stages": keras_cs["stages"]}
+    return {
+        "edge_ms": edge_cs["ms"],
+        "edge_peak_rss_mb": edge_cs["peak_rss_mb"],
+        "keras_ms": keras_cs["ms"],
+        "keras_peak_rss_mb": keras_cs["peak_rss_mb"],
+        "cold_speedup": keras_cs["ms"] / edge_cs["ms"],
+        "cold_memory": keras_cs["peak_rss_mb"] / edge_cs["peak_rss_mb"],
+        "floor_ms": floor_ms,
+        "floor_peak_rss_mb": floor_mb,
+        "floor_speedup": keras_cs["ms"] / floor_ms,
+        "floor_memory": keras_cs["peak_rss_mb"] / floor_mb,
+        "edge_stages": edge_cs["stages"],
+        "keras_stages": keras_cs["stages"],
+    }
 
 
 def stage_line(name: str, stages: list[dict]) -> str:
@@ -155,10 +185,18 @@ def stage_line(name: str, stages: list[dict]) -> str:
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("model", metavar="MODEL", help="the .tflite or .onnx file a device runs")
-    p.add_argument("--keras", metavar="MODEL.keras", default=None,
-                   help="the run's Keras model, for the cold-start comparison (needs TensorFlow)")
-    p.add_argument("--data", metavar="DIR", default="../shared/data/fer2013-happy-sad",
-                   help="labelled face photos to build the video from")
+    p.add_argument(
+        "--keras",
+        metavar="MODEL.keras",
+        default=None,
+        help="the run's Keras model, for the cold-start comparison (needs TensorFlow)",
+    )
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        default="../shared/data/fer2013-happy-sad",
+        help="labelled face photos to build the video from",
+    )
     p.add_argument("--frames", type=positive_int, default=300, help="frames in the test video")
     p.add_argument("--runs", type=positive_int, default=2000, help="timed runs for the per-face ratio")
     p.add_argument("--cold-runs", type=positive_int, default=5, help="fresh processes per side, after one untimed")
@@ -177,9 +215,13 @@ def _body(argv) -> int:
     video = write_video(work / "faces.avi", frames)
     still = work / "face.png"
     import cv2
+
     cv2.imwrite(str(still), frames[0])
-    figures = {**per_face_ratio(clf, frames, args.runs), **loop_ratio(clf, frames, video),
-               **detector_race(args.model, frames, video)}
+    figures = {
+        **per_face_ratio(clf, frames, args.runs),
+        **loop_ratio(clf, frames, video),
+        **detector_race(args.model, frames, video),
+    }
     if args.keras:
         figures.update(cold_ratio(args.model, args.keras, still, args.cold_runs))
     lines = [
@@ -190,13 +232,17 @@ def _body(argv) -> int:
         f"{figures['loop_over_allowed']:.1%} (goal >= {GOALS['loop_over_allowed']:.0%})",
     ]
     for name, d in figures["detectors"].items():
-        lines.append(f"detector {name}: p50 {d['detect_p50_ms']:.2f} ms per 640x480 frame "
-                     f"({d['detect_speedup_vs_haar']:.1f}x Haar); camera loop {d['loop_fps']:.1f} FPS "
-                     f"(--detect-every {d['detect_every']}, {d['loop_speedup_vs_haar']:.2f}x Haar's loop), "
-                     f"detection {d['detect_share']:.0%} of the frame time")
-    lines.append(f"the camera's default detector {CAMERA_DETECTOR}: {figures['detect_speedup_vs_haar']:.1f}x faster "
-                 f"detection (goal >= {GOALS['detect_speedup_vs_haar']:g}x), loop "
-                 f"{figures['loop_speedup_vs_haar']:.2f}x Haar's (goal >= {GOALS['loop_speedup_vs_haar']:g}x)")
+        lines.append(
+            f"detector {name}: p50 {d['detect_p50_ms']:.2f} ms per 640x480 frame "
+            f"({d['detect_speedup_vs_haar']:.1f}x Haar); camera loop {d['loop_fps']:.1f} FPS "
+            f"(--detect-every {d['detect_every']}, {d['loop_speedup_vs_haar']:.2f}x Haar's loop), "
+            f"detection {d['detect_share']:.0%} of the frame time"
+        )
+    lines.append(
+        f"the camera's default detector {CAMERA_DETECTOR}: {figures['detect_speedup_vs_haar']:.1f}x faster "
+        f"detection (goal >= {GOALS['detect_speedup_vs_haar']:g}x), loop "
+        f"{figures['loop_speedup_vs_haar']:.2f}x Haar's (goal >= {GOALS['loop_speedup_vs_haar']:g}x)"
+    )
     if args.keras:
         lines += [
             f"cold start to first prediction: edge {figures['edge_ms']:.0f} ms, {figures['edge_peak_rss_mb']:.1f} MB; "
@@ -213,15 +259,22 @@ def _body(argv) -> int:
     print("\n".join(lines))
     if args.json:
         write_json(args.json, {"model": str(args.model), "keras": args.keras, "goals": GOALS, **figures})
-    missed = [k for k, goal in GOALS.items() if k in figures and
-              (figures[k] > goal if k == "per_face_over_invoke" else figures[k] < goal)]
+    missed = [
+        k
+        for k, goal in GOALS.items()
+        if k in figures and (figures[k] > goal if k == "per_face_over_invoke" else figures[k] < goal)
+    ]
     if missed:
+
         def why(k):
             text = f"{k} {figures[k]:.2f}x, goal {'<=' if k == 'per_face_over_invoke' else '>='} {GOALS[k]:g}x"
             if k == "cold_memory" and "floor_memory" in figures:
-                text += (f" (Python, numpy, OpenCV and the interpreter alone allow at most "
-                         f"{figures['floor_memory']:.1f}x on this machine)")
+                text += (
+                    f" (Python, numpy, OpenCV and the interpreter alone allow at most "
+                    f"{figures['floor_memory']:.1f}x on this machine)"
+                )
             return text
+
         print(f"{PROG}: missed (exit 3, a goal, not a crash): {'; '.join(why(k) for k in missed)}", file=sys.stderr)
         return 3
     return 0

@@ -11,6 +11,7 @@ model never trained on.
     python -m benchmarks.neither MODEL --split RUN_DIR/split.json [--min-confidence auto]
     python -m benchmarks.neither MODEL --data ../shared/data/fer2013-other
 """
+
 from __future__ import annotations
 
 import sys
@@ -40,8 +41,9 @@ def foreign_faces(data: str | None, split: str | None, part: str = "test") -> di
         s = read_json(split, "split file")
         aux = s.get("auxiliary")
         if not isinstance(aux, dict) or not isinstance(aux.get(part), list):
-            raise HappysadError(f"{split}: no auxiliary classes in this split (train with --aux); "
-                                "use --data DIR instead")
+            raise HappysadError(
+                f"{split}: no auxiliary classes in this split (train with --aux); use --data DIR instead"
+            )
         root = Path(split).parent / aux["data_dir"]
         if not root.is_dir():
             root = Path(aux["data_dir_absolute"])
@@ -71,10 +73,14 @@ def measure(clf: Classifier, faces: dict[str, list[Path]]) -> dict:
             conf.append(p.confidence)
         names = [*clf.labels, *([UNCERTAIN] if clf.min_confidence > 0 else [])]
         hist, _ = np.histogram(conf, bins=BINS)
-        out[name] = {"n": len(paths), "share": {k: labels.count(k) / max(1, len(paths)) for k in names},
-                     "mean_confidence": float(np.mean(conf)) if conf else None,
-                     "confidence_histogram": {f"{lo:.1f}-{min(hi, 1.0):.1f}": int(c)
-                                              for lo, hi, c in zip(BINS[:-1], BINS[1:], hist)}}
+        out[name] = {
+            "n": len(paths),
+            "share": {k: labels.count(k) / max(1, len(paths)) for k in names},
+            "mean_confidence": float(np.mean(conf)) if conf else None,
+            "confidence_histogram": {
+                f"{lo:.1f}-{min(hi, 1.0):.1f}": int(c) for lo, hi, c in zip(BINS[:-1], BINS[1:], hist)
+            },
+        }
     progress.close()
     return out
 
@@ -87,9 +93,19 @@ def format_markdown(result: dict, labels, min_confidence: float) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in result.items():
         hist = r["confidence_histogram"]
-        lines.append("| " + " | ".join([name, str(r["n"]), *(f"{r['share'][k]:.1%}" for k in names),
-                                        f"{r['mean_confidence']:.3f}",
-                                        *(f"{hist[b] / max(1, r['n']):.0%}" for b in bins)]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    name,
+                    str(r["n"]),
+                    *(f"{r['share'][k]:.1%}" for k in names),
+                    f"{r['mean_confidence']:.3f}",
+                    *(f"{hist[b] / max(1, r['n']):.0%}" for b in bins),
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -99,8 +115,12 @@ def build_parser() -> ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", metavar="DIR", help="folder with one sub-folder per foreign class")
     src.add_argument("--split", metavar="SPLIT_JSON", help="a --aux run's split.json: its auxiliary test part")
-    p.add_argument("--min-confidence", default="auto", metavar="P|auto",
-                   help="also count faces set aside as uncertain under P (auto: the model's suggestion; 0: off)")
+    p.add_argument(
+        "--min-confidence",
+        default="auto",
+        metavar="P|auto",
+        help="also count faces set aside as uncertain under P (auto: the model's suggestion; 0: off)",
+    )
     p.add_argument("--json", metavar="FILE", default=None, help="write the figures as JSON")
     return p
 
@@ -117,8 +137,15 @@ def _body(argv) -> int:
     print(f"{args.model}: labels {', '.join(clf.labels)}; min confidence {clf.min_confidence:.3f}")
     print(format_markdown(result, clf.labels, clf.min_confidence))
     if args.json:
-        write_json(args.json, {"model": str(args.model), "labels": list(clf.labels),
-                               "min_confidence": clf.min_confidence, "classes": result})
+        write_json(
+            args.json,
+            {
+                "model": str(args.model),
+                "labels": list(clf.labels),
+                "min_confidence": clf.min_confidence,
+                "classes": result,
+            },
+        )
     return 0
 
 

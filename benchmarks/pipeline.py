@@ -11,6 +11,7 @@ share answered and the accuracy on those), and detection, crop and
 classification milliseconds per photo (p50, p90). Photos are decoded once;
 every detector sees the same pixels.
 """
+
 from __future__ import annotations
 
 import sys
@@ -26,8 +27,11 @@ from edge.faces import DETECTORS, make_detector
 
 def _ms(values: list) -> dict:
     a = np.asarray(values, dtype=np.float64)
-    return {"p50": round(float(np.median(a)), 3), "p90": round(float(np.percentile(a, 90)), 3)} \
-        if len(a) else {"p50": None, "p90": None}
+    return (
+        {"p50": round(float(np.median(a)), 3), "p90": round(float(np.percentile(a, 90)), 3)}
+        if len(a)
+        else {"p50": None, "p90": None}
+    )
 
 
 def evaluate_detector(clf: Classifier, images: list, y: np.ndarray, detector) -> dict:
@@ -70,13 +74,17 @@ def evaluate_detector(clf: Classifier, images: list, y: np.ndarray, detector) ->
             ok = clf.labels.index(clf.classify(image).label) == label
         right_all += ok
     n = len(images)
-    return {"photos": n, "found": found, "found_share": round(found / n, 4),
-            "found_by_class": {name: int(c) for name, c in zip(clf.labels, by_class)},
-            "accuracy_found": round(right_face / found, 4) if found else None,
-            "accuracy_all": round(right_all / n, 4),
-            "answered_skip": round(found / n, 4),
-            "accuracy_skip": round(right_face / found, 4) if found else None,
-            "ms": {"detect": _ms(detect_ms), "crop": _ms(crop_ms), "classify": _ms(classify_ms)}}
+    return {
+        "photos": n,
+        "found": found,
+        "found_share": round(found / n, 4),
+        "found_by_class": {name: int(c) for name, c in zip(clf.labels, by_class)},
+        "accuracy_found": round(right_face / found, 4) if found else None,
+        "accuracy_all": round(right_all / n, 4),
+        "answered_skip": round(found / n, 4),
+        "accuracy_skip": round(right_face / found, 4) if found else None,
+        "ms": {"detect": _ms(detect_ms), "crop": _ms(crop_ms), "classify": _ms(classify_ms)},
+    }
 
 
 def run_pipeline(model: str, data_dir: str, detectors=DETECTORS, threads: int | None = None) -> dict:
@@ -91,6 +99,7 @@ def run_pipeline(model: str, data_dir: str, detectors=DETECTORS, threads: int | 
             be read, or a detector cannot be built.
     """
     import cv2
+
     cv2.setNumThreads(1)  # one thread, as on a busy device and in the detectors' README figures
     clf = Classifier(model, threads)
     labels, items = labelled_images(data_dir, clf.labels)
@@ -110,14 +119,18 @@ def run_pipeline(model: str, data_dir: str, detectors=DETECTORS, threads: int | 
 
 def format_pipeline(report: dict) -> str:
     """The per-detector table, Markdown."""
-    rows = ["| detector | faces found | accuracy where found | accuracy, all photos | "
-            "--no-face skip: answered / accuracy | detect ms p50 / p90 | crop ms p50 | classify ms p50 |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    rows = [
+        "| detector | faces found | accuracy where found | accuracy, all photos | "
+        "--no-face skip: answered / accuracy | detect ms p50 / p90 | crop ms p50 | classify ms p50 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for name, d in report["detectors"].items():
         acc_found = f"{d['accuracy_found']:.1%}" if d["accuracy_found"] is not None else "n/a"
         ms = d["ms"]
-        rows.append(f"| {name} | {d['found']} of {d['photos']} ({d['found_share']:.0%}) | {acc_found} | "
-                    f"{d['accuracy_all']:.1%} | {d['answered_skip']:.0%} / {acc_found} | "
-                    f"{ms['detect']['p50']:.1f} / {ms['detect']['p90']:.1f} | "
-                    f"{(ms['crop']['p50'] or 0):.2f} | {(ms['classify']['p50'] or 0):.2f} |")
+        rows.append(
+            f"| {name} | {d['found']} of {d['photos']} ({d['found_share']:.0%}) | {acc_found} | "
+            f"{d['accuracy_all']:.1%} | {d['answered_skip']:.0%} / {acc_found} | "
+            f"{ms['detect']['p50']:.1f} / {ms['detect']['p90']:.1f} | "
+            f"{(ms['crop']['p50'] or 0):.2f} | {(ms['classify']['p50'] or 0):.2f} |"
+        )
     return "\n".join(rows)

@@ -13,6 +13,7 @@ int8 ONNX file is also run on an emulated Haswell CPU (AVX2, no VNNI),
 where onnxruntime's int8 kernels take the saturating path the 7-bit weights
 guard against. Exit status 3 when a drop exceeds ``--max-drop`` (0.5 pp).
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,10 @@ def split_pixels(split: dict, part: str) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 (N, H, W, C) preprocessed images, int64 (N,) labels) of one part."""
     items = split_items(split, part)
     size, color = tuple(split["image"]["size"]), split["image"]["color"]
-    return (np.stack([preprocess(load_image(p), size, color) for p, _ in items]),
-            np.array([y for _, y in items], np.int64))
+    return (
+        np.stack([preprocess(load_image(p), size, color) for p, _ in items]),
+        np.array([y for _, y in items], np.int64),
+    )
 
 
 def file_accuracy(path: Path, pixels: np.ndarray, labels: np.ndarray) -> float:
@@ -56,6 +59,7 @@ def onnx_batch_accuracy(path: Path, pixels: np.ndarray, labels: np.ndarray, thre
     (:func:`export.validate.onnx_probabilities`): under emulation one image
     per run would take an hour."""
     from export.validate import onnx_probabilities
+
     return float(np.mean(decide(onnx_probabilities(path, pixels), threshold) == labels))
 
 
@@ -64,9 +68,23 @@ def emulated_accuracy(path: Path, split_json: Path, part: str) -> float | None:
     qemu = shutil.which("qemu-x86_64")
     if qemu is None:
         return None
-    res = subprocess.run([qemu, "-cpu", EMULATED_CPU, sys.executable, "-m", "benchmarks.quant_check",
-                          "--eval", str(path), str(split_json), part],
-                         capture_output=True, text=True, timeout=3600)
+    res = subprocess.run(
+        [
+            qemu,
+            "-cpu",
+            EMULATED_CPU,
+            sys.executable,
+            "-m",
+            "benchmarks.quant_check",
+            "--eval",
+            str(path),
+            str(split_json),
+            part,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     if res.returncode != 0:
         print(f"emulated run failed: {res.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
         return None
@@ -86,24 +104,55 @@ def check_seed(data: str, out: Path, seed: int, epochs: int, emulate: bool) -> d
     log = out / f"seed{seed}.log"
     log.unlink(missing_ok=True)
     py = sys.executable
-    _run([py, "-m", "train", data, "--out", str(run), "--epochs", str(epochs), "--seed", str(seed),
-          "--deterministic", "--overwrite"], log)
-    _run([py, "-m", "export", str(run), "--max-drop", "100", "--formats",
-          "tflite-float32,tflite-int8,onnx-float32,onnx-int8"], log)
+    _run(
+        [
+            py,
+            "-m",
+            "train",
+            data,
+            "--out",
+            str(run),
+            "--epochs",
+            str(epochs),
+            "--seed",
+            str(seed),
+            "--deterministic",
+            "--overwrite",
+        ],
+        log,
+    )
+    _run(
+        [
+            py,
+            "-m",
+            "export",
+            str(run),
+            "--max-drop",
+            "100",
+            "--formats",
+            "tflite-float32,tflite-int8,onnx-float32,onnx-int8",
+        ],
+        log,
+    )
     split = read_split(run / "split.json")
     export = run / "export"
     row = {"seed": seed, "weights_sha256": json.loads((run / "metrics.json").read_text())["weights_sha256"]}
     for part in PARTS:
         pixels, labels = split_pixels(split, part)
-        acc = {name: file_accuracy(export / name, pixels, labels)
-               for name in ("model_float32.tflite", "model_int8.tflite", "model_float32.onnx", "model_int8.onnx")}
-        row[part] = {"float32_tflite": acc["model_float32.tflite"],
-                     "tflite_int8_drop_pp": round((acc["model_float32.tflite"] - acc["model_int8.tflite"]) * 100, 2),
-                     "onnx_int8_drop_pp": round((acc["model_float32.onnx"] - acc["model_int8.onnx"]) * 100, 2)}
+        acc = {
+            name: file_accuracy(export / name, pixels, labels)
+            for name in ("model_float32.tflite", "model_int8.tflite", "model_float32.onnx", "model_int8.onnx")
+        }
+        row[part] = {
+            "float32_tflite": acc["model_float32.tflite"],
+            "tflite_int8_drop_pp": round((acc["model_float32.tflite"] - acc["model_int8.tflite"]) * 100, 2),
+            "onnx_int8_drop_pp": round((acc["model_float32.onnx"] - acc["model_int8.onnx"]) * 100, 2),
+        }
         if emulate:
             em = emulated_accuracy(export / "model_int8.onnx", run / "split.json", part)
-            row[part]["onnx_int8_avx2_drop_pp"] = (None if em is None else
-                                                   round((acc["model_float32.onnx"] - em) * 100, 2))
+            row[part]["onnx_int8_avx2_drop_pp"] = (
+                None if em is None else round((acc["model_float32.onnx"] - em) * 100, 2)
+            )
     return row
 
 
@@ -117,9 +166,14 @@ def format_rows(rows: list, emulate: bool) -> str:
     def pair(key):
         vals = [r[p].get(key) for p in PARTS]
         return " / ".join("n/a" if v is None else f"{v:+.2f}" for v in vals)
+
     for r in rows:
-        cells = [str(r["seed"]), f"{r['val']['float32_tflite']:.4f} / {r['test']['float32_tflite']:.4f}",
-                 pair("tflite_int8_drop_pp"), pair("onnx_int8_drop_pp")]
+        cells = [
+            str(r["seed"]),
+            f"{r['val']['float32_tflite']:.4f} / {r['test']['float32_tflite']:.4f}",
+            pair("tflite_int8_drop_pp"),
+            pair("onnx_int8_drop_pp"),
+        ]
         if emulate:
             cells.append(pair("onnx_int8_avx2_drop_pp"))
         lines.append("| " + " | ".join(cells) + " |")

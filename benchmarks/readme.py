@@ -6,14 +6,15 @@ is left byte for byte as it was.
 
     python -m benchmarks.readme runs/demo/bench/bench.md README.md
 """
+
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
 from edge import HappysadError
-from edge.errors import UsageError
 from edge.cli_util import ArgumentParser, run_main
+from edge.errors import UsageError
 from edge.fileio import write_bytes
 
 PROG = "python -m benchmarks.readme"
@@ -32,8 +33,10 @@ def replace_between_markers(text: str, block: str, start: str = START, end: str 
     """
     for marker in (start, end):
         if text.count(marker) != 1:
-            raise HappysadError(f"the marker {marker} must appear exactly once (found "
-                                f"{text.count(marker)}); put {start} and {end} around the table")
+            raise HappysadError(
+                f"the marker {marker} must appear exactly once (found "
+                f"{text.count(marker)}); put {start} and {end} around the table"
+            )
     head, rest = text.split(start)
     if end not in rest:
         raise HappysadError(f"{end} comes before {start}; put the start marker first")

@@ -4,6 +4,7 @@ a comparison with an earlier run.
 A report is the dict :func:`benchmarks.bench.run_bench` returns. Every
 function here is pure over it, except the writers, which write atomically.
 """
+
 from __future__ import annotations
 
 import csv
@@ -64,8 +65,7 @@ COST_COLUMNS = [
     ("p50 ms", lambda r: f"{r['latency_ms']['p50']:.3f}"),
     ("p90 ms", lambda r: f"{r['latency_ms']['p90']:.3f}"),
     ("p99 ms", lambda r: f"{r['latency_ms']['p99']:.3f}"),
-    ("pre / invoke / post p50 ms",
-     lambda r: " / ".join(f"{r['stages_ms'][s]['p50']:.3f}" for s in STAGES)),
+    ("pre / invoke / post p50 ms", lambda r: " / ".join(f"{r['stages_ms'][s]['p50']:.3f}" for s in STAGES)),
     ("FPS", lambda r: f"{r['fps']:.0f}"),
     ("cold start ms", lambda r: _num("{:.0f}", _cold(r, "ms"))),
     ("peak RSS MB", lambda r: _num("{:.0f}", _cold(r, "peak_rss_mb"))),
@@ -100,9 +100,11 @@ def settings_line(report: dict) -> str:
     s = report["settings"]
     timed = f"at least {s['runs']} timed runs" + (f" and {s['min_seconds']:g} s" if s["min_seconds"] else "")
     source = f"{s['images']} images of {s['source']}" + (f" ({s['part']})" if s.get("part") else "")
-    cold = (f"median of {s['cold_runs']} fresh processes after an untimed one" if s["cold_runs"] else "not measured")
-    return (f"latency: one image, preprocess + invoke + postprocess, {s['warmup']} warm-up runs "
-            f"excluded, {timed}; accuracy on {source}; cold start: {cold}")
+    cold = f"median of {s['cold_runs']} fresh processes after an untimed one" if s["cold_runs"] else "not measured"
+    return (
+        f"latency: one image, preprocess + invoke + postprocess, {s['warmup']} warm-up runs "
+        f"excluded, {timed}; accuracy on {source}; cold start: {cold}"
+    )
 
 
 def format_table(report: dict) -> str:
@@ -114,9 +116,14 @@ def format_table(report: dict) -> str:
     def line(cells):
         return "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
 
-    return "\n".join([line(header), *(line(r) for r in rows),
-                      settings_line(report) + "; drop pp: accuracy below the float reference",
-                      "machine: " + machine_line(report)])
+    return "\n".join(
+        [
+            line(header),
+            *(line(r) for r in rows),
+            settings_line(report) + "; drop pp: accuracy below the float reference",
+            "machine: " + machine_line(report),
+        ]
+    )
 
 
 def _md_table(columns, rows) -> str:
@@ -132,25 +139,50 @@ def format_markdown(report: dict) -> str:
     results = report["results"]
     per_file = list({r["model"]: r for r in reversed(results)}.values())[::-1]
     s = report["settings"]
-    return "\n".join([
-        f"Measured {s['date']} on {machine_line(report)}; the run took {s['seconds']:.0f} s.",
-        "",
-        _md_table(COST_COLUMNS, results),
-        "",
-        _md_table(ACCURACY_COLUMNS, per_file),
-        "",
-        settings_line(report) + "; confusion matrix: one row per true class, "
-        f"predicted counts in label order ({', '.join(s.get('labels', []))}).",
-        "",
-    ])
+    return "\n".join(
+        [
+            f"Measured {s['date']} on {machine_line(report)}; the run took {s['seconds']:.0f} s.",
+            "",
+            _md_table(COST_COLUMNS, results),
+            "",
+            _md_table(ACCURACY_COLUMNS, per_file),
+            "",
+            settings_line(report) + "; confusion matrix: one row per true class, "
+            f"predicted counts in label order ({', '.join(s.get('labels', []))}).",
+            "",
+        ]
+    )
 
 
 def flat_row(row: dict) -> dict:
     """One result as a flat dict of scalars (the CSV columns)."""
-    out = {k: row[k] for k in ("name", "model", "format", "backend", "threads", "size_mb", "params",
-                               "macs", "load_ms", "first_ms", "fps", "accuracy", "balanced_accuracy",
-                               "precision", "recall", "f1", "drop_pp", "agreement", "speedup",
-                               "memory_ratio", "reference", "n")}
+    out = {
+        k: row[k]
+        for k in (
+            "name",
+            "model",
+            "format",
+            "backend",
+            "threads",
+            "size_mb",
+            "params",
+            "macs",
+            "load_ms",
+            "first_ms",
+            "fps",
+            "accuracy",
+            "balanced_accuracy",
+            "precision",
+            "recall",
+            "f1",
+            "drop_pp",
+            "agreement",
+            "speedup",
+            "memory_ratio",
+            "reference",
+            "n",
+        )
+    }
     out.update({f"latency_{k}_ms": v for k, v in row["latency_ms"].items()})
     for stage in STAGES:
         out.update({f"{stage}_{k}_ms": row["stages_ms"][stage][k] for k in ("mean", "p50", "p99")})
@@ -177,8 +209,9 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode())
 
 
-def check_gates(report: dict, max_drop: float | None = None, max_p50_ms: float | None = None,
-                min_accuracy: float | None = None) -> list[str]:
+def check_gates(
+    report: dict, max_drop: float | None = None, max_p50_ms: float | None = None, min_accuracy: float | None = None
+) -> list[str]:
     """The reasons any model misses a shipping gate (empty: all pass).
 
     Args:
@@ -206,7 +239,8 @@ def read_report(path: str | os.PathLike) -> dict:
     """
     old = read_json(path, "benchmark report")
     if not isinstance(old.get("results"), list) or not all(
-            isinstance(r, dict) and "latency_ms" in r and "accuracy" in r for r in old["results"]):
+        isinstance(r, dict) and "latency_ms" in r and "accuracy" in r for r in old["results"]
+    ):
         raise HappysadError(f"{path}: not a happysad-bench report; write one with --json")
     return old
 
@@ -215,8 +249,7 @@ def _key(row: dict) -> tuple:
     return Path(row["model"]).name, row.get("threads"), row.get("tta", "none")
 
 
-def compare_reports(new: dict, old: dict, tolerance_pct: float = 20.0,
-                    tolerance_pp: float = 0.5) -> list[str]:
+def compare_reports(new: dict, old: dict, tolerance_pct: float = 20.0, tolerance_pp: float = 0.5) -> list[str]:
     """Regressions of ``new`` against ``old``, matched by file name and threads.
 
     A model regresses when its p50 latency grew by more than
@@ -237,12 +270,16 @@ def compare_reports(new: dict, old: dict, tolerance_pct: float = 20.0,
         who = f"{r['name']} (threads {_threads(r)})"
         p50, p50_old = r["latency_ms"]["p50"], o["latency_ms"]["p50"]
         if p50 > p50_old * (1 + tolerance_pct / 100):
-            reasons.append(f"{who}: p50 {p50:.3f} ms vs {p50_old:.3f} ms before "
-                           f"(+{(p50 / p50_old - 1) * 100:.0f}%, tolerance {tolerance_pct:g}%)")
+            reasons.append(
+                f"{who}: p50 {p50:.3f} ms vs {p50_old:.3f} ms before "
+                f"(+{(p50 / p50_old - 1) * 100:.0f}%, tolerance {tolerance_pct:g}%)"
+            )
         drop = (o["accuracy"] - r["accuracy"]) * 100
         if drop > tolerance_pp:
-            reasons.append(f"{who}: accuracy {r['accuracy']:.4f} vs {o['accuracy']:.4f} before "
-                           f"(-{drop:.2f} pp, tolerance {tolerance_pp:g} pp)")
+            reasons.append(
+                f"{who}: accuracy {r['accuracy']:.4f} vs {o['accuracy']:.4f} before "
+                f"(-{drop:.2f} pp, tolerance {tolerance_pp:g} pp)"
+            )
     return reasons
 
 
@@ -254,11 +291,13 @@ def import_pyplot():
     """
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise HappysadError("--plot needs matplotlib: pip install 'happysad[train]' "
-                            "(the train extra), or leave out --plot") from None
+        raise HappysadError(
+            "--plot needs matplotlib: pip install 'happysad[train]' (the train extra), or leave out --plot"
+        ) from None
     return plt
 
 
@@ -269,10 +308,8 @@ def write_plot(report: dict, path: str | os.PathLike) -> None:
     plt = import_pyplot()
     results = report["results"]
     names = [f"{r['name']}\n{r['backend']}, threads {_threads(r)}" for r in results]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 0.45 * len(results) + 3),
-                                   gridspec_kw={"width_ratios": [3, 2]})
-    ax1.boxplot([r["samples_ms"] for r in results], vert=False, showfliers=True,
-                flierprops={"markersize": 2})
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 0.45 * len(results) + 3), gridspec_kw={"width_ratios": [3, 2]})
+    ax1.boxplot([r["samples_ms"] for r in results], vert=False, showfliers=True, flierprops={"markersize": 2})
     ax1.set_yticks(range(1, len(results) + 1), names, fontsize=7)
     ax1.invert_yaxis()
     ax1.set_xscale("log")
@@ -291,8 +328,9 @@ def write_plot(report: dict, path: str | os.PathLike) -> None:
     span = max([abs(d) for d in drops] + [0.1])
     ax2.set_xlim(-span * 1.2, span * 2.2)
     for i, (r, d) in enumerate(zip(files, drops)):
-        ax2.text(max(d, 0.0) + span * 0.05, i, f"{d:+.2f} pp (acc. {r['accuracy']:.4f})",
-                 va="center", ha="left", fontsize=7)
+        ax2.text(
+            max(d, 0.0) + span * 0.05, i, f"{d:+.2f} pp (acc. {r['accuracy']:.4f})", va="center", ha="left", fontsize=7
+        )
     ax2.set_xlabel("accuracy drop against the float reference, pp (positive: worse)")
     ax2.set_title(f"accuracy drop on {report['settings']['images']} images")
     ax2.grid(True, axis="x", alpha=0.3)

@@ -15,6 +15,7 @@ Each runner splits one image's path into three stages, timed apart:
 - ``postprocess``: the read of the output (dequantized for an int8 model),
   the class scores and the decision threshold.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,8 +49,9 @@ def import_keras():
     try:
         import keras
     except ImportError:
-        raise HappysadError(f"a .keras model needs TensorFlow; {TRAIN_EXTRA}, "
-                            "or benchmark the exported .tflite/.onnx files") from None
+        raise HappysadError(
+            f"a .keras model needs TensorFlow; {TRAIN_EXTRA}, or benchmark the exported .tflite/.onnx files"
+        ) from None
     return keras
 
 
@@ -67,8 +69,14 @@ class EdgeRunner:
         HappysadError: the file cannot be loaded (see :class:`edge.Classifier`).
     """
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None,
-                 backend: str | None = None, detector: str = DEFAULT_DETECTOR, tta: str = "none"):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        threads: int | None = None,
+        backend: str | None = None,
+        detector: str = DEFAULT_DETECTOR,
+        tta: str = "none",
+    ):
         self.path = Path(path)
         self.threads = threads
         self.load_ms, self.clf = time_once(lambda: Classifier(path, threads, backend, detector, tta=tta))
@@ -116,8 +124,7 @@ class EdgeRunner:
     def predict(self, images: list) -> np.ndarray:
         """Class indices (int64 (N,)) the way ``happysad-edge classify`` gives
         them: the largest face of an image larger than the input, else the whole."""
-        return np.array([self.labels.index(self.clf.classify_image(im).label) for im in images],
-                        dtype=np.int64)
+        return np.array([self.labels.index(self.clf.classify_image(im).label) for im in images], dtype=np.int64)
 
 
 class KerasRunner:
@@ -159,8 +166,9 @@ class KerasRunner:
         # No data: any names, one per class.
         self.labels = list(labels) if labels is not None else [f"class {i}" for i in range(n_classes)]
         if len(self.labels) != n_classes:
-            raise HappysadError(f"{path}: the model has {n_classes} classes, the data {len(self.labels)} "
-                                f"({', '.join(self.labels)})")
+            raise HappysadError(
+                f"{path}: the model has {n_classes} classes, the data {len(self.labels)} ({', '.join(self.labels)})"
+            )
         labels = self.labels
         self.size, self.color = (int(height), int(width)), "gray" if channels == 1 else "rgb"
         self.meta = ModelMetadata(tuple(labels), self.size, self.color, output=self.output)
@@ -213,8 +221,13 @@ class KerasRunner:
         return decide(class_probabilities(raw, self.output), self.meta.threshold)
 
 
-def load_runner(path: str | os.PathLike, labels: list[str], threads: int | None = None,
-                detector: str = DEFAULT_DETECTOR, tta: str = "none"):
+def load_runner(
+    path: str | os.PathLike,
+    labels: list[str],
+    threads: int | None = None,
+    detector: str = DEFAULT_DETECTOR,
+    tta: str = "none",
+):
     """An :class:`EdgeRunner`, or a :class:`KerasRunner` for a .keras file
     (which ignores ``threads`` and ``tta``); ``detector`` finds the faces in
     images larger than the model input, for both. ``labels`` None (no data)

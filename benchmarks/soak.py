@@ -4,6 +4,7 @@ Reports frames processed, frames whose classification failed, and the
 process's resident memory after warm-up and at the end. Goal: growth under
 5 MB over at least 10,000 frames (exit status 3 when missed).
 """
+
 from __future__ import annotations
 
 import sys
@@ -11,7 +12,8 @@ import time
 from pathlib import Path
 
 from edge import Classifier
-from edge.camera import CAMERA_DETECTOR, DETECT_WIDTH, MIN_FACE, CameraOptions, run as run_camera
+from edge.camera import CAMERA_DETECTOR, DETECT_WIDTH, MIN_FACE, CameraOptions
+from edge.camera import run as run_camera
 from edge.cli_util import ArgumentParser, positive_int, run_main
 from edge.faces import make_detector
 
@@ -56,8 +58,12 @@ class MemorySink:
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("model", metavar="MODEL", help="the .tflite or .onnx file a device runs")
-    p.add_argument("--data", metavar="DIR", default="../shared/data/fer2013-happy-sad",
-                   help="labelled face photos to build the video from")
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        default="../shared/data/fer2013-happy-sad",
+        help="labelled face photos to build the video from",
+    )
     p.add_argument("--frames", type=positive_int, default=10000, help="frames in the video")
     p.add_argument("--workdir", metavar="DIR", default="runs/soak", help="where the video goes")
     return p
@@ -80,15 +86,22 @@ def _body(argv) -> int:
     first = sink.samples[0][1] if sink.samples else start_rss
     last = sink.samples[-1][1] if sink.samples else rss_mb()
     growth = last - first
-    print(f"frames {summary['frames']} ({summary['frames_with_face']} with a face), errors {summary['errors']}, "
-          f"{summary['frames'] / seconds:.1f} FPS over {seconds:.0f} s")
-    print(f"resident memory: {start_rss:.1f} MB at start, {first:.1f} MB after {WARMUP_FRAMES} frames, "
-          f"{last:.1f} MB at frame {sink.samples[-1][0] if sink.samples else summary['frames']}: "
-          f"growth {growth:+.2f} MB (goal < {GOAL_GROWTH_MB:g} MB)")
+    print(
+        f"frames {summary['frames']} ({summary['frames_with_face']} with a face), errors {summary['errors']}, "
+        f"{summary['frames'] / seconds:.1f} FPS over {seconds:.0f} s"
+    )
+    print(
+        f"resident memory: {start_rss:.1f} MB at start, {first:.1f} MB after {WARMUP_FRAMES} frames, "
+        f"{last:.1f} MB at frame {sink.samples[-1][0] if sink.samples else summary['frames']}: "
+        f"growth {growth:+.2f} MB (goal < {GOAL_GROWTH_MB:g} MB)"
+    )
     print("samples (frame: MB): " + ", ".join(f"{n}: {mb:.1f}" for n, mb in sink.samples))
     if summary["frames"] < args.frames or growth >= GOAL_GROWTH_MB or summary["errors"]:
-        print(f"{PROG}: missed: {summary['frames']} of {args.frames} frames, {summary['errors']} errors, "
-              f"growth {growth:+.2f} MB", file=sys.stderr)
+        print(
+            f"{PROG}: missed: {summary['frames']} of {args.frames} frames, {summary['errors']} errors, "
+            f"growth {growth:+.2f} MB",
+            file=sys.stderr,
+        )
         return 3
     return 0
 

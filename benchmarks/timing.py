@@ -5,10 +5,11 @@ The loop follows TFLite's ``benchmark_model``: untimed warm-up runs first
 runs and at least ``min_seconds`` of them, whichever takes longer (its
 ``--num_runs`` and ``--min_secs``).
 """
+
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -28,8 +29,15 @@ def percentiles(samples_ms) -> dict:
     """
     a = np.asarray(samples_ms, dtype=np.float64)
     p50, p90, p99 = np.percentile(a, [50, 90, 99])
-    return {"mean": float(a.mean()), "std": float(a.std()), "min": float(a.min()),
-            "max": float(a.max()), "p50": float(p50), "p90": float(p90), "p99": float(p99)}
+    return {
+        "mean": float(a.mean()),
+        "std": float(a.std()),
+        "min": float(a.min()),
+        "max": float(a.max()),
+        "p50": float(p50),
+        "p90": float(p90),
+        "p99": float(p99),
+    }
 
 
 def fps(p50_ms: float) -> float:
@@ -37,8 +45,7 @@ def fps(p50_ms: float) -> float:
     return 1e3 / p50_ms if p50_ms > 0 else 0.0
 
 
-def time_stages(stages: Sequence[Callable], runs: int, warmup: int,
-                min_seconds: float = 0.0) -> np.ndarray:
+def time_stages(stages: Sequence[Callable], runs: int, warmup: int, min_seconds: float = 0.0) -> np.ndarray:
     """Time a pipeline of stages, each run fed the previous one's result.
 
     Args:
@@ -53,6 +60,7 @@ def time_stages(stages: Sequence[Callable], runs: int, warmup: int,
         float64 array (N, len(stages)) of per-stage times in ms, N >= runs;
         a row's sum is one run's latency.
     """
+
     def once():
         value = None
         for i, stage in enumerate(stages):

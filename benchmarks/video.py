@@ -1,4 +1,5 @@
 """Test videos made from labelled face photos, for the camera-loop benchmarks."""
+
 from __future__ import annotations
 
 import os
@@ -32,7 +33,7 @@ def face_frames(data_dir, count: int, size=(640, 480), face_px: int = 192, seed:
         face = cv2.resize(load_image(items[k][0]), (face_px, face_px), interpolation=cv2.INTER_CUBIC)
         frame = np.full((h, w, 3), 96, np.uint8)
         x, y = int(rng.integers(0, w - face_px)), int(rng.integers(0, h - face_px))
-        frame[y:y + face_px, x:x + face_px] = face
+        frame[y : y + face_px, x : x + face_px] = face
         frames.append(frame)
     return frames
 

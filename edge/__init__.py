@@ -9,6 +9,7 @@ The pieces, each importable alone:
 - :func:`read_metadata`, :class:`ModelMetadata`: what a model file says about itself.
 - :class:`HappysadError`: the one-line, user-fixable error.
 """
+
 import os as _os
 
 # OpenCV reads its decoders' pixel limit once, when it loads: set it before
@@ -25,5 +26,15 @@ from .preprocess import preprocess  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["Classifier", "Prediction", "read_metadata", "HappysadError", "IMAGE_SUFFIXES",
-           "find_images", "load_image", "ModelMetadata", "preprocess", "__version__"]
+__all__ = [
+    "Classifier",
+    "Prediction",
+    "read_metadata",
+    "HappysadError",
+    "IMAGE_SUFFIXES",
+    "find_images",
+    "load_image",
+    "ModelMetadata",
+    "preprocess",
+    "__version__",
+]

@@ -4,6 +4,7 @@ Each backend takes preprocessed uint8 pixels (NHWC without the batch axis)
 and returns the model's float output. Quantized inputs and outputs are
 handled here, from the scale and zero point stored in the model.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -16,8 +17,7 @@ import numpy as np
 from .errors import HappysadError, UsageError
 
 BACKENDS = ("litert", "tflite-runtime", "onnxruntime")
-_TFLITE_MODULES = {"litert": "ai_edge_litert.interpreter",
-                   "tflite-runtime": "tflite_runtime.interpreter"}
+_TFLITE_MODULES = {"litert": "ai_edge_litert.interpreter", "tflite-runtime": "tflite_runtime.interpreter"}
 
 
 def is_tflite_bytes(head: bytes) -> bool:
@@ -47,7 +47,9 @@ def model_format(path: str | os.PathLike) -> str:
     suffix = path.suffix.lower()
     if suffix == ".onnx" and is_tflite:
         raise HappysadError(f"{path}: this is a TFLite model named .onnx; rename it to .tflite")
-    if suffix == ".tflite" and head[:1] == b"\x08" and not is_tflite:  # an ONNX ModelProto starts with field 1, ir_version
+    if (
+        suffix == ".tflite" and head[:1] == b"\x08" and not is_tflite
+    ):  # an ONNX ModelProto starts with field 1, ir_version
         raise HappysadError(f"{path}: this looks like an ONNX model named .tflite; rename it to .onnx")
     if suffix in (".tflite", ".onnx"):
         return suffix[1:]
@@ -64,8 +66,10 @@ def default_backend(fmt: str) -> str:
             return name
         except ImportError:
             continue
-    raise HappysadError("no TFLite interpreter installed: pip install ai-edge-litert "
-                        "(64-bit OS) or tflite-runtime==2.14.0 'numpy<2' (32-bit Raspberry Pi OS)")
+    raise HappysadError(
+        "no TFLite interpreter installed: pip install ai-edge-litert "
+        "(64-bit OS) or tflite-runtime==2.14.0 'numpy<2' (32-bit Raspberry Pi OS)"
+    )
 
 
 def quantize(pixels: np.ndarray, scale: float, zero_point: int, dtype) -> np.ndarray:
@@ -140,8 +144,10 @@ class Backend:
             HappysadError: the pixels' shape does not match the model input.
         """
         if pixels.shape != self.input_shape[1:]:
-            raise HappysadError(f"input of shape {pixels.shape} does not fit the model's "
-                                f"{self.input_shape[1:]}; check the model's metadata")
+            raise HappysadError(
+                f"input of shape {pixels.shape} does not fit the model's "
+                f"{self.input_shape[1:]}; check the model's metadata"
+            )
         self.set_input(pixels)
         self.invoke()
         return self.get_output()
@@ -166,8 +172,9 @@ class Backend:
 _ONNX_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
 
 
-def check_interface(path, n_inputs: int, n_outputs: int, input_dtypes: list, input_ranks: list,
-                    float_only: bool = False) -> None:
+def check_interface(
+    path, n_inputs: int, n_outputs: int, input_dtypes: list, input_ranks: list, float_only: bool = False
+) -> None:
     """Refuse a model whose interface is not one image in, one tensor out.
 
     Args:
@@ -181,19 +188,22 @@ def check_interface(path, n_inputs: int, n_outputs: int, input_dtypes: list, inp
             for TFLite, int8 or uint8).
     """
     if n_inputs != 1 or n_outputs != 1:
-        raise HappysadError(f"{path}: the model has {n_inputs} inputs and {n_outputs} outputs, not one "
-                            "image in and one score out; export it with happysad-export")
+        raise HappysadError(
+            f"{path}: the model has {n_inputs} inputs and {n_outputs} outputs, not one "
+            "image in and one score out; export it with happysad-export"
+        )
     allowed = ("float32",) if float_only else ("float32", "int8", "uint8")
     if input_dtypes[0] not in allowed or input_ranks[0] != 4:
-        raise HappysadError(f"{path}: the model's input is a rank-{input_ranks[0]} {input_dtypes[0]} tensor, "
-                            f"not an NHWC image of {' or '.join(allowed)}; export it with happysad-export")
+        raise HappysadError(
+            f"{path}: the model's input is a rank-{input_ranks[0]} {input_dtypes[0]} tensor, "
+            f"not an NHWC image of {' or '.join(allowed)}; export it with happysad-export"
+        )
 
 
 class TFLiteBackend(Backend):
     """ai-edge-litert or tflite-runtime, with XNNPACK where the build has it."""
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None,
-                 name: str = "litert"):
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, name: str = "litert"):
         try:
             module = importlib.import_module(_TFLITE_MODULES[name])
         except ImportError:
@@ -205,14 +215,17 @@ class TFLiteBackend(Backend):
             self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise HappysadError(f"{path}: not a valid TFLite model ({first}); "
-                                "copy or export it again") from None
+            raise HappysadError(f"{path}: not a valid TFLite model ({first}); copy or export it again") from None
         self.load_ms = (time.perf_counter() - start) * 1e3
         self.name = name
         inputs, outputs = self._interp.get_input_details(), self._interp.get_output_details()
-        check_interface(path, len(inputs), len(outputs),
-                        [np.dtype(inputs[0]["dtype"]).name] if inputs else [],
-                        [len(inputs[0]["shape"])] if inputs else [])
+        check_interface(
+            path,
+            len(inputs),
+            len(outputs),
+            [np.dtype(inputs[0]["dtype"]).name] if inputs else [],
+            [len(inputs[0]["shape"])] if inputs else [],
+        )
         inp, out = inputs[0], outputs[0]
         self._in_index, self._out_index = inp["index"], out["index"]
         self.input_shape = tuple(int(d) for d in inp["shape"])
@@ -228,8 +241,12 @@ class TFLiteBackend(Backend):
         # every model that starts with Rescaling(1/255)): q = x - 128, which
         # for x in 0..255 is x with its top bit flipped, read as two's-
         # complement int8. One XOR into the buffer, no arithmetic, no copy.
-        self._xor128 = (self.input_dtype == np.int8 and self.input_quant is not None
-                        and self.input_quant[0] == 1.0 and self.input_quant[1] == -128)
+        self._xor128 = (
+            self.input_dtype == np.int8
+            and self.input_quant is not None
+            and self.input_quant[0] == 1.0
+            and self.input_quant[1] == -128
+        )
         self._buffer_bytes = self._buffer.view(np.uint8)
 
     def set_input(self, pixels: np.ndarray) -> None:
@@ -268,17 +285,23 @@ class OnnxBackend(Backend):
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own, unexported classes
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise HappysadError(f"{path}: not a valid ONNX model ({first}); "
-                                "copy or export it again") from None
+            raise HappysadError(f"{path}: not a valid ONNX model ({first}); copy or export it again") from None
         self.load_ms = (time.perf_counter() - start) * 1e3
         self.name = "onnxruntime"
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        check_interface(path, len(inputs), len(outputs),
-                        [_ONNX_TYPES.get(inputs[0].type, inputs[0].type)] if inputs else [],
-                        [len(inputs[0].shape)] if inputs else [], float_only=True)
+        check_interface(
+            path,
+            len(inputs),
+            len(outputs),
+            [_ONNX_TYPES.get(inputs[0].type, inputs[0].type)] if inputs else [],
+            [len(inputs[0].shape)] if inputs else [],
+            float_only=True,
+        )
         if outputs[0].type != "tensor(float)":
-            raise HappysadError(f"{path}: the model's output is {outputs[0].type}, not a float tensor; "
-                                "export it again with happysad-export")
+            raise HappysadError(
+                f"{path}: the model's output is {outputs[0].type}, not a float tensor; "
+                "export it again with happysad-export"
+            )
         inp = inputs[0]
         self._in_name = inp.name
         shape = [d if isinstance(d, int) else 1 for d in inp.shape]
@@ -298,8 +321,7 @@ class OnnxBackend(Backend):
         return self._outputs[0][0].astype(np.float32)
 
 
-def load_backend(path: str | os.PathLike, threads: int | None = None,
-                 backend: str | None = None) -> Backend:
+def load_backend(path: str | os.PathLike, threads: int | None = None, backend: str | None = None) -> Backend:
     """Load a model file with the right interpreter.
 
     Args:
@@ -320,8 +342,11 @@ def load_backend(path: str | os.PathLike, threads: int | None = None,
         # onnxruntime spins up every thread asked for (10,000 hang the
         # process); more threads than cores never run faster.
         import sys
-        print(f"happysad: warning: --threads {threads} is more than this machine's {cores} cores; "
-              f"using {cores}", file=sys.stderr)
+
+        print(
+            f"happysad: warning: --threads {threads} is more than this machine's {cores} cores; using {cores}",
+            file=sys.stderr,
+        )
         threads = cores
     if backend is not None and backend not in BACKENDS:
         raise HappysadError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")

@@ -4,6 +4,7 @@ configs (``face_detection_short_range.pbtxt``, ``face_detection_full_range.pbtxt
 SSD anchors, box and keypoint offsets from the anchor centre, a sigmoid
 score, and MediaPipe's weighted non-maximum suppression.
 """
+
 from __future__ import annotations
 
 import math
@@ -52,16 +53,16 @@ def ssd_anchors(spec: AnchorSpec) -> np.ndarray:
             j += 1
         per_cell = (j - i) * (2 if spec.interpolated else 1)
         cells = math.ceil(spec.input_size / strides[i])
-        ys, xs = np.meshgrid((np.arange(cells) + 0.5) / cells, (np.arange(cells) + 0.5) / cells,
-                             indexing="ij")
+        ys, xs = np.meshgrid((np.arange(cells) + 0.5) / cells, (np.arange(cells) + 0.5) / cells, indexing="ij")
         centres = np.stack([xs.ravel(), ys.ravel()], axis=1)
         out.append(np.repeat(centres, per_cell, axis=0))
         i = j
     return np.concatenate(out).astype(np.float32)
 
 
-def decode_blazeface(regressors: np.ndarray, scores: np.ndarray, anchors: np.ndarray,
-                     input_size: int, min_score: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def decode_blazeface(
+    regressors: np.ndarray, scores: np.ndarray, anchors: np.ndarray, input_size: int, min_score: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Boxes, keypoints and scores from BlazeFace's raw outputs (MediaPipe's
     ``TensorsToDetectionsCalculator``, ``reverse_output_order: true``).
 
@@ -96,8 +97,9 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area(box) + area(boxes) - inter, 1e-9)
 
 
-def weighted_nms(boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray,
-                 iou_threshold: float = 0.3) -> list[tuple[np.ndarray, np.ndarray, float]]:
+def weighted_nms(
+    boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.3
+) -> list[tuple[np.ndarray, np.ndarray, float]]:
     """MediaPipe's ``NonMaxSuppressionCalculator`` with ``algorithm: WEIGHTED``.
 
     The best remaining box and every box overlapping it by more than
@@ -140,11 +142,17 @@ class BlazeFaceDetector:
             missing or fails its sha256 check.
     """
 
-    def __init__(self, variant: str = "blazeface", score_threshold: float | None = None,
-                 threads: int | None = None, min_size: int = 16):
+    def __init__(
+        self,
+        variant: str = "blazeface",
+        score_threshold: float | None = None,
+        threads: int | None = None,
+        min_size: int = 16,
+    ):
         import importlib
 
         from .backends import _TFLITE_MODULES, default_backend
+
         model, self.spec = BLAZEFACE[variant]
         self.name = variant
         module = importlib.import_module(_TFLITE_MODULES[default_backend("tflite")])
@@ -174,13 +182,17 @@ class BlazeFaceDetector:
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
         ox, oy = (n - nw) // 2, (n - nh) // 2
         box = np.zeros((n, n, 3), np.uint8)
-        box[oy:oy + nh, ox:ox + nw] = cv2.resize(_bgr(image), (nw, nh), interpolation=cv2.INTER_AREA)
+        box[oy : oy + nh, ox : ox + nw] = cv2.resize(_bgr(image), (nw, nh), interpolation=cv2.INTER_AREA)
         x = cv2.cvtColor(box, cv2.COLOR_BGR2RGB).astype(np.float32) * np.float32(2 / 255) - 1
         self._interp.set_tensor(self._input, x[None])
         self._interp.invoke()
-        boxes, kps, scores = decode_blazeface(self._interp.get_tensor(self._regressors)[0],
-                                              self._interp.get_tensor(self._scores)[0, :, 0],
-                                              self._anchors, n, self.score_threshold)
+        boxes, kps, scores = decode_blazeface(
+            self._interp.get_tensor(self._regressors)[0],
+            self._interp.get_tensor(self._scores)[0, :, 0],
+            self._anchors,
+            n,
+            self.score_threshold,
+        )
         faces = []
         offset = np.array([ox, oy], np.float32)
         for b, kp, score in weighted_nms(boxes, kps, scores):
@@ -189,6 +201,11 @@ class BlazeFaceDetector:
             x0, y0, x1, y1 = max(0.0, x0), max(0.0, y0), min(float(w), x1), min(float(h), y1)
             if min(x1 - x0, y1 - y0) < self.min_size:
                 continue
-            faces.append(Face((int(round(x0)), int(round(y0)), int(round(x1 - x0)), int(round(y1 - y0))),
-                              score, ((kp * n - offset) / scale).astype(np.float32)))
+            faces.append(
+                Face(
+                    (int(round(x0)), int(round(y0)), int(round(x1 - x0)), int(round(y1 - y0))),
+                    score,
+                    ((kp * n - offset) / scale).astype(np.float32),
+                )
+            )
         return _largest_first(faces)

@@ -7,6 +7,7 @@ MJPEG preview page (``--serve``); a recorded video (``--record``); a CSV
 row per classified face (``--log``). A model file replaced under the
 running loop is verified and switched to between frames.
 """
+
 from __future__ import annotations
 
 import collections
@@ -127,8 +128,9 @@ def _label(frame: np.ndarray, text: str, org: tuple[int, int], color, scale: flo
     x, y = org
     y = max(th + base + 2, y)
     cv2.rectangle(frame, (x, y - th - base - 4), (x + tw + 6, y + 2), color, cv2.FILLED)
-    cv2.putText(frame, text, (x + 3, y - base), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness,
-                cv2.LINE_AA)
+    cv2.putText(
+        frame, text, (x + 3, y - base), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA
+    )
 
 
 #: BGR colours of the preview's labels; other labels take :data:`PALETTE` in turn.
@@ -208,8 +210,14 @@ class ModelWatcher:
         self._stamp = stamp
         old = self.classifier
         try:
-            new = Classifier(old.path, self._threads, self._backend, detector=old._detector,
-                             min_confidence=old.min_confidence, tta=old.tta)
+            new = Classifier(
+                old.path,
+                self._threads,
+                self._backend,
+                detector=old._detector,
+                min_confidence=old.min_confidence,
+                tta=old.tta,
+            )
             h, w = new.metadata.image_size
             channels = channels_of(new.metadata.color)
             # It must run, not only load: the edge cases of the input range
@@ -219,12 +227,15 @@ class ModelWatcher:
                     raise HappysadError(f"{old.path}: the new model gives a non-finite score")
         except Exception as exc:  # whatever a bad file raises, the running model stays
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            print(f"refused the new model file: {reason}; still running the previous one",
-                  file=sys.stderr, flush=True)
+            print(f"refused the new model file: {reason}; still running the previous one", file=sys.stderr, flush=True)
             return None
         self.classifier = new
-        print(f"switched to the new model file {old.path} ({new.metadata.extra.get('format', '?')}, "
-              f"exported {new.metadata.extra.get('exported_at', '?')})", file=sys.stderr, flush=True)
+        print(
+            f"switched to the new model file {old.path} ({new.metadata.extra.get('format', '?')}, "
+            f"exported {new.metadata.extra.get('exported_at', '?')})",
+            file=sys.stderr,
+            flush=True,
+        )
         return new
 
 
@@ -243,8 +254,9 @@ class Recorder:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*fourcc), fps or 15.0, size)
         if not self._writer.isOpened():
-            raise HappysadError(f"--record {path}: cannot write video here; use a .avi or .mp4 "
-                                "file in a writable folder")
+            raise HappysadError(
+                f"--record {path}: cannot write video here; use a .avi or .mp4 file in a writable folder"
+            )
 
     def write(self, frame: np.ndarray) -> None:
         self._writer.write(frame)
@@ -272,20 +284,41 @@ class FaceLog:
         self._csv = csv.writer(self._fh)
         self.failing = False
         if new:
-            self._guarded(lambda: self._csv.writerow(["time", "frame", "label", "confidence",
-                                                      *(f"score_{name}" for name in self.labels),
-                                                      "x", "y", "w", "h"]))
+            self._guarded(
+                lambda: self._csv.writerow(
+                    [
+                        "time",
+                        "frame",
+                        "label",
+                        "confidence",
+                        *(f"score_{name}" for name in self.labels),
+                        "x",
+                        "y",
+                        "w",
+                        "h",
+                    ]
+                )
+            )
 
     def write(self, frame_no: int, results: list[Prediction]) -> None:
         """Append the rows; a full disk or an I/O error is reported once on
         stderr (and again when it clears), and the camera loop goes on."""
-        now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+        now = _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
 
         def rows():
             for r in results:
                 box = list(r.face) if r.face else ["", "", "", ""]
-                self._csv.writerow([now, frame_no, r.label, f"{r.confidence:.4f}",
-                                    *(f"{r.scores.get(name, 0.0):.4f}" for name in self.labels), *box])
+                self._csv.writerow(
+                    [
+                        now,
+                        frame_no,
+                        r.label,
+                        f"{r.confidence:.4f}",
+                        *(f"{r.scores.get(name, 0.0):.4f}" for name in self.labels),
+                        *box,
+                    ]
+                )
+
         if results:  # a frame with no face writes nothing, and proves nothing about the disk
             self._guarded(rows)
 
@@ -296,8 +329,11 @@ class FaceLog:
             write()
         except OSError as exc:
             if not self.failing:
-                print(f"--log: cannot write ({exc.strerror or exc}); rows are lost until it can, "
-                      "the camera goes on", file=sys.stderr, flush=True)
+                print(
+                    f"--log: cannot write ({exc.strerror or exc}); rows are lost until it can, the camera goes on",
+                    file=sys.stderr,
+                    flush=True,
+                )
             self.failing = True
         else:
             if self.failing:
@@ -311,8 +347,9 @@ class FaceLog:
             pass
 
 
-def _classify_frame(clf: Classifier, frame, options: CameraOptions,
-                    tracker: FaceTracker) -> tuple[list[Prediction], float]:
+def _classify_frame(
+    clf: Classifier, frame, options: CameraOptions, tracker: FaceTracker
+) -> tuple[list[Prediction], float]:
     """The frame's predictions and the detection time (ms, 0 with --no-face
     and on frames that held the last faces)."""
     if options.no_face:
@@ -325,6 +362,7 @@ def _record_model(metrics, clf: Classifier) -> None:
     """The model in use, as the metrics' info (sha256 of the file loaded)."""
     from . import __version__
     from .verify import file_digest
+
     try:
         digest = file_digest(clf.path)[1]
     except HappysadError:
@@ -342,8 +380,7 @@ def _stage_ms(results: list[Prediction], capture_ms: float, detect_ms: float, to
     return {k: round(v, 3) for k, v in ms.items()}
 
 
-def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=None,
-        backend=None) -> dict:
+def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=None, backend=None) -> dict:
     """Classify frames from ``options.source`` until it ends or is stopped.
 
     SIGINT and SIGTERM end the loop between frames; the camera is released
@@ -366,8 +403,7 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
     headless = options.headless
     why = None if headless else display_available()
     if why:
-        print(f"note: no window: {why}; printing one JSON line per frame (use --headless "
-              "to say so)", file=sys.stderr)
+        print(f"note: no window: {why}; printing one JSON line per frame (use --headless to say so)", file=sys.stderr)
         headless = True
     server = recorder = log = metrics = None
     stop = []
@@ -389,6 +425,7 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
     try:
         if options.metrics:
             from .metrics_server import MetricsServer
+
             metrics = MetricsServer(*parse_address(options.metrics), clf.labels)
             _record_model(metrics, clf)
             print(f"metrics: http://{metrics.address[0]}:{metrics.address[1]}/metrics", file=sys.stderr, flush=True)
@@ -404,11 +441,19 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
                 break
             capture_ms = (time.perf_counter() - t0) * 1e3
             if frames == 0:
-                asked = (f" (asked {options.width or '-'}x{options.height or '-'}"
-                         + (f" at {options.fps:g} FPS)" if options.fps else ")")
-                         if options.width or options.height or options.fps else "")
-                print(f"source {options.source}: {frame.shape[1]}x{frame.shape[0]}"
-                      + (f" at {capture.fps:g} FPS" if capture.fps else "") + asked, file=sys.stderr, flush=True)
+                asked = (
+                    f" (asked {options.width or '-'}x{options.height or '-'}"
+                    + (f" at {options.fps:g} FPS)" if options.fps else ")")
+                    if options.width or options.height or options.fps
+                    else ""
+                )
+                print(
+                    f"source {options.source}: {frame.shape[1]}x{frame.shape[0]}"
+                    + (f" at {capture.fps:g} FPS" if capture.fps else "")
+                    + asked,
+                    file=sys.stderr,
+                    flush=True,
+                )
             new = watcher.poll()
             if new is not None:
                 clf = new
@@ -426,8 +471,11 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
                 if metrics:
                     metrics.error()
                 if errors <= 3 or errors % 1000 == 0:
-                    print(f"frame {frames + 1}: {str(exc).splitlines()[0]} ({errors} errors so far)",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"frame {frames + 1}: {str(exc).splitlines()[0]} ({errors} errors so far)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 results = []
             frames += 1
             with_face += bool(results) and not options.no_face
@@ -440,8 +488,13 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
             if metrics:
                 metrics.observe(results, ms, capture.dropped, capture.reconnects)
             if headless:
-                record = {"frame": frames, "faces": [r.to_dict() for r in results], "fps": round(fps, 2),
-                          "dropped": capture.dropped, "ms": ms}
+                record = {
+                    "frame": frames,
+                    "faces": [r.to_dict() for r in results],
+                    "fps": round(fps, 2),
+                    "dropped": capture.dropped,
+                    "ms": ms,
+                }
                 out.write(json.dumps(record) + "\n")
                 out.flush()
             if server or options.record or not headless:
@@ -467,7 +520,13 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
             cv2.destroyAllWindows()
         out.flush()
     seconds = time.perf_counter() - start
-    return {"frames": frames, "frames_with_face": with_face, "errors": errors, "dropped": capture.dropped,
-            "stopped_by_signal": bool(stop),
-            "reconnects": capture.reconnects, "seconds": round(seconds, 3),
-            "fps": round(frames / seconds, 2) if seconds > 0 else 0.0}
+    return {
+        "frames": frames,
+        "frames_with_face": with_face,
+        "errors": errors,
+        "dropped": capture.dropped,
+        "stopped_by_signal": bool(stop),
+        "reconnects": capture.reconnects,
+        "seconds": round(seconds, 3),
+        "fps": round(frames / seconds, 2) if seconds > 0 else 0.0,
+    }

@@ -1,4 +1,5 @@
 """Load a model once, classify many images or frames."""
+
 from __future__ import annotations
 
 import os
@@ -54,14 +55,17 @@ class Prediction:
     def to_dict(self) -> dict:
         """JSON-ready dict: label, confidence, scores, basis, face (list or
         null), face_score, keypoints (list of [x, y] or null), ms."""
-        kp = None if self.keypoints is None else [[round(float(x), 1), round(float(y), 1)]
-                                                   for x, y in self.keypoints]
-        return {"label": self.label, "confidence": round(self.confidence, 6),
-                "scores": {k: round(v, 6) for k, v in self.scores.items()},
-                "basis": self.basis,
-                "face": list(self.face) if self.face is not None else None,
-                "face_score": None if self.face_score is None else round(self.face_score, 4),
-                "keypoints": kp, "ms": round(self.timings.get("total", 0.0), 3)}
+        kp = None if self.keypoints is None else [[round(float(x), 1), round(float(y), 1)] for x, y in self.keypoints]
+        return {
+            "label": self.label,
+            "confidence": round(self.confidence, 6),
+            "scores": {k: round(v, 6) for k, v in self.scores.items()},
+            "basis": self.basis,
+            "face": list(self.face) if self.face is not None else None,
+            "face_score": None if self.face_score is None else round(self.face_score, 4),
+            "keypoints": kp,
+            "ms": round(self.timings.get("total", 0.0), 3),
+        }
 
 
 def read_metadata(path: str | os.PathLike) -> ModelMetadata:
@@ -74,6 +78,7 @@ def read_metadata(path: str | os.PathLike) -> ModelMetadata:
     if fmt == "tflite":
         return read_tflite_metadata(path)
     from .backends import OnnxBackend
+
     return _onnx_metadata(OnnxBackend(path), path)
 
 
@@ -117,9 +122,15 @@ class Classifier:
         ValueError: ``min_confidence`` or ``tta`` is not one of the values above.
     """
 
-    def __init__(self, model_path: str | os.PathLike, threads: int | None = None,
-                 backend: str | None = None, detector=DEFAULT_DETECTOR,
-                 min_confidence: float | str | None = None, tta: str = "none"):
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        threads: int | None = None,
+        backend: str | None = None,
+        detector=DEFAULT_DETECTOR,
+        min_confidence: float | str | None = None,
+        tta: str = "none",
+    ):
         if tta not in TTA_MODES:
             raise ValueError(f"tta={tta!r} is not one of {TTA_MODES}")
         self.path = Path(model_path)
@@ -131,13 +142,17 @@ class Classifier:
         channels = channels_of(self.metadata.color)
         expected = (*self.metadata.image_size, channels)
         if tuple(self.backend.input_shape[1:]) != expected:
-            raise HappysadError(f"{self.path}: model input {self.backend.input_shape[1:]} does not "
-                                f"match its metadata {expected}; re-export the model")
+            raise HappysadError(
+                f"{self.path}: model input {self.backend.input_shape[1:]} does not "
+                f"match its metadata {expected}; re-export the model"
+            )
         units = 1 if self.metadata.output == "sigmoid" else len(self.metadata.labels)
         if tuple(self.backend.output_shape) not in ((1, units), (units,)):
-            raise HappysadError(f"{self.path}: model output {self.backend.output_shape} does not give "
-                                f"{units} {self.metadata.output} score{'s' * (units > 1)} for "
-                                f"{len(self.metadata.labels)} labels; re-export the model")
+            raise HappysadError(
+                f"{self.path}: model output {self.backend.output_shape} does not give "
+                f"{units} {self.metadata.output} score{'s' * (units > 1)} for "
+                f"{len(self.metadata.labels)} labels; re-export the model"
+            )
         self.labels = self.metadata.labels
         if min_confidence == "auto":
             min_confidence = self.metadata.min_confidence
@@ -162,11 +177,14 @@ class Classifier:
         try:
             out = self.backend.run(pixels)
         except Exception as exc:  # interpreters raise their own types
-            raise HappysadError(f"{self.path}: the model fails its first inference "
-                                f"({type(exc).__name__}); export it again") from None
+            raise HappysadError(
+                f"{self.path}: the model fails its first inference ({type(exc).__name__}); export it again"
+            ) from None
         if not np.all(np.isfinite(out)):
-            raise HappysadError(f"{self.path}: the model gives a non-finite score (NaN or infinity); "
-                                "its weights are broken; export it again")
+            raise HappysadError(
+                f"{self.path}: the model gives a non-finite score (NaN or infinity); "
+                "its weights are broken; export it again"
+            )
 
     @property
     def detector(self):
@@ -215,8 +233,7 @@ class Classifier:
         confidence = float(scores[idx])
         return (UNCERTAIN if confidence < self.min_confidence else self.labels[idx]), confidence
 
-    def classify(self, image: np.ndarray, face: Box | Face | None = None,
-                 timings: dict | None = None) -> Prediction:
+    def classify(self, image: np.ndarray, face: Box | Face | None = None, timings: dict | None = None) -> Prediction:
         """Classify a whole image (or an already cropped face).
 
         Args:
@@ -239,10 +256,15 @@ class Classifier:
         ms["inference"] = (t2 - t1) * 1e3
         ms["total"] = ms.get("detect", 0.0) + ms.get("crop", 0.0) + (time.perf_counter() - t0) * 1e3
         f = Face.of(face) if face is not None else None
-        return Prediction(label, confidence,
-                          {name: float(v) for name, v in zip(self.labels, s)},
-                          f.box if f else None, ms, f.keypoints if f else None,
-                          f.score if f and f.keypoints is not None else None)
+        return Prediction(
+            label,
+            confidence,
+            {name: float(v) for name, v in zip(self.labels, s)},
+            f.box if f else None,
+            ms,
+            f.keypoints if f else None,
+            f.score if f and f.keypoints is not None else None,
+        )
 
     def classify_faces(self, frame: np.ndarray, largest_only: bool = True) -> list[Prediction]:
         """Detect faces in a frame and classify each (or the largest).
@@ -275,8 +297,9 @@ class Classifier:
     def crop_face(self, frame: np.ndarray, face: Face | Box) -> np.ndarray:
         """The face cut out, levelled and framed as this model's metadata
         says (``face_margin``, ``face_shift``): :func:`edge.faces.face_crop`."""
-        return face_crop(frame, Face.of(face), self.metadata.image_size, self.metadata.face_margin,
-                         self.metadata.face_shift)
+        return face_crop(
+            frame, Face.of(face), self.metadata.image_size, self.metadata.face_margin, self.metadata.face_shift
+        )
 
     def classify_boxes(self, frame: np.ndarray, faces: list, detect_ms: float = 0.0) -> list[Prediction]:
         """Classify each detected face of a frame.
@@ -299,8 +322,7 @@ class Classifier:
             results.append(self.classify(region, face=face, timings={"detect": detect_ms, "crop": crop_ms}))
         return results
 
-    def classify_photo(self, image: np.ndarray, faces: str = "largest",
-                       no_face: str = "whole") -> list[Prediction]:
+    def classify_photo(self, image: np.ndarray, faces: str = "largest", no_face: str = "whole") -> list[Prediction]:
         """Classify a photo the way ``happysad-edge classify`` does.
 
         An image no larger than the model input is taken as a face crop

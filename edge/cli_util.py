@@ -4,15 +4,15 @@ Exit codes: 0 success, 1 a problem with an input (message names it),
 2 a usage error (unknown flag, bad value, a path that does not exist),
 130 interrupted.
 """
+
 from __future__ import annotations
 
 import argparse
 import signal
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from .errors import HappysadError
-
 
 #: Packages only the workstation extra (``happysad[train]``) installs.
 WORKSTATION_MODULES = ("tensorflow", "keras", "tf2onnx", "onnx", "matplotlib", "tensorboard", "tqdm", "sympy")
@@ -35,6 +35,7 @@ class Progress:
 
     def __init__(self, total: int, desc: str, stream=None):
         import time
+
         self._time = time.monotonic
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = total > 1 and bool(getattr(self.stream, "isatty", lambda: False)())
@@ -56,8 +57,10 @@ class Progress:
 
 
 def _needs_workstation(module: str) -> str:
-    return (f"needs {module}, which the edge install leaves out; on a workstation "
-            "install it with: pip install 'happysad[train]'")
+    return (
+        f"needs {module}, which the edge install leaves out; on a workstation "
+        "install it with: pip install 'happysad[train]'"
+    )
 
 
 def require_workstation() -> None:
@@ -67,6 +70,7 @@ def require_workstation() -> None:
         HappysadError: one of them is missing (an edge-only install).
     """
     import importlib.util
+
     for name in ("tensorflow", "keras"):
         try:
             found = importlib.util.find_spec(name) is not None
@@ -83,8 +87,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action):
         # Identity, not equality: a default of 0 or 0.0 is worth showing.
-        if (action.default is None or action.default is False or action.default is argparse.SUPPRESS
-                or isinstance(action, argparse._VersionAction)):
+        if (
+            action.default is None
+            or action.default is False
+            or action.default is argparse.SUPPRESS
+            or isinstance(action, argparse._VersionAction)
+        ):
             return action.help
         return super()._get_help_string(action)
 
@@ -97,6 +105,7 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         if kwargs.get("add_help", True):  # subcommand parsers are built with add_help too; one --version is enough
             from . import __version__
+
             self.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
 
     def error(self, message):  # noqa: D401 - argparse API
@@ -125,8 +134,7 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def run_main(prog: str, body: Callable[[Sequence[str] | None], int],
-             argv: Sequence[str] | None = None) -> int:
+def run_main(prog: str, body: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Run a command's body, turning known failures into one-line errors.
 
     Returns:
@@ -163,6 +171,7 @@ def run_main(prog: str, body: Callable[[Sequence[str] | None], int],
             print(f"{prog}: interrupted", file=sys.stderr)
             return 130
         from .images import display_path
+
         where = f"{display_path(exc.filename)}: " if exc.filename is not None else ""
         print(f"{prog}: error: {where}{exc.strerror or exc}; check the path", file=sys.stderr)
         return 1

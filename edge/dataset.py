@@ -6,6 +6,7 @@ for in the order asked. A split file
 (``RUN_DIR/split.json``, written by happysad-train) lists each part's files
 relative to its data folder, with each file's sha256.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,8 +43,9 @@ def class_folders(data_dir: str | os.PathLike, classes=None, minimum: int = 2) -
             raise HappysadError(f"{data_dir}: no class folder {', '.join(missing)} (it has {', '.join(labels)})")
         labels = list(classes)
     if len(labels) < minimum:
-        raise HappysadError(f"{data_dir}: found {len(labels)} class folders {labels}, need at least "
-                            f"{minimum}; {layout}")
+        raise HappysadError(
+            f"{data_dir}: found {len(labels)} class folders {labels}, need at least {minimum}; {layout}"
+        )
     return labels
 
 
@@ -88,8 +90,9 @@ def read_split(path: str | os.PathLike, data_dir: str | os.PathLike | None = Non
         if not root.is_dir() and isinstance(absolute, str) and Path(absolute).is_dir():
             root = Path(absolute)
     if not root.is_dir():
-        raise HappysadError(f"{root}: the split's data folder is not there; pass the folder that holds "
-                            "the images with --data-root")
+        raise HappysadError(
+            f"{root}: the split's data folder is not there; pass the folder that holds the images with --data-root"
+        )
     split["data_dir"] = str(root)
     return split
 

@@ -1,4 +1,5 @@
 """``happysad-edge doctor``: what this device has, and a fix for each problem."""
+
 from __future__ import annotations
 
 import importlib
@@ -52,16 +53,27 @@ def checks(source: str = "0") -> list[tuple[str, str, str]]:
     """
     lines = []
     bits = struct.calcsize("P") * 8
-    lines.append(("ok", "python", f"{platform.python_version()} on {platform.machine()} ({bits}-bit), "
-                                  f"{platform.system()} {platform.release()}"))
+    lines.append(
+        (
+            "ok",
+            "python",
+            f"{platform.python_version()} on {platform.machine()} ({bits}-bit), "
+            f"{platform.system()} {platform.release()}",
+        )
+    )
     import numpy as np
+
     lines.append(("ok", "numpy", np.__version__))
     interpreters = []
     for module, dist, fix in (
-            ("ai_edge_litert.interpreter", "ai-edge-litert", "pip install ai-edge-litert==2.3.0 (64-bit OS)"),
-            ("tflite_runtime.interpreter", "tflite-runtime",
-             "pip install tflite-runtime==2.14.0 'numpy<2' (32-bit Raspberry Pi OS only)"),
-            ("onnxruntime", "onnxruntime", "pip install onnxruntime==1.31.1 (for .onnx models)")):
+        ("ai_edge_litert.interpreter", "ai-edge-litert", "pip install ai-edge-litert==2.3.0 (64-bit OS)"),
+        (
+            "tflite_runtime.interpreter",
+            "tflite-runtime",
+            "pip install tflite-runtime==2.14.0 'numpy<2' (32-bit Raspberry Pi OS only)",
+        ),
+        ("onnxruntime", "onnxruntime", "pip install onnxruntime==1.31.1 (for .onnx models)"),
+    ):
         try:
             importlib.import_module(module)
             interpreters.append(dist)
@@ -72,18 +84,31 @@ def checks(source: str = "0") -> list[tuple[str, str, str]]:
             else:
                 lines.append(("note", dist, f"not usable ({type(exc).__name__}); {fix}"))
     if not interpreters:
-        lines.append(("FAIL", "interpreter", "no interpreter imports; pip install ai-edge-litert==2.3.0 "
-                                             "(64-bit) or tflite-runtime==2.14.0 'numpy<2' (32-bit)"))
+        lines.append(
+            (
+                "FAIL",
+                "interpreter",
+                "no interpreter imports; pip install ai-edge-litert==2.3.0 "
+                "(64-bit) or tflite-runtime==2.14.0 'numpy<2' (32-bit)",
+            )
+        )
     elif not {"ai-edge-litert", "tflite-runtime"} & set(interpreters):
         lines.append(("note", "interpreter", "only onnxruntime: .tflite models will not run"))
     flags = cpu_flags()
     found = [f"{flag} ({meaning})" for flag, meaning in INT8_FLAGS.items() if flag in flags]
-    lines.append(("ok" if found else "note", "cpu features", "; ".join(found) or "none of "
-                  + ", ".join(INT8_FLAGS) + " (int8 runs, without fast dot products)"))
+    lines.append(
+        (
+            "ok" if found else "note",
+            "cpu features",
+            "; ".join(found) or "none of " + ", ".join(INT8_FLAGS) + " (int8 runs, without fast dot products)",
+        )
+    )
     try:
         import cv2
+
         lines.append(("ok", "opencv", cv2.__version__))
         from .faces import DETECTORS, make_detector
+
         for name in DETECTORS:
             make_detector(name, fallback=False)
         lines.append(("ok", "face detectors", ", ".join(DETECTORS) + " load (models pass their sha256)"))
@@ -96,11 +121,15 @@ def checks(source: str = "0") -> list[tuple[str, str, str]]:
 def _camera_line(source: str) -> tuple[str, str, str]:
     from .errors import HappysadError
     from .sources import open_source
+
     try:
         src = open_source(source)
     except HappysadError as exc:
-        fix = ("connect a camera (ls /dev/video*), enable it in raspi-config, or use --source picamera"
-               if source.isdigit() else "check --source")
+        fix = (
+            "connect a camera (ls /dev/video*), enable it in raspi-config, or use --source picamera"
+            if source.isdigit()
+            else "check --source"
+        )
         return "FAIL", f"camera {source}", f"does not open ({str(exc).split(';')[0]}); {fix}"
     try:
         frame = src.read()

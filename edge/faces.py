@@ -6,6 +6,7 @@ Every detector returns :class:`Face` records in pixels of the image it was
 given, largest first. The DNN detectors also give keypoints (the eyes first),
 which :func:`face_crop` uses to level the face before cropping.
 """
+
 from __future__ import annotations
 
 import math
@@ -55,7 +56,7 @@ class Face:
     keypoints: np.ndarray | None = None
 
     @classmethod
-    def of(cls, face: "Face | Box") -> "Face":
+    def of(cls, face: Face | Box) -> Face:
         """``face`` itself, or a bare (x, y, w, h) box as a Face without keypoints."""
         return face if isinstance(face, Face) else cls(tuple(face))
 
@@ -68,15 +69,18 @@ def asset_path(name: str) -> Path:
             :data:`ASSET_SHA256` (a damaged or replaced install).
     """
     import hashlib  # here, not at import: OpenSSL's libcrypto adds 4 MB to every edge process
+
     path = ASSETS / name
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise HappysadError(f"{path}: face detector model missing ({exc.strerror or exc}); "
-                            "reinstall happysad") from None
+        raise HappysadError(
+            f"{path}: face detector model missing ({exc.strerror or exc}); reinstall happysad"
+        ) from None
     if hashlib.sha256(data).hexdigest() != ASSET_SHA256[name]:
-        raise HappysadError(f"{path}: face detector model fails its sha256 check (damaged or "
-                            "replaced); reinstall happysad")
+        raise HappysadError(
+            f"{path}: face detector model fails its sha256 check (damaged or replaced); reinstall happysad"
+        )
     return path
 
 
@@ -115,13 +119,11 @@ class HaarDetector:
 
     name = "haar"
 
-    def __init__(self, min_size: int = 32, detect_width: int = 640,
-                 scale_factor: float = 1.1, min_neighbors: int = 5):
+    def __init__(self, min_size: int = 32, detect_width: int = 640, scale_factor: float = 1.1, min_neighbors: int = 5):
         data_dir = getattr(getattr(cv2, "data", None), "haarcascades", "")
         path = os.path.join(data_dir, CASCADE)
         if not data_dir or not os.path.isfile(path) or not hasattr(cv2, "CascadeClassifier"):
-            raise HappysadError("OpenCV's Haar face cascade is missing: "
-                                "pip install opencv-python-headless==4.14.0.94")
+            raise HappysadError("OpenCV's Haar face cascade is missing: pip install opencv-python-headless==4.14.0.94")
         self._cascade = cv2.CascadeClassifier(path)
         if self._cascade.empty():
             raise HappysadError(f"{path}: Haar cascade does not load; reinstall opencv-python-headless")
@@ -139,11 +141,12 @@ class HaarDetector:
         gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         gray, scale = _downscale(gray, self.detect_width)
         min_px = max(1, int(round(self.min_size * scale)))
-        found = self._cascade.detectMultiScale(gray, scaleFactor=self.scale_factor,
-                                               minNeighbors=self.min_neighbors,
-                                               minSize=(min_px, min_px))
-        return _largest_first([Face(tuple(int(round(v / scale)) for v in box))
-                               for box in np.asarray(found).reshape(-1, 4)])
+        found = self._cascade.detectMultiScale(
+            gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(min_px, min_px)
+        )
+        return _largest_first(
+            [Face(tuple(int(round(v / scale)) for v in box)) for box in np.asarray(found).reshape(-1, 4)]
+        )
 
 
 class YuNetDetector:
@@ -167,13 +170,17 @@ class YuNetDetector:
     name = "yunet"
     MODEL = "face_detection_yunet_2023mar.onnx"
 
-    def __init__(self, score_threshold: float = 0.6, nms_threshold: float = 0.3,
-                 detect_width: int = 640, min_size: int = 16):
+    def __init__(
+        self, score_threshold: float = 0.6, nms_threshold: float = 0.3, detect_width: int = 640, min_size: int = 16
+    ):
         if not hasattr(cv2, "FaceDetectorYN"):
-            raise HappysadError("this OpenCV has no FaceDetectorYN (needs 4.8 or newer): "
-                                "pip install opencv-python-headless==4.14.0.94, or use --detector haar")
-        self._net = cv2.FaceDetectorYN.create(str(asset_path(self.MODEL)), "", (320, 320),
-                                              score_threshold, nms_threshold, 5000)
+            raise HappysadError(
+                "this OpenCV has no FaceDetectorYN (needs 4.8 or newer): "
+                "pip install opencv-python-headless==4.14.0.94, or use --detector haar"
+            )
+        self._net = cv2.FaceDetectorYN.create(
+            str(asset_path(self.MODEL)), "", (320, 320), score_threshold, nms_threshold, 5000
+        )
         self._size = (320, 320)
         self.detect_width = detect_width
         self.min_size = min_size
@@ -191,7 +198,7 @@ class YuNetDetector:
             self._size = size
         _, rows = self._net.detect(np.ascontiguousarray(small))
         faces = []
-        for row in ([] if rows is None else rows):
+        for row in [] if rows is None else rows:
             x, y, w, h = (float(v) / scale for v in row[:4])
             if min(w, h) < self.min_size:
                 continue
@@ -201,8 +208,13 @@ class YuNetDetector:
         return _largest_first(faces)
 
 
-def make_detector(name: str = DEFAULT_DETECTOR, min_size: int = 16, detect_width: int = 640,
-                  threads: int | None = None, fallback: bool = True):
+def make_detector(
+    name: str = DEFAULT_DETECTOR,
+    min_size: int = 16,
+    detect_width: int = 640,
+    threads: int | None = None,
+    fallback: bool = True,
+):
     """A face detector by ``--detector`` name.
 
     Args:
@@ -225,11 +237,13 @@ def make_detector(name: str = DEFAULT_DETECTOR, min_size: int = 16, detect_width
             return YuNetDetector(detect_width=detect_width, min_size=min_size)
         if name.startswith("blazeface"):
             from .blazeface import BlazeFaceDetector
+
             return BlazeFaceDetector(name, threads=threads, min_size=min_size)
     except HappysadError as exc:
         if not fallback:
             raise
         import sys
+
         print(f"happysad: warning: {exc}; falling back to --detector haar", file=sys.stderr)
     return HaarDetector(max(min_size, 32), detect_width)
 
@@ -261,9 +275,14 @@ def eye_angle(face: Face) -> float:
     return angle if abs(angle) <= MAX_LEVEL_DEG else 0.0
 
 
-def face_crop(image: np.ndarray, face: Face, input_size: tuple[int, int],
-              margin: float = DEFAULT_FACE_MARGIN, shift: float = DEFAULT_FACE_SHIFT,
-              level: bool = True) -> np.ndarray:
+def face_crop(
+    image: np.ndarray,
+    face: Face,
+    input_size: tuple[int, int],
+    margin: float = DEFAULT_FACE_MARGIN,
+    shift: float = DEFAULT_FACE_SHIFT,
+    level: bool = True,
+) -> np.ndarray:
     """The face as the classifier wants it: levelled, square, framed like the
     training faces.
 

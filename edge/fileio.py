@@ -7,6 +7,7 @@ replaced (the link stays); a FIFO, a character device or a socket is
 written directly, never replaced, since the program reading it would be cut
 off and the user's pipe destroyed.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -69,8 +70,7 @@ def atomic_path(path: str | os.PathLike):
         yield tmp
         os.replace(tmp, path)
     except OSError as exc:
-        raise HappysadError(f"{path}: cannot write ({exc.strerror or exc}); "
-                            "check free space and permissions") from None
+        raise HappysadError(f"{path}: cannot write ({exc.strerror or exc}); check free space and permissions") from None
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()

@@ -1,4 +1,5 @@
 """Finding and decoding image files, with one-line reasons for the bad ones."""
+
 from __future__ import annotations
 
 import contextlib
@@ -92,8 +93,8 @@ def image_dimensions(data: bytes) -> tuple[int, int] | None:
                 i += 1
                 continue
             if marker in _JPEG_SOF:
-                return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
-            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+                return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(data[i + 5 : i + 7], "big")
+            i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
     return None
 
 
@@ -187,16 +188,20 @@ def decode_image(data: np.ndarray, path: str | os.PathLike = "image") -> np.ndar
         raise HappysadError(f"{display_path(path)}: not a decodable image (not a {FORMATS} file)")
     dims = image_dimensions(data.tobytes())
     if dims and dims[0] * dims[1] > MAX_PIXELS:
-        raise HappysadError(f"{display_path(path)}: {dims[0]}x{dims[1]} pixels is over the "
-                            f"{MAX_PIXELS // 1_000_000}-megapixel limit; scale the image down first")
+        raise HappysadError(
+            f"{display_path(path)}: {dims[0]}x{dims[1]} pixels is over the "
+            f"{MAX_PIXELS // 1_000_000}-megapixel limit; scale the image down first"
+        )
     try:
         with opencv_errors_only():
             image = cv2.imdecode(data, cv2.IMREAD_COLOR)
     except cv2.error:
         # OpenCV's own gate (OPENCV_IO_MAX_IMAGE_PIXELS) refused a size the
         # header check above could not read, or the decoder failed outright.
-        raise HappysadError(f"{display_path(path)}: not a decodable image (over the "
-                            f"{MAX_PIXELS // 1_000_000}-megapixel limit, or corrupt)") from None
+        raise HappysadError(
+            f"{display_path(path)}: not a decodable image (over the "
+            f"{MAX_PIXELS // 1_000_000}-megapixel limit, or corrupt)"
+        ) from None
     if image is None:
         raise HappysadError(f"{display_path(path)}: not a decodable image (corrupt, truncated or not an image)")
     return image
@@ -228,8 +233,10 @@ def read_image_bytes(path: str | os.PathLike) -> np.ndarray:
         if not stat.S_ISREG(st.st_mode):
             raise HappysadError(f"{shown}: not a regular file (a pipe, device or socket); give an image file")
         if st.st_size > MAX_FILE_BYTES:
-            raise HappysadError(f"{shown}: {st.st_size / 1e6:.0f} MB is over the {MAX_FILE_BYTES // 2**20} MiB "
-                                "limit for an image file; scale the image down first")
+            raise HappysadError(
+                f"{shown}: {st.st_size / 1e6:.0f} MB is over the {MAX_FILE_BYTES // 2**20} MiB "
+                "limit for an image file; scale the image down first"
+            )
         try:
             data = fh.read(MAX_FILE_BYTES + 1)
         except OSError as exc:

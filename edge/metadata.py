@@ -16,6 +16,7 @@ one unit, two labels; ``softmax``: one unit per label, any number of
 labels) and the suggested ``min_confidence``. A reader of version 3 reads
 all three; files of versions 1 and 2 are sigmoid models.
 """
+
 from __future__ import annotations
 
 import io
@@ -99,28 +100,37 @@ class ModelMetadata:
     def to_dict(self) -> dict:
         """The JSON-ready dict, schema name and version included."""
         d = dict(self.extra)
-        d.update({
-            "schema": SCHEMA,
-            # Metadata read from a version-1 file does not know its input
-            # dtype; it is written back as version 1 rather than invent one.
-            "schema_version": SCHEMA_VERSION if self.input_dtype else 1,
-            "labels": list(self.labels),
-            "output": self.output,
-            "input": {"layout": "NHWC", "height": self.image_size[0],
-                      "width": self.image_size[1],
-                      "channels": channels_of(self.color),
-                      "color": self.color, "pixel_range": [0, 255]},
-            "preprocessing": ("edge.preprocess: decode to BGR, convert to "
-                              f"{self.color}, resize with INTER_AREA, keep uint8 0..255; "
-                              "the model divides by 255 itself"),
-            "threshold": self.threshold,
-            "face_margin": self.face_margin,
-            "face_shift": self.face_shift,
-            "min_confidence": self.min_confidence,
-        })
+        d.update(
+            {
+                "schema": SCHEMA,
+                # Metadata read from a version-1 file does not know its input
+                # dtype; it is written back as version 1 rather than invent one.
+                "schema_version": SCHEMA_VERSION if self.input_dtype else 1,
+                "labels": list(self.labels),
+                "output": self.output,
+                "input": {
+                    "layout": "NHWC",
+                    "height": self.image_size[0],
+                    "width": self.image_size[1],
+                    "channels": channels_of(self.color),
+                    "color": self.color,
+                    "pixel_range": [0, 255],
+                },
+                "preprocessing": (
+                    "edge.preprocess: decode to BGR, convert to "
+                    f"{self.color}, resize with INTER_AREA, keep uint8 0..255; "
+                    "the model divides by 255 itself"
+                ),
+                "threshold": self.threshold,
+                "face_margin": self.face_margin,
+                "face_shift": self.face_shift,
+                "min_confidence": self.min_confidence,
+            }
+        )
         if self.input_dtype:
-            d["input"].update({"dtype": self.input_dtype, "scale": self.input_scale,
-                               "zero_point": self.input_zero_point})
+            d["input"].update(
+                {"dtype": self.input_dtype, "scale": self.input_scale, "zero_point": self.input_zero_point}
+            )
         if self.verification is not None:
             d["verification"] = dict(self.verification)
         else:
@@ -128,7 +138,7 @@ class ModelMetadata:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = "metadata") -> "ModelMetadata":
+    def from_dict(cls, d: dict, source: str = "metadata") -> ModelMetadata:
         """Validate and parse the JSON dict.
 
         Raises:
@@ -140,14 +150,20 @@ class ModelMetadata:
                 raise ValueError(f"schema is {d.get('schema')!r}, expected {SCHEMA!r}")
             version = d.get("schema_version")
             if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
-                raise ValueError(f"schema_version {version!r} is not supported "
-                                 f"(this reader knows 1..{SCHEMA_VERSION}); upgrade happysad")
+                raise ValueError(
+                    f"schema_version {version!r} is not supported "
+                    f"(this reader knows 1..{SCHEMA_VERSION}); upgrade happysad"
+                )
             output = d.get("output", "sigmoid") if version >= 3 else "sigmoid"
             if output not in OUTPUTS:
                 raise ValueError(f"output {output!r} is not one of {', '.join(OUTPUTS)}")
             labels = d["labels"]
-            if (not isinstance(labels, list) or not 2 <= len(labels) <= 1000
-                    or not all(isinstance(x, str) and x for x in labels) or len(set(labels)) != len(labels)):
+            if (
+                not isinstance(labels, list)
+                or not 2 <= len(labels) <= 1000
+                or not all(isinstance(x, str) and x for x in labels)
+                or len(set(labels)) != len(labels)
+            ):
                 raise ValueError("labels must be a list of 2 to 1000 distinct names")
             if output == "sigmoid" and len(labels) != 2:
                 raise ValueError(f"a sigmoid model has two labels, not {len(labels)}")
@@ -177,9 +193,21 @@ class ModelMetadata:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             missing = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
             raise HappysadError(f"{source}: bad model metadata ({missing}); re-export the model") from None
-        return cls(tuple(labels), size, color, threshold, margin, extra=dict(d), input_dtype=dtype,
-                   input_scale=scale, input_zero_point=zero_point, verification=verification,
-                   face_shift=shift, output=output, min_confidence=min_conf)
+        return cls(
+            tuple(labels),
+            size,
+            color,
+            threshold,
+            margin,
+            extra=dict(d),
+            input_dtype=dtype,
+            input_scale=scale,
+            input_zero_point=zero_point,
+            verification=verification,
+            face_shift=shift,
+            output=output,
+            min_confidence=min_conf,
+        )
 
 
 def _input_quantization(inp: dict, version: int) -> tuple:
@@ -239,8 +267,10 @@ def decode(raw: bytes, source: str) -> ModelMetadata:
         HappysadError: too large, not JSON, or fails :meth:`ModelMetadata.from_dict`.
     """
     if len(raw) > MAX_METADATA_BYTES:
-        raise HappysadError(f"{source}: model metadata is {len(raw)} bytes, over the "
-                            f"{MAX_METADATA_BYTES}-byte limit; re-export the model")
+        raise HappysadError(
+            f"{source}: model metadata is {len(raw)} bytes, over the "
+            f"{MAX_METADATA_BYTES}-byte limit; re-export the model"
+        )
     try:
         d = json.loads(raw)
     except RecursionError:  # e.g. 100,000 nested brackets: bounded by the interpreter's stack
@@ -299,16 +329,20 @@ def read_tflite_metadata(path: str | Path) -> ModelMetadata:
         with zipfile.ZipFile(path) as zf:
             info = zf.getinfo(TFLITE_MEMBER)
             if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-                raise HappysadError(f"{path}: model metadata is encrypted or compressed with an "
-                                    "unsupported method; re-export the model")
+                raise HappysadError(
+                    f"{path}: model metadata is encrypted or compressed with an unsupported method; re-export the model"
+                )
             if info.file_size > MAX_METADATA_BYTES:
-                raise HappysadError(f"{path}: model metadata is {info.file_size} bytes, over the "
-                                    f"{MAX_METADATA_BYTES}-byte limit; re-export the model")
+                raise HappysadError(
+                    f"{path}: model metadata is {info.file_size} bytes, over the "
+                    f"{MAX_METADATA_BYTES}-byte limit; re-export the model"
+                )
             with zf.open(info) as fh:
                 raw = fh.read(MAX_METADATA_BYTES + 1)
     except (zipfile.BadZipFile, KeyError, EOFError, zipfile.LargeZipFile, NotImplementedError, RuntimeError):
-        raise HappysadError(f"{path}: no happysad metadata in this model file "
-                            "(truncated, or not exported by happysad-export)") from None
+        raise HappysadError(
+            f"{path}: no happysad metadata in this model file (truncated, or not exported by happysad-export)"
+        ) from None
     except OSError as exc:
         raise HappysadError(f"{path}: cannot read ({exc.strerror or exc})") from None
     return decode(raw, str(path))
@@ -326,6 +360,5 @@ def read_onnx_metadata(custom_map: dict, source: str) -> ModelMetadata:
     """
     raw = custom_map.get(ONNX_KEY)
     if raw is None:
-        raise HappysadError(f"{source}: no happysad metadata in this model file "
-                            "(not exported by happysad-export)")
+        raise HappysadError(f"{source}: no happysad metadata in this model file (not exported by happysad-export)")
     return decode(raw.encode(), source)

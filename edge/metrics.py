@@ -1,4 +1,5 @@
 """Classification metrics in plain numpy, shared by training and benchmarks."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,8 +35,12 @@ def classification_metrics(y_true, y_pred, labels: list[str]) -> dict:
         precision = tp / predicted if predicted else 0.0
         recall = tp / support if support else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[name] = {"precision": float(precision), "recall": float(recall),
-                           "f1": float(f1), "support": int(support)}
+        per_class[name] = {
+            "precision": float(precision),
+            "recall": float(recall),
+            "f1": float(f1),
+            "support": int(support),
+        }
     n = int(cm.sum())
     return {
         "n": n,
@@ -181,8 +186,12 @@ def suggest_min_confidence(y_true, probs, threshold: float = 0.5, target: float 
     pred = decide(p, threshold)
     conf = p[np.arange(len(p)), pred] if len(p) else np.zeros(0)
     right = pred == y
-    best = {"min_confidence": 0.0, "accuracy_kept": float(right.mean()) if len(y) else 0.0,
-            "coverage": 1.0, "target": target}
+    best = {
+        "min_confidence": 0.0,
+        "accuracy_kept": float(right.mean()) if len(y) else 0.0,
+        "coverage": 1.0,
+        "target": target,
+    }
     if not len(y) or best["accuracy_kept"] >= target:
         return best
     order = np.argsort(-conf, kind="mergesort")
@@ -194,5 +203,9 @@ def suggest_min_confidence(y_true, probs, threshold: float = 0.5, target: float 
     k = ok[-1]  # the most predictions kept that still meet the target
     t = float(conf[order[k]])
     keep = conf >= t
-    return {"min_confidence": round(t, 4), "accuracy_kept": float(right[keep].mean()),
-            "coverage": float(keep.mean()), "target": target}
+    return {
+        "min_confidence": round(t, 4),
+        "accuracy_kept": float(right[keep].mean()),
+        "coverage": float(keep.mean()),
+        "target": target,
+    }

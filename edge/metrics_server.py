@@ -6,6 +6,7 @@ and reconnects, per-stage latency histograms, and the model in use as an
 info metric. The server runs in its own thread on its own registry and binds
 127.0.0.1 unless told otherwise; it stops with the loop.
 """
+
 from __future__ import annotations
 
 from .errors import HappysadError
@@ -43,17 +44,18 @@ class MetricsServer:
         for name in labels:
             self.labels.labels(label=name)  # present at 0 before the first face
         self.errors = Counter("happysad_frame_errors", "Frames whose classification failed", registry=r)
-        self.dropped = Gauge("happysad_dropped_frames", "Live frames replaced before they were classified",
-                             registry=r)
+        self.dropped = Gauge("happysad_dropped_frames", "Live frames replaced before they were classified", registry=r)
         self.reconnects = Gauge("happysad_reconnects", "Times the source was reopened", registry=r)
-        self.stage = Histogram("happysad_stage_seconds", "Time per frame in each stage", ["stage"],
-                               buckets=BUCKETS, registry=r)
+        self.stage = Histogram(
+            "happysad_stage_seconds", "Time per frame in each stage", ["stage"], buckets=BUCKETS, registry=r
+        )
         self.model = Info("happysad_model", "The model file in use", registry=r)
         try:
             self._server, self._thread = start_http_server(port, addr=host, registry=r)
         except OSError as exc:
-            raise HappysadError(f"--metrics {host}:{port}: cannot listen ({exc.strerror or exc}); "
-                                "pick another port") from None
+            raise HappysadError(
+                f"--metrics {host}:{port}: cannot listen ({exc.strerror or exc}); pick another port"
+            ) from None
         self.address = self._server.server_address[:2]
 
     def set_model(self, path, sha256: str, fmt: str, version: str) -> None:

@@ -5,6 +5,7 @@ Pixels stay uint8 in the range 0..255: every model begins with
 ``Rescaling(1/255)``, so the scaling to 0..1 lives inside the model graph, and
 an int8 model with input scale 1 can take raw pixels with no float math.
 """
+
 from __future__ import annotations
 
 import cv2
@@ -20,8 +21,7 @@ def channels_of(color: str) -> int:
     return 1 if color == "gray" else 3
 
 
-def preprocess(image: np.ndarray, size: tuple[int, int] = (48, 48),
-               color: str = "gray") -> np.ndarray:
+def preprocess(image: np.ndarray, size: tuple[int, int] = (48, 48), color: str = "gray") -> np.ndarray:
     """Turn one image into one model input.
 
     Args:
@@ -50,8 +50,12 @@ def preprocess(image: np.ndarray, size: tuple[int, int] = (48, 48),
         raise HappysadError("expected a uint8 image array; decode the file with edge.load_image first")
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
-    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)) \
-            or image.shape[0] < 1 or image.shape[1] < 1:
+    if (
+        image.ndim not in (2, 3)
+        or (image.ndim == 3 and image.shape[2] not in (3, 4))
+        or image.shape[0] < 1
+        or image.shape[1] < 1
+    ):
         raise HappysadError(f"expected an HxW, HxWx3 or HxWx4 image, got shape {image.shape}")
     if color == "gray":
         if image.ndim == 3:

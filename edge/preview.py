@@ -6,6 +6,7 @@ Routes: ``/`` (a page showing the stream), ``/stream.mjpg`` (the frames as
 ``/snapshot.jpg`` (the newest frame). Every other path is 404. It binds
 127.0.0.1 unless told otherwise, and stops with the camera loop.
 """
+
 from __future__ import annotations
 
 import threading
@@ -44,6 +45,7 @@ def parse_address(text: str) -> tuple[str, int]:
 def is_loopback(host: str) -> bool:
     """True for 127.0.0.0/8, ::1 and ``localhost``: reachable from this machine only."""
     import ipaddress
+
     if host == "localhost":
         return True
     try:
@@ -68,6 +70,7 @@ class PreviewServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 8080, token: str | None = None):
         import hmac
         from urllib.parse import parse_qs, quote
+
         self.token = token
         self._cond = threading.Condition()
         self._jpeg: bytes | None = None
@@ -95,8 +98,11 @@ class PreviewServer:
                 if not self._authorized():
                     self._send(401, "text/plain", b"token required\n")
                 elif path in ("/", "/index.html"):
-                    page = PAGE if token is None else PAGE.replace(
-                        b'"/stream.mjpg"', f'"/stream.mjpg?token={quote(token)}"'.encode())
+                    page = (
+                        PAGE
+                        if token is None
+                        else PAGE.replace(b'"/stream.mjpg"', f'"/stream.mjpg?token={quote(token)}"'.encode())
+                    )
                     self._send(200, "text/html; charset=utf-8", page)
                 elif path == "/snapshot.jpg":
                     jpeg = server.wait_frame(0, timeout=5.0)[0]
@@ -130,8 +136,14 @@ class PreviewServer:
                         jpeg, seq = server.wait_frame(seq, timeout=10.0)
                         if jpeg is None:
                             return
-                        self.wfile.write(b"--" + BOUNDARY + b"\r\nContent-Type: image/jpeg\r\n"
-                                         + f"Content-Length: {len(jpeg)}\r\n\r\n".encode() + jpeg + b"\r\n")
+                        self.wfile.write(
+                            b"--"
+                            + BOUNDARY
+                            + b"\r\nContent-Type: image/jpeg\r\n"
+                            + f"Content-Length: {len(jpeg)}\r\n\r\n".encode()
+                            + jpeg
+                            + b"\r\n"
+                        )
                 except (BrokenPipeError, ConnectionResetError):
                     return
                 finally:
@@ -141,8 +153,9 @@ class PreviewServer:
         try:
             self._httpd = ThreadingHTTPServer((host, port), Handler)
         except OSError as exc:
-            raise HappysadError(f"--serve {host}:{port}: cannot listen ({exc.strerror or exc}); "
-                                "pick another port") from None
+            raise HappysadError(
+                f"--serve {host}:{port}: cannot listen ({exc.strerror or exc}); pick another port"
+            ) from None
         self._httpd.daemon_threads = True
         self.address = self._httpd.server_address[:2]
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="preview", daemon=True)

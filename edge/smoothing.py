@@ -1,5 +1,6 @@
 """Temporal smoothing of each face's scores across frames, so a label does
 not flicker from one frame to the next."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,8 +54,15 @@ class ScoreSmoother:
         label and confidence (boxes and timings unchanged)."""
         if self.alpha <= 0:
             return predictions
-        pairs = sorted(((iou(p.face, t["box"]), i, j) for i, p in enumerate(predictions) if p.face
-                        for j, t in enumerate(self._tracks)), reverse=True)
+        pairs = sorted(
+            (
+                (iou(p.face, t["box"]), i, j)
+                for i, p in enumerate(predictions)
+                if p.face
+                for j, t in enumerate(self._tracks)
+            ),
+            reverse=True,
+        )
         matched_p, matched_t, match = set(), set(), {}
         for overlap, i, j in pairs:
             if overlap < MATCH_IOU:
@@ -72,8 +80,11 @@ class ScoreSmoother:
             tracks.append({"box": p.face, "scores": new, "misses": 0})
             idx = int(decide(new, self.threshold))
             label = UNCERTAIN if new[idx] < self.min_confidence else self.labels[idx]
-            out.append(dataclasses.replace(p, label=label, confidence=float(new[idx]),
-                                           scores=dict(zip(self.labels, map(float, new)))))
+            out.append(
+                dataclasses.replace(
+                    p, label=label, confidence=float(new[idx]), scores=dict(zip(self.labels, map(float, new)))
+                )
+            )
         for j, t in enumerate(self._tracks):
             if j not in matched_t and t["misses"] + 1 < MAX_MISSES:
                 tracks.append({**t, "misses": t["misses"] + 1})

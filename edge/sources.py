@@ -5,10 +5,11 @@ only the newest frame, so the classifier never works on a stale one, and
 that reconnects with backoff when the source stops giving frames. A video
 file is read frame by frame, every frame, and its end is the end of the run.
 """
+
 from __future__ import annotations
 
-import sys
 import queue
+import sys
 import threading
 import time
 from pathlib import Path
@@ -52,20 +53,24 @@ class OpenCVSource(FrameSource):
             with opencv_errors_only():
                 self._cap = cv2.VideoCapture(int(spec))
             if not self._cap.isOpened():
-                raise HappysadError(f"camera {spec} could not be opened; check that it is connected "
-                                    "(ls /dev/video*) or pass a video file with --source")
+                raise HappysadError(
+                    f"camera {spec} could not be opened; check that it is connected "
+                    "(ls /dev/video*) or pass a video file with --source"
+                )
             # Requests: the driver picks the nearest mode it has; the size
             # it gave is read back from the first frame and printed.
-            for prop, value in ((cv2.CAP_PROP_FRAME_WIDTH, width), (cv2.CAP_PROP_FRAME_HEIGHT, height),
-                                (cv2.CAP_PROP_FPS, fps)):
+            for prop, value in (
+                (cv2.CAP_PROP_FRAME_WIDTH, width),
+                (cv2.CAP_PROP_FRAME_HEIGHT, height),
+                (cv2.CAP_PROP_FPS, fps),
+            ):
                 if value:
                     self._cap.set(prop, float(value))
             self.live = True
             return
         self.live = "://" in spec
         if not self.live and not Path(spec).is_file():
-            raise UsageError(f"{spec}: no such video file; pass a camera index, a video file, "
-                                "a stream URL or picamera")
+            raise UsageError(f"{spec}: no such video file; pass a camera index, a video file, a stream URL or picamera")
         self._cap = cv2.VideoCapture(spec)
         if not self._cap.isOpened():
             what = "stream" if self.live else "video file"
@@ -107,20 +112,26 @@ class PicameraSource(FrameSource):
         try:
             from picamera2 import Picamera2
         except ImportError:
-            raise HappysadError("picamera2 is not importable: install python3-picamera2 with apt and "
-                                "create the venv with --system-site-packages (see README)") from None
+            raise HappysadError(
+                "picamera2 is not importable: install python3-picamera2 with apt and "
+                "create the venv with --system-site-packages (see README)"
+            ) from None
         try:
             self._cam = Picamera2()
             # FrameDurationLimits is (min, max) microseconds per frame, libcamera's control.
             controls = {"FrameDurationLimits": (int(1e6 / fps), int(1e6 / fps))} if fps else {}
             config = self._cam.create_preview_configuration(
-                main={"size": (max(1280, size[0]), max(960, size[1]))}, lores={"size": size, "format": "YUV420"},
-                controls=controls)
+                main={"size": (max(1280, size[0]), max(960, size[1]))},
+                lores={"size": size, "format": "YUV420"},
+                controls=controls,
+            )
             self._cam.configure(config)
             self._cam.start()
         except Exception as exc:  # libcamera raises RuntimeError and others
-            raise HappysadError(f"picamera: the camera does not start ({exc}); check the ribbon "
-                                "cable and that no other program holds the camera") from None
+            raise HappysadError(
+                f"picamera: the camera does not start ({exc}); check the ribbon "
+                "cable and that no other program holds the camera"
+            ) from None
 
     def read(self):
         try:
@@ -138,8 +149,9 @@ class PicameraSource(FrameSource):
             pass
 
 
-def open_source(spec: str, width: int | None = None, height: int | None = None,
-                fps: float | None = None) -> FrameSource:
+def open_source(
+    spec: str, width: int | None = None, height: int | None = None, fps: float | None = None
+) -> FrameSource:
     """Open ``spec``: a camera index ("0"), ``picamera``, a stream URL or a video file.
 
     Args:
@@ -206,8 +218,12 @@ class Capture:
         self._source.release()
         for k in range(1, self.reconnect_tries + 1):
             wait = BACKOFF_S[min(k - 1, len(BACKOFF_S) - 1)]
-            print(f"source {self.spec} stopped giving frames; reconnecting in {wait:g} s "
-                  f"(try {k}/{self.reconnect_tries})", file=sys.stderr, flush=True)
+            print(
+                f"source {self.spec} stopped giving frames; reconnecting in {wait:g} s "
+                f"(try {k}/{self.reconnect_tries})",
+                file=sys.stderr,
+                flush=True,
+            )
             if self._stop.wait(wait):
                 return False
             try:
@@ -254,9 +270,11 @@ class Capture:
             if self._stop.is_set() or not self._reopen():
                 with self._lock:
                     if not self._stop.is_set():
-                        self._failed = (f"source {self.spec} gave no frames after "
-                                        f"{self.reconnect_tries} reconnect tries; check the camera "
-                                        "or stream and start again")
+                        self._failed = (
+                            f"source {self.spec} gave no frames after "
+                            f"{self.reconnect_tries} reconnect tries; check the camera "
+                            "or stream and start again"
+                        )
                     self._lock.notify_all()
                 return
 

@@ -7,6 +7,7 @@ model, agreement) go into its metadata, and only a file within
 ``max_drop`` percentage points is renamed to its final name.
 ``manifest.json`` lists each file with its size, sha256 and figures.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,12 +33,24 @@ from edge.metrics import decide, suggest_min_confidence
 from edge.verify import MANIFEST_NAME, file_digest
 
 from . import CALIBRATION_METHODS, CALIBRATIONS, FORMATS, IO_TYPES, MIN_ACCURACY
-from .validate import (VERIFY_SPLIT, compare, file_probabilities, keras_probabilities, missed_by,
-                       onnx_probabilities, output_kind, validation_set)
+from .validate import (
+    VERIFY_SPLIT,
+    compare,
+    file_probabilities,
+    keras_probabilities,
+    missed_by,
+    onnx_probabilities,
+    output_kind,
+    validation_set,
+)
 
-FILENAMES = {"tflite-float32": "model_float32.tflite", "tflite-float16": "model_float16.tflite",
-             "tflite-int8": "model_int8.tflite", "onnx-float32": "model_float32.onnx",
-             "onnx-int8": "model_int8.onnx"}
+FILENAMES = {
+    "tflite-float32": "model_float32.tflite",
+    "tflite-float16": "model_float16.tflite",
+    "tflite-int8": "model_int8.tflite",
+    "onnx-float32": "model_float32.onnx",
+    "onnx-int8": "model_int8.onnx",
+}
 #: Per-layer quantization error reports written by ``--debug-quant``.
 DEBUG_FILENAMES = {"tflite-int8": "quant_debug_tflite_int8.csv", "onnx-int8": "quant_debug_onnx_int8.csv"}
 #: ONNX opset: 17 is run by every onnxruntime release of the last three years.
@@ -117,11 +130,13 @@ def load_run(run_dir: Path):
     metrics = read_json(run_dir / "metrics.json", "metrics file") if (run_dir / "metrics.json").is_file() else {}
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
+
     try:
         model = keras.saving.load_model(model_path, safe_mode=True, compile=False)
     except Exception as exc:  # Keras raises many types for a bad archive
-        raise HappysadError(f"{model_path}: cannot load the Keras model ({type(exc).__name__}); "
-                            "train the run again") from None
+        raise HappysadError(
+            f"{model_path}: cannot load the Keras model ({type(exc).__name__}); train the run again"
+        ) from None
     return model, split, metrics
 
 
@@ -160,28 +175,38 @@ def data_fingerprint(split: dict) -> str:
 def base_metadata(split: dict, metrics: dict, run_dir: Path) -> dict:
     """Fields shared by every exported file's metadata."""
     return {
-        "run": {"name": run_dir.resolve().name, "arch": metrics.get("arch"),
-                "keras_test_accuracy": metrics.get("accuracy"),
-                "keras_test_balanced_accuracy": metrics.get("balanced_accuracy"),
-                # 0.5, or the one --tune-threshold chose on the validation split.
-                "threshold": float(metrics.get("threshold", 0.5)),
-                "data_fingerprint": data_fingerprint(split)},
+        "run": {
+            "name": run_dir.resolve().name,
+            "arch": metrics.get("arch"),
+            "keras_test_accuracy": metrics.get("accuracy"),
+            "keras_test_balanced_accuracy": metrics.get("balanced_accuracy"),
+            # 0.5, or the one --tune-threshold chose on the validation split.
+            "threshold": float(metrics.get("threshold", 0.5)),
+            "data_fingerprint": data_fingerprint(split),
+        },
         "package_version": __version__,
-        "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "exported_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
 
 
-def _metadata(split, extra: dict, fmt: str, quant: dict, io: tuple,
-              verification: dict | None = None) -> ModelMetadata:
+def _metadata(split, extra: dict, fmt: str, quant: dict, io: tuple, verification: dict | None = None) -> ModelMetadata:
     """The metadata of one file; ``io`` is (input dtype name, scale, zero point)."""
     size = tuple(split["image"]["size"])
-    return ModelMetadata(tuple(split["labels"]), size, split["image"]["color"],
-                         extra["run"]["threshold"], DEFAULT_FACE_MARGIN,
-                         extra={**extra, "format": fmt, "quantization": quant},
-                         input_dtype=io[0], input_scale=io[1], input_zero_point=io[2],
-                         verification=verification, face_shift=DEFAULT_FACE_SHIFT,
-                         output=extra["run"]["output"],
-                         min_confidence=extra["run"]["min_confidence"]["min_confidence"])
+    return ModelMetadata(
+        tuple(split["labels"]),
+        size,
+        split["image"]["color"],
+        extra["run"]["threshold"],
+        DEFAULT_FACE_MARGIN,
+        extra={**extra, "format": fmt, "quantization": quant},
+        input_dtype=io[0],
+        input_scale=io[1],
+        input_zero_point=io[2],
+        verification=verification,
+        face_shift=DEFAULT_FACE_SHIFT,
+        output=extra["run"]["output"],
+        min_confidence=extra["run"]["min_confidence"]["min_confidence"],
+    )
 
 
 @contextlib.contextmanager
@@ -227,6 +252,7 @@ def converter_output_held(verbose: bool = False):
 def _tflite_converter(model, kind: str, calib: np.ndarray | None, io_type: str = "int8"):
     """A configured ``tf.lite.TFLiteConverter`` (see :func:`tflite_bytes`)."""
     import tensorflow as tf
+
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
     if kind == "float16":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -235,7 +261,7 @@ def _tflite_converter(model, kind: str, calib: np.ndarray | None, io_type: str =
         if calib is None:
             raise ValueError("int8 conversion needs a representative dataset")
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = lambda: ([calib[i:i + 1]] for i in range(len(calib)))
+        conv.representative_dataset = lambda: ([calib[i : i + 1]] for i in range(len(calib)))
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         dtype = {"int8": tf.int8, "uint8": tf.uint8}[io_type]
         conv.inference_input_type = dtype
@@ -243,8 +269,7 @@ def _tflite_converter(model, kind: str, calib: np.ndarray | None, io_type: str =
     return conv
 
 
-def tflite_bytes(model, kind: str = "float32", calib: np.ndarray | None = None,
-                 io_type: str = "int8") -> bytes:
+def tflite_bytes(model, kind: str = "float32", calib: np.ndarray | None = None, io_type: str = "int8") -> bytes:
     """Convert to a TFLite flatbuffer.
 
     Args:
@@ -291,10 +316,12 @@ def tflite_debug_csv(model, calib: np.ndarray, pixels: np.ndarray, io_type: str 
     import io
 
     import tensorflow as tf
+
     conv = _tflite_converter(model, "int8", calib, io_type)
     data = pixels.astype(np.float32)
     debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=conv, debug_dataset=lambda: ([data[i:i + 1]] for i in range(len(data))))
+        converter=conv, debug_dataset=lambda: ([data[i : i + 1]] for i in range(len(data)))
+    )
     debugger.run()
     out = io.StringIO()
     debugger.layer_statistics_dump(out)
@@ -313,6 +340,7 @@ def onnx_float(model):
 
     import tensorflow as tf
     import tf2onnx
+
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name="image")
     fn = tf.function(lambda image: model(image, training=False))
@@ -326,7 +354,7 @@ def _reader(images: np.ndarray):
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self._it = iter(images[i:i + 1] for i in range(len(images)))
+            self._it = iter(images[i : i + 1] for i in range(len(images)))
 
         def get_next(self):
             x = next(self._it, None)
@@ -346,8 +374,12 @@ ENTROPY_BINS = {"num_bins": 2048, "num_quantized_bins": 128}
 def _ort_method(calibration: str):
     """onnxruntime's CalibrationMethod for one of :data:`export.CALIBRATIONS`."""
     from onnxruntime.quantization import CalibrationMethod
-    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-            "percentile": CalibrationMethod.Percentile}[calibration]
+
+    return {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[calibration]
 
 
 def activation_ranges(model_path: Path, calib: np.ndarray, calibration: str, cache: Path) -> Path:
@@ -366,16 +398,26 @@ def activation_ranges(model_path: Path, calib: np.ndarray, calibration: str, cac
         ``cache``, for ``quantize_static(calibration_cache_path=...)``.
     """
     from onnxruntime.quantization import create_calibrator, save_tensors_data
-    calibrator = create_calibrator(model_path, augmented_model_path=str(cache.with_suffix(".aug.onnx")),
-                                   calibrate_method=_ort_method(calibration),
-                                   extra_options=ENTROPY_BINS if calibration == "entropy" else {})
+
+    calibrator = create_calibrator(
+        model_path,
+        augmented_model_path=str(cache.with_suffix(".aug.onnx")),
+        calibrate_method=_ort_method(calibration),
+        extra_options=ENTROPY_BINS if calibration == "entropy" else {},
+    )
     calibrator.collect_data(_reader(calib))
     save_tensors_data(calibrator.compute_data(), cache)
     return cache
 
 
-def onnx_int8(float_path: Path, out_path: Path, calib: np.ndarray, per_channel: bool = True,
-              calibration: str = "minmax", pre: Path | None = None) -> Path:
+def onnx_int8(
+    float_path: Path,
+    out_path: Path,
+    calib: np.ndarray,
+    per_channel: bool = True,
+    calibration: str = "minmax",
+    pre: Path | None = None,
+) -> Path:
     """Static int8 quantization in QDQ format with onnxruntime.
 
     Shape inference and graph optimization first (``quant_pre_process``), as
@@ -405,14 +447,23 @@ def onnx_int8(float_path: Path, out_path: Path, calib: np.ndarray, per_channel: 
         tensor names the quantized model keeps, for :func:`onnx_debug_csv`.
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_static
+
     if pre is None:
         pre = out_path.with_name(f"{out_path.stem}.pre.onnx")
         quant_pre_process(str(float_path), str(pre))
     ranges = activation_ranges(pre, calib, calibration, out_path.with_name(f"calibration-{calibration}.json"))
-    quantize_static(str(pre), str(out_path), None, quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    per_channel=per_channel, reduce_range=True, calibrate_method=_ort_method(calibration),
-                    calibration_cache_path=str(ranges))
+    quantize_static(
+        str(pre),
+        str(out_path),
+        None,
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=per_channel,
+        reduce_range=True,
+        calibrate_method=_ort_method(calibration),
+        calibration_cache_path=str(ranges),
+    )
     return pre
 
 
@@ -440,9 +491,13 @@ def onnx_debug_csv(float_path: Path, qdq_path: Path, pixels: np.ndarray) -> byte
     import csv
     import io
 
-    from onnxruntime.quantization.qdq_loss_debug import (collect_activations, compute_activation_error,
-                                                         create_activation_matching,
-                                                         modify_model_output_intermediate_tensors)
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_activation_error,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
+
     data = pixels.astype(np.float32)
     f_aug, q_aug = float_path.with_name("float.aug.onnx"), qdq_path.with_name("qdq.aug.onnx")
     modify_model_output_intermediate_tensors(str(float_path), str(f_aug))
@@ -469,21 +524,36 @@ def quantization_record(fmt: str, opts: ExportOptions, samples: int, cache: dict
     if fmt in ("tflite-float32", "onnx-float32"):
         return {"type": "none"}
     if fmt == "tflite-float16":
-        return {"type": "float16 weights", "weights": "float16", "activations": "float32",
-                "input": "float32 pixels 0..255"}
+        return {
+            "type": "float16 weights",
+            "weights": "float16",
+            "activations": "float32",
+            "input": "float32 pixels 0..255",
+        }
     if fmt == "tflite-int8":
         feed = "raw pixels - 128" if opts.io_type == "int8" else "raw pixels"
-        return {"type": "full-integer int8", "weights": "int8, per-channel", "activations": "int8",
-                "input": f"{opts.io_type}, {feed}", "calibration": "MinMax",
-                "calibration_samples": samples}
+        return {
+            "type": "full-integer int8",
+            "weights": "int8, per-channel",
+            "activations": "int8",
+            "input": f"{opts.io_type}, {feed}",
+            "calibration": "MinMax",
+            "calibration_samples": samples,
+        }
     method = cache.get("calibration_chosen", opts.calibration)
-    record = {"type": "static QDQ",
-              "weights": "int8 (7-bit range, reduce_range), " + ("per-channel" if opts.per_channel else "per-tensor"),
-              "activations": "int8", "input": "float32 pixels 0..255",
-              "calibration": CALIBRATION_NAMES[method], "calibration_samples": samples}
+    record = {
+        "type": "static QDQ",
+        "weights": "int8 (7-bit range, reduce_range), " + ("per-channel" if opts.per_channel else "per-tensor"),
+        "activations": "int8",
+        "input": "float32 pixels 0..255",
+        "calibration": CALIBRATION_NAMES[method],
+        "calibration_samples": samples,
+    }
     if opts.calibration == "auto":
-        record["calibration_choice"] = {"how": "auto: the method losing least on the validation split",
-                                        "val_accuracy": cache.get("calibration_trials", {})}
+        record["calibration_choice"] = {
+            "how": "auto: the method losing least on the validation split",
+            "val_accuracy": cache.get("calibration_trials", {}),
+        }
     return record
 
 
@@ -509,6 +579,7 @@ def _onnx_int8_body(cache: dict, calib, opts: ExportOptions, tmp_dir: Path, debu
     """
     import onnx
     from onnxruntime.quantization import quant_pre_process
+
     f32, pre = tmp_dir / "float.onnx", tmp_dir / "float.pre.onnx"
     onnx.save(cache["onnx"], str(f32))
     quant_pre_process(str(f32), str(pre))
@@ -527,8 +598,16 @@ def _onnx_int8_body(cache: dict, calib, opts: ExportOptions, tmp_dir: Path, debu
     return q8.read_bytes(), debug
 
 
-def model_body(fmt: str, model, calib, opts: ExportOptions, cache: dict, out: Path,
-               debug_pixels: np.ndarray | None = None, judge=None) -> tuple:
+def model_body(
+    fmt: str,
+    model,
+    calib,
+    opts: ExportOptions,
+    cache: dict,
+    out: Path,
+    debug_pixels: np.ndarray | None = None,
+    judge=None,
+) -> tuple:
     """Convert one format.
 
     Args:
@@ -544,8 +623,11 @@ def model_body(fmt: str, model, calib, opts: ExportOptions, cache: dict, out: Pa
     if fmt.startswith("tflite"):
         kind = fmt.split("-")[1]
         body = tflite_bytes(model, kind, calib if kind == "int8" else None, opts.io_type)
-        debug = (tflite_debug_csv(model, calib, debug_pixels, opts.io_type)
-                 if kind == "int8" and debug_pixels is not None else None)
+        debug = (
+            tflite_debug_csv(model, calib, debug_pixels, opts.io_type)
+            if kind == "int8" and debug_pixels is not None
+            else None
+        )
         return body, debug
     if "onnx" not in cache:
         cache["onnx"] = onnx_float(model)
@@ -565,6 +647,7 @@ def embed(data: bytes, meta: ModelMetadata) -> bytes:
     if is_tflite_bytes(data):
         return append_to_tflite(strip_tflite_metadata(data), meta)
     import onnx
+
     proto = onnx.load_model_from_string(data)
     for entry in [e for e in proto.metadata_props if e.key == ONNX_KEY]:
         proto.metadata_props.remove(entry)
@@ -591,8 +674,16 @@ class _Refused(Exception):
     """Raised inside :func:`atomic_path` so the verified-but-refused file is never renamed."""
 
 
-def ship(path: Path, body: bytes, meta_for, reference: np.ndarray, pixels: np.ndarray,
-         labels: np.ndarray, max_drop: float, threshold: float = 0.5) -> tuple[dict, bool]:
+def ship(
+    path: Path,
+    body: bytes,
+    meta_for,
+    reference: np.ndarray,
+    pixels: np.ndarray,
+    labels: np.ndarray,
+    max_drop: float,
+    threshold: float = 0.5,
+) -> tuple[dict, bool]:
     """Write one model file under a temporary name, verify it, rename it if it passes.
 
     The temporary file is loaded by :class:`edge.Classifier`, as a device
@@ -617,13 +708,17 @@ def ship(path: Path, body: bytes, meta_for, reference: np.ndarray, pixels: np.nd
             cannot load what was converted.
     """
     from edge import Classifier
+
     try:
         with atomic_path(path) as tmp:
             _write_synced(tmp, body)
             backend = load_backend(tmp)
             quant = backend.input_quant
-            io = (np.dtype(backend.input_dtype).name,
-                  float(quant[0]) if quant else None, int(quant[1]) if quant else None)
+            io = (
+                np.dtype(backend.input_dtype).name,
+                float(quant[0]) if quant else None,
+                int(quant[1]) if quant else None,
+            )
             del backend
             _write_synced(tmp, embed(body, meta_for(io, None)))
             figures = compare(reference, file_probabilities(Classifier(tmp), pixels), labels, threshold)
@@ -641,13 +736,22 @@ def refusal_message(manifest: dict) -> str:
     parts = []
     for name, rec in manifest["refused"].items():
         v = rec["verification"]
-        parts.append(f"{name} loses {v['drop_pp']:.2f} pp on the {v['split']} split "
-                     f"({v['float_accuracy']:.4f} -> {v['accuracy']:.4f}, n={v['n']}), "
-                     f"{rec['missed_by_pp']:.2f} pp over --max-drop {max_drop:g}")
-    kept = "; the file of that name, if any, was left as it was" if len(parts) == 1 else \
-        "; files of those names, if any, were left as they were"
-    return ("not written: " + "; ".join(parts) + kept +
-            "; raise --calib-samples, try another --calibration, or find the layer with --debug-quant")
+        parts.append(
+            f"{name} loses {v['drop_pp']:.2f} pp on the {v['split']} split "
+            f"({v['float_accuracy']:.4f} -> {v['accuracy']:.4f}, n={v['n']}), "
+            f"{rec['missed_by_pp']:.2f} pp over --max-drop {max_drop:g}"
+        )
+    kept = (
+        "; the file of that name, if any, was left as it was"
+        if len(parts) == 1
+        else "; files of those names, if any, were left as they were"
+    )
+    return (
+        "not written: "
+        + "; ".join(parts)
+        + kept
+        + "; raise --calib-samples, try another --calibration, or find the layer with --debug-quant"
+    )
 
 
 def previous_records(out: Path) -> dict:
@@ -705,29 +809,39 @@ def export_run(opts: ExportOptions) -> dict:
     if int8:
         _log(f"representative dataset: {len(calib)} images from the train split")
         if len(calib) < CALIB_WARN_BELOW:
-            _log(f"warning: {len(calib)} calibration images, fewer than {CALIB_WARN_BELOW}; the int8 "
-                 "scales and zero points may not cover real inputs (raise --calib-samples)")
+            _log(
+                f"warning: {len(calib)} calibration images, fewer than {CALIB_WARN_BELOW}; the int8 "
+                "scales and zero points may not cover real inputs (raise --calib-samples)"
+            )
     pixels, labels = validation_set(split)
     reference = keras_probabilities(model, pixels)
     if not np.all(np.isfinite(reference)):
         bad = int(np.sum(~np.isfinite(reference)))
-        raise HappysadError(f"{run_dir / 'model.keras'}: gives a non-finite score (NaN or infinity) on {bad} "
-                            f"of {len(reference)} validation images; its weights are broken; train it again")
+        raise HappysadError(
+            f"{run_dir / 'model.keras'}: gives a non-finite score (NaN or infinity) on {bad} "
+            f"of {len(reference)} validation images; its weights are broken; train it again"
+        )
     threshold = float(metrics.get("threshold", 0.5))
     ref = compare(reference, reference, labels, threshold)
     suggestion = suggest_min_confidence(labels, reference, threshold)
     if ref["float_accuracy"] < opts.min_accuracy:
-        raise HappysadError(f"{run_dir / 'model.keras'}: the Keras model is right on only {ref['float_accuracy']:.1%} "
-                            f"of the {len(labels)} validation images, under --min-accuracy {opts.min_accuracy:g} "
-                            "(near chance: trained too briefly, or on mislabelled data); train it longer, or pass "
-                            "--min-accuracy 0 to export it anyway")
-    _log(f"verifying on the {VERIFY_SPLIT} split: {len(labels)} images, Keras accuracy "
-         f"{ref['float_accuracy']:.4f}, max drop {opts.max_drop:g} pp")
+        raise HappysadError(
+            f"{run_dir / 'model.keras'}: the Keras model is right on only {ref['float_accuracy']:.1%} "
+            f"of the {len(labels)} validation images, under --min-accuracy {opts.min_accuracy:g} "
+            "(near chance: trained too briefly, or on mislabelled data); train it longer, or pass "
+            "--min-accuracy 0 to export it anyway"
+        )
+    _log(
+        f"verifying on the {VERIFY_SPLIT} split: {len(labels)} images, Keras accuracy "
+        f"{ref['float_accuracy']:.4f}, max drop {opts.max_drop:g} pp"
+    )
     extra = base_metadata(split, metrics, run_dir)
     extra["run"].update(output=output_kind(model), min_confidence={"split": VERIFY_SPLIT, **suggestion})
-    _log(f"suggested --min-confidence {suggestion['min_confidence']:.3f}: the Keras model is right on "
-         f"{suggestion['accuracy_kept']:.1%} of the {VERIFY_SPLIT} faces it keeps ({suggestion['coverage']:.1%} "
-         f"of them), target {suggestion['target']:.0%}")
+    _log(
+        f"suggested --min-confidence {suggestion['min_confidence']:.3f}: the Keras model is right on "
+        f"{suggestion['accuracy_kept']:.1%} of the {VERIFY_SPLIT} faces it keeps ({suggestion['coverage']:.1%} "
+        f"of them), target {suggestion['target']:.0%}"
+    )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -742,17 +856,29 @@ def export_run(opts: ExportOptions) -> dict:
         # it: a file's old record is dropped before its new file can land.
         files = {**_carried_over(out, previous, {*written, pending}), **written}
         files = dict(sorted(files.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
-        manifest = {"run": os.path.relpath(run_dir.resolve(), out.resolve()), "package_version": __version__,
-                    "exported_at": extra["exported_at"],
-                    "options": {"calib_samples": len(calib) if calib is not None else 0, "seed": opts.seed,
-                                "io_type": opts.io_type, "per_channel": opts.per_channel,
-                                "calibration": opts.calibration,
-                                **({"calibration_chosen": cache["calibration_chosen"]}
-                                   if "calibration_chosen" in cache else {})},
-                    "verification": {"split": VERIFY_SPLIT, "n": int(len(labels)),
-                                     "keras_accuracy": ref["float_accuracy"], "max_drop_pp": opts.max_drop},
-                    "files": files, "written": sorted(written), "refused": refused,
-                    "debug_reports": debug_files}
+        manifest = {
+            "run": os.path.relpath(run_dir.resolve(), out.resolve()),
+            "package_version": __version__,
+            "exported_at": extra["exported_at"],
+            "options": {
+                "calib_samples": len(calib) if calib is not None else 0,
+                "seed": opts.seed,
+                "io_type": opts.io_type,
+                "per_channel": opts.per_channel,
+                "calibration": opts.calibration,
+                **({"calibration_chosen": cache["calibration_chosen"]} if "calibration_chosen" in cache else {}),
+            },
+            "verification": {
+                "split": VERIFY_SPLIT,
+                "n": int(len(labels)),
+                "keras_accuracy": ref["float_accuracy"],
+                "max_drop_pp": opts.max_drop,
+            },
+            "files": files,
+            "written": sorted(written),
+            "refused": refused,
+            "debug_reports": debug_files,
+        }
         write_json(out / MANIFEST_NAME, manifest)
         return manifest
 
@@ -765,28 +891,36 @@ def export_run(opts: ExportOptions) -> dict:
         save_manifest(pending=name)
         debug_pixels = pixels[:DEBUG_IMAGES] if opts.debug_quant and fmt in DEBUG_FILENAMES else None
         with converter_output_held(opts.verbose):
-            body, debug = model_body(fmt, model, calib, opts, cache, out, debug_pixels,
-                                     (pixels, labels, reference, threshold))
+            body, debug = model_body(
+                fmt, model, calib, opts, cache, out, debug_pixels, (pixels, labels, reference, threshold)
+            )
         if debug is not None:
             write_bytes(out / DEBUG_FILENAMES[fmt], debug)
             debug_files[DEBUG_FILENAMES[fmt]] = fmt
         quant = quantization_record(fmt, opts, len(calib) if calib is not None else 0, cache)
         if fmt == "onnx-int8" and cache.get("calibration_trials"):
-            _log("  calibration (val accuracy): " + ", ".join(
-                f"{m} {a:.4f}" for m, a in cache["calibration_trials"].items())
-                + f"; kept {cache['calibration_chosen']}")
+            _log(
+                "  calibration (val accuracy): "
+                + ", ".join(f"{m} {a:.4f}" for m, a in cache["calibration_trials"].items())
+                + f"; kept {cache['calibration_chosen']}"
+            )
 
         def meta_for(io, figures, fmt=fmt, quant=quant):
             return _metadata(split, extra, fmt, quant, io, figures)
 
         figures, ok = ship(path, body, meta_for, reference, pixels, labels, opts.max_drop, threshold)
         verdict = "ok" if ok else "REFUSED"
-        _log(f"  {VERIFY_SPLIT}: accuracy {figures['accuracy']:.4f} (Keras {figures['float_accuracy']:.4f}), "
-             f"drop {figures['drop_pp']:+.2f} pp, agreement {figures['agreement']:.4f}: {verdict}")
+        _log(
+            f"  {VERIFY_SPLIT}: accuracy {figures['accuracy']:.4f} (Keras {figures['float_accuracy']:.4f}), "
+            f"drop {figures['drop_pp']:+.2f} pp, agreement {figures['agreement']:.4f}: {verdict}"
+        )
         if ok:
-            written[name] = {"format": fmt, **file_record(path), "exported_at": extra["exported_at"],
-                             "verification": figures}
+            written[name] = {
+                "format": fmt,
+                **file_record(path),
+                "exported_at": extra["exported_at"],
+                "verification": figures,
+            }
         else:
-            refused[name] = {"format": fmt, "verification": figures,
-                             "missed_by_pp": missed_by(figures, opts.max_drop)}
+            refused[name] = {"format": fmt, "verification": figures, "missed_by_pp": missed_by(figures, opts.max_drop)}
     return save_manifest()

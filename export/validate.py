@@ -4,6 +4,7 @@ Both see the same validation images through the same preprocessing
 (:func:`edge.preprocess`); the file runs in the edge runtime
 (:class:`edge.Classifier`), exactly as a device would run it.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,8 +31,10 @@ def validation_set(split: dict, part: str = VERIFY_SPLIT) -> tuple[np.ndarray, n
     """
     items = split_items(split, part)
     if not items:
-        raise HappysadError(f"the split has no {part} images to verify the exported files with; "
-                            "train again with a non-zero validation ratio")
+        raise HappysadError(
+            f"the split has no {part} images to verify the exported files with; "
+            "train again with a non-zero validation ratio"
+        )
     size, color = tuple(split["image"]["size"]), split["image"]["color"]
     progress = Progress(len(items), f"reading the {part} split")
     pixels = []
@@ -92,15 +95,21 @@ def onnx_probabilities(path, pixels: np.ndarray, batch: int = 256) -> np.ndarray
         float32 (N, C); a one-unit output is read as a sigmoid.
     """
     import onnxruntime as ort
+
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = pixels.astype(np.float32)
-    raw = np.concatenate([session.run(None, {"image": x[i:i + batch]})[0].reshape(len(x[i:i + batch]), -1)
-                          for i in range(0, len(x), batch)])
+    raw = np.concatenate(
+        [
+            session.run(None, {"image": x[i : i + batch]})[0].reshape(len(x[i : i + batch]), -1)
+            for i in range(0, len(x), batch)
+        ]
+    )
     return class_probabilities(raw, "sigmoid" if raw.shape[1] == 1 else "softmax")
 
 
-def compare(reference: np.ndarray, probs: np.ndarray, labels: np.ndarray,
-            threshold: float = 0.5, split: str = VERIFY_SPLIT) -> dict:
+def compare(
+    reference: np.ndarray, probs: np.ndarray, labels: np.ndarray, threshold: float = 0.5, split: str = VERIFY_SPLIT
+) -> dict:
     """Figures of a file against the float reference on the same images.
 
     Args:
@@ -122,10 +131,15 @@ def compare(reference: np.ndarray, probs: np.ndarray, labels: np.ndarray,
     label = decide(probs, threshold)
     float_acc = float(np.mean(ref_label == labels))
     acc = float(np.mean(label == labels))
-    return {"split": split, "n": int(len(labels)), "float_accuracy": round(float_acc, 6),
-            "accuracy": round(acc, 6), "drop_pp": round((float_acc - acc) * 100, 4),
-            "agreement": round(float(np.mean(label == ref_label)), 6),
-            "max_abs_diff": round(float(np.max(np.abs(probs - reference))), 6)}
+    return {
+        "split": split,
+        "n": int(len(labels)),
+        "float_accuracy": round(float_acc, 6),
+        "accuracy": round(acc, 6),
+        "drop_pp": round((float_acc - acc) * 100, 4),
+        "agreement": round(float(np.mean(label == ref_label)), 6),
+        "max_abs_diff": round(float(np.max(np.abs(probs - reference))), 6),
+    }
 
 
 def missed_by(figures: dict, max_drop: float) -> float | None:

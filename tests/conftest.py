@@ -1,28 +1,17 @@
 """Shared fixtures: one small synthetic dataset, trained and exported once per session."""
+
 from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from synth import make_dataset  # noqa: E402
+from helpers import REAL_DATA
+from synth import make_dataset
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-REPO = Path(__file__).resolve().parent.parent
-#: ``make fuzz`` sets HAPPYSAD_FUZZ_EXAMPLES to run the property-based tests
-#: far longer than ``make test`` does.
-FUZZ_EXAMPLES = int(os.environ.get("HAPPYSAD_FUZZ_EXAMPLES", "0") or 0)
-
-
-def examples(n: int) -> int:
-    """Hypothesis examples for a property test: ``n`` in ``make test``, the fuzz count in ``make fuzz``."""
-    return FUZZ_EXAMPLES or n
-REAL_DATA = REPO.parent / "shared" / "data" / "fer2013-happy-sad"
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +23,7 @@ def dataset(tmp_path_factory) -> Path:
     good = (root / "sad" / "sad_000.png").read_bytes()
     (root / "sad" / "truncated.png").write_bytes(good[: len(good) // 3])
     import cv2
+
     jpeg = cv2.imencode(".jpg", cv2.imread(str(root / "sad" / "sad_001.png")))[1].tobytes()
     (root / "sad" / "corrupt.jpg").write_bytes(jpeg[:-200])  # cut off mid-scan
     shutil.copy(root / "happy" / "happy_001.png", root / "happy" / "copy_of_001.png")
@@ -44,12 +34,31 @@ def dataset(tmp_path_factory) -> Path:
 def run_dir(dataset, tmp_path_factory) -> Path:
     """A training run on the synthetic faces (compact model, a few epochs)."""
     from train.cli import main
+
     out = tmp_path_factory.mktemp("run") / "run"
     # basic augmentation: 8 epochs on 120 drawn faces are too few to learn
     # through the camera distortions (a 16 px low-resolution copy loses the
     # drawn mouth); tests/test_pipeline.py trains with them.
-    assert main([str(dataset), "--out", str(out), "--epochs", "8", "--seed", "1",
-                 "--batch-size", "16", "--patience", "8", "--augment", "basic"]) == 0
+    assert (
+        main(
+            [
+                str(dataset),
+                "--out",
+                str(out),
+                "--epochs",
+                "8",
+                "--seed",
+                "1",
+                "--batch-size",
+                "16",
+                "--patience",
+                "8",
+                "--augment",
+                "basic",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -57,6 +66,7 @@ def run_dir(dataset, tmp_path_factory) -> Path:
 def export_dir(run_dir) -> Path:
     """The four exported files of :func:`run_dir`."""
     from export.cli import main
+
     # The gate is tested on its own (tests/test_export.py); here 24 validation images
     # would make one changed label a 4 pp drop, so it is opened wide.
     assert main([str(run_dir), "--calib-samples", "60", "--max-drop", "100"]) == 0

@@ -1,4 +1,5 @@
 """Synthetic happy/sad faces drawn by the tests themselves (no real photos)."""
+
 from __future__ import annotations
 
 from pathlib import Path

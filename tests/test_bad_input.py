@@ -1,5 +1,6 @@
 """Bad input, tried for real: every case gets a one-line message, the right
 exit code, no traceback, and the rest of the work goes on."""
+
 import json
 import os
 import shutil
@@ -16,10 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from conftest import REPO, examples
 from edge import HappysadError, load_image, preprocess
 from edge.images import MAX_PIXELS
 from edge.metadata import TFLITE_MEMBER
+
+from helpers import REPO, examples
 from synth import draw_face
 
 AS_ROOT = os.geteuid() == 0
@@ -41,13 +43,23 @@ runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 
 def cli(*args, other_user=False, env=None, preexec=None):
     prefix = ["-c", DROP_ROOT] if other_user and AS_ROOT else ["-m"]
-    return subprocess.run([sys.executable, *prefix, *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO, timeout=120, env=env, preexec_fn=preexec)
+    return subprocess.run(
+        [sys.executable, *prefix, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        env=env,
+        preexec_fn=preexec,
+    )
 
 
 def error_lines(res):
-    return [line for line in res.stderr.splitlines()
-            if line.strip() and not line.startswith("INFO: Created TensorFlow Lite")]
+    return [
+        line
+        for line in res.stderr.splitlines()
+        if line.strip() and not line.startswith("INFO: Created TensorFlow Lite")
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +74,7 @@ def bad_folder():
     cv2.imwrite(str(root / "deep16.png"), face.astype(np.uint16) * 257)
     cv2.imwrite(str(root / "rgba.png"), cv2.cvtColor(face, cv2.COLOR_GRAY2BGRA))
     from PIL import Image
+
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
     Image.fromarray(np.zeros((40, 80), np.uint8)).save(root / "exif.jpg", exif=exif)
@@ -124,12 +137,18 @@ def test_training_scan_skips_and_reports_each(bad_folder, tmp_path):
     for i in range(3):
         cv2.imwrite(str(data / "sad" / f"s{i}.png"), draw_face(rng, False))
     from train.data import scan
+
     s = scan(data)
     reasons = {x["path"]: x["reason"] for x in s.skipped}
     for name in ("zero.jpg", "text.jpg", "truncated.jpg", "truncated.png", "huge.png"):
         assert EXPECTED[name] in reasons[f"happy/{name}"], reasons
-    assert sorted(Path(p).name for p in s.paths if p.startswith("happy/")) == \
-        ["color.jpg", "deep16.png", "exif.jpg", "gray.png", "rgba.png"]
+    assert sorted(Path(p).name for p in s.paths if p.startswith("happy/")) == [
+        "color.jpg",
+        "deep16.png",
+        "exif.jpg",
+        "gray.png",
+        "rgba.png",
+    ]
     assert "color" in s.colors and "gray" in s.colors  # mixed in one folder, all used
 
 
@@ -144,9 +163,14 @@ def test_decoding_normalizes_depth_alpha_and_orientation(bad_folder):
 
 
 @settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(image=hnp.arrays(dtype=st.sampled_from([np.uint8, np.uint16, np.int8, np.float32, np.float64, np.bool_]),
-                        shape=hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=20)),
-       size=st.tuples(st.integers(1, 64), st.integers(1, 64)), color=st.sampled_from(["gray", "rgb"]))
+@given(
+    image=hnp.arrays(
+        dtype=st.sampled_from([np.uint8, np.uint16, np.int8, np.float32, np.float64, np.bool_]),
+        shape=hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=20),
+    ),
+    size=st.tuples(st.integers(1, 64), st.integers(1, 64)),
+    color=st.sampled_from(["gray", "rgb"]),
+)
 def test_preprocess_gives_model_input_or_clear_error(image, size, color):
     try:
         out = preprocess(image, size, color)
@@ -162,13 +186,21 @@ def plain_tflite(tmp_path_factory):
     """A real TFLite flatbuffer without metadata: 32x32 gray input, one sigmoid."""
     import keras
     import tensorflow as tf
-    model = keras.Sequential([keras.Input((32, 32, 1)), keras.layers.Rescaling(1 / 255.0),
-                              keras.layers.Flatten(), keras.layers.Dense(1, activation="sigmoid")])
+
+    model = keras.Sequential(
+        [
+            keras.Input((32, 32, 1)),
+            keras.layers.Rescaling(1 / 255.0),
+            keras.layers.Flatten(),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
     return tf.lite.TFLiteConverter.from_keras_model(model).convert()
 
 
 def _with_metadata(model: bytes, path: Path, raw: bytes) -> Path:
     import io
+
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr(TFLITE_MEMBER, raw)
@@ -177,20 +209,28 @@ def _with_metadata(model: bytes, path: Path, raw: bytes) -> Path:
 
 
 def _meta(**change) -> bytes:
-    d = {"schema": "happysad.model-metadata", "schema_version": 1, "labels": ["happy", "sad"],
-         "input": {"height": 48, "width": 48, "color": "gray"}, "threshold": 0.5}
+    d = {
+        "schema": "happysad.model-metadata",
+        "schema_version": 1,
+        "labels": ["happy", "sad"],
+        "input": {"height": 48, "width": 48, "color": "gray"},
+        "threshold": 0.5,
+    }
     d.update(change)
     return json.dumps(d).encode()
 
 
-@pytest.mark.parametrize("case,pattern", [
-    ("wrong-shape", r"model input \(32, 32, 1\) does not match its metadata \(48, 48, 1\)"),
-    ("no-metadata", r"no happysad metadata in this model file"),
-    ("malformed", r"model metadata is not valid JSON"),
-    ("oversized", r"over the 262144-byte limit"),
-    ("future-schema", r"schema_version 7 is not supported"),
-    ("random-bytes", r"no happysad metadata|not a valid TFLite model"),
-])
+@pytest.mark.parametrize(
+    "case,pattern",
+    [
+        ("wrong-shape", r"model input \(32, 32, 1\) does not match its metadata \(48, 48, 1\)"),
+        ("no-metadata", r"no happysad metadata in this model file"),
+        ("malformed", r"model metadata is not valid JSON"),
+        ("oversized", r"over the 262144-byte limit"),
+        ("future-schema", r"schema_version 7 is not supported"),
+        ("random-bytes", r"no happysad metadata|not a valid TFLite model"),
+    ],
+)
 def test_bad_model_files_name_the_file_and_the_problem(plain_tflite, tmp_path, dataset, case, pattern):
     path = tmp_path / f"{case}.tflite"
     if case == "wrong-shape":
@@ -210,6 +250,7 @@ def test_bad_model_files_name_the_file_and_the_problem(plain_tflite, tmp_path, d
     errors = error_lines(res)
     assert len(errors) == 1 and "Traceback" not in res.stderr, res.stderr
     import re
+
     assert f"{case}.tflite: " in errors[0] and re.search(pattern, errors[0]), errors[0]
 
 
@@ -259,10 +300,17 @@ def test_full_disk_keeps_earlier_report(dataset, tmp_path):
 def test_keras_model_with_code_inside_is_refused(run_dir, tmp_path):
     """A .keras file carrying a Lambda layer (Python code) is not deserialized: safe mode."""
     import keras
+
     run = tmp_path / "run"
     shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("export", "model.keras"))
-    evil = keras.Sequential([keras.Input((48, 48, 1)), keras.layers.Lambda(lambda x: x * 0.0 + 1.0),
-                             keras.layers.Flatten(), keras.layers.Dense(1, activation="sigmoid")])
+    evil = keras.Sequential(
+        [
+            keras.Input((48, 48, 1)),
+            keras.layers.Lambda(lambda x: x * 0.0 + 1.0),
+            keras.layers.Flatten(),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
     evil.save(run / "model.keras")
     res = cli("export", run)
     assert res.returncode == 1

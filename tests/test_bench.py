@@ -1,5 +1,6 @@
 """The benchmark library: statistics, timing loop, per-stage path, cost, cold
 start, reports and the README step, on the synthetic faces' models."""
+
 import csv
 import io
 import time
@@ -38,7 +39,7 @@ def test_percentiles_follow_linear_interpolation_between_ranks():
     # 101 samples: the q-th percentile sits at rank q * 100, an integer, so it is that sample.
     assert (s["min"], s["p50"], s["p90"], s["p99"], s["max"]) == (1.0, 51.0, 91.0, 100.0, 101.0)
     assert s["mean"] == pytest.approx(51.0)
-    assert s["std"] == pytest.approx(np.sqrt((101 ** 2 - 1) / 12))  # discrete uniform
+    assert s["std"] == pytest.approx(np.sqrt((101**2 - 1) / 12))  # discrete uniform
     assert fps(s["p50"]) == pytest.approx(1000 / 51)
 
 
@@ -78,6 +79,7 @@ def test_every_format_counts_the_same_macs_as_training(export_dir, run_dir):
     import keras
 
     from train.models import count_macs
+
     model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True, compile=False)
     costs = {name: EdgeRunner(export_dir / name).cost() for name in MODELS}
     keras_params, keras_macs = KerasRunner(run_dir / "model.keras", ["happy", "sad"]).cost()
@@ -98,6 +100,7 @@ def test_layer_macs_of_a_convolution_and_a_depthwise_one():
 
 def test_onnx_cost_is_not_available_without_the_onnx_package(export_dir, monkeypatch):
     import sys
+
     monkeypatch.setitem(sys.modules, "onnx", None)
     assert onnx_cost(export_dir / "model_int8.onnx") == (None, None)
 
@@ -127,9 +130,25 @@ def test_cold_start_measures_a_fresh_process(export_dir, dataset, run_dir):
     # A Python process with numpy and OpenCV holds tens of MB; TensorFlow holds far more.
     assert 20 < edge_cold["peak_rss_mb"] < keras_cold["peak_rss_mb"]
     assert [st["stage"] for st in edge_cold["stages"]] == [
-        "python", "numpy", "opencv", "edge", "interpreter library", "model", "decode", "classify"]
+        "python",
+        "numpy",
+        "opencv",
+        "edge",
+        "interpreter library",
+        "model",
+        "decode",
+        "classify",
+    ]
     assert [st["stage"] for st in keras_cold["stages"]] == [
-        "python", "numpy", "opencv", "tensorflow + keras", "edge", "model", "decode", "classify"]
+        "python",
+        "numpy",
+        "opencv",
+        "tensorflow + keras",
+        "edge",
+        "model",
+        "decode",
+        "classify",
+    ]
     for cold in (edge_cold, keras_cold):
         peaks = [st["peak_rss_mb"] for st in cold["stages"]]
         assert peaks == sorted(peaks) and all(st["ms"] > 0 for st in cold["stages"])
@@ -150,9 +169,12 @@ def test_cold_start_of_a_broken_model_names_it(tmp_path, dataset):
 
 
 def _report(p50s, accuracies):
-    return {"results": [{"model": f"m{i}.tflite", "name": f"m{i}.tflite", "threads": None,
-                         "latency_ms": {"p50": p}, "accuracy": a}
-                        for i, (p, a) in enumerate(zip(p50s, accuracies))]}
+    return {
+        "results": [
+            {"model": f"m{i}.tflite", "name": f"m{i}.tflite", "threads": None, "latency_ms": {"p50": p}, "accuracy": a}
+            for i, (p, a) in enumerate(zip(p50s, accuracies))
+        ]
+    }
 
 
 def test_compare_flags_only_what_is_beyond_tolerance():
@@ -181,28 +203,40 @@ def test_readme_step_replaces_only_between_the_markers():
 
 def test_csv_has_one_row_per_model_and_thread_count(bench_report):
     from benchmarks.report import format_csv
+
     text = format_csv(bench_report)
     lines = [line for line in text.splitlines() if not line.startswith("#")]
     rows = list(csv.DictReader(io.StringIO("\n".join(lines))))
     assert len(rows) == len(bench_report["results"])
     for row, r in zip(rows, bench_report["results"]):
         assert float(row["latency_p50_ms"]) == pytest.approx(r["latency_ms"]["p50"])
-        assert sum(float(row[f"{s}_mean_ms"]) for s in STAGES) == pytest.approx(
-            r["latency_ms"]["mean"], rel=1e-6)
+        assert sum(float(row[f"{s}_mean_ms"]) for s in STAGES) == pytest.approx(r["latency_ms"]["mean"], rel=1e-6)
 
 
 @pytest.fixture(scope="module")
 def bench_report(export_dir, run_dir):
     from benchmarks.bench import BenchOptions, run_bench
-    return run_bench(BenchOptions([str(export_dir / "model_int8.tflite"), str(export_dir / "model_int8.onnx")],
-                                  split=str(run_dir / "split.json"), threads=[1, 2], runs=10,
-                                  warmup=1, cold_runs=0))
+
+    return run_bench(
+        BenchOptions(
+            [str(export_dir / "model_int8.tflite"), str(export_dir / "model_int8.onnx")],
+            split=str(run_dir / "split.json"),
+            threads=[1, 2],
+            runs=10,
+            warmup=1,
+            cold_runs=0,
+        )
+    )
 
 
 def test_thread_sweep_gives_a_row_per_count_and_one_accuracy(bench_report):
     rows = bench_report["results"]
     assert [(r["name"], r["threads"]) for r in rows] == [
-        ("model_int8.tflite", 1), ("model_int8.tflite", 2), ("model_int8.onnx", 1), ("model_int8.onnx", 2)]
+        ("model_int8.tflite", 1),
+        ("model_int8.tflite", 2),
+        ("model_int8.onnx", 1),
+        ("model_int8.onnx", 2),
+    ]
     assert rows[0]["predictions"] == rows[1]["predictions"]
     for r in rows:
         assert r["cold_start"] is None and r["speedup"] is None

@@ -1,5 +1,6 @@
 """happysad-bench as a user runs it: every output, the gates, --compare and
 its one-line errors."""
+
 import csv
 import json
 import shutil
@@ -10,17 +11,18 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO
 from edge import Classifier, preprocess
-from test_cli_errors import assert_one_line_error
+
+from helpers import REPO, assert_one_line_error
 
 MODELS = ("model_float32.tflite", "model_int8.tflite", "model_float32.onnx", "model_int8.onnx")
 
 
 def bench(*args, timeout=300, prelude=""):
     code = f"import sys; {prelude}from benchmarks.cli import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
-                          text=True, cwd=REPO, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=REPO, timeout=timeout
+    )
 
 
 def gate_lines(res):
@@ -31,10 +33,28 @@ def gate_lines(res):
 def full_run(export_dir, run_dir, tmp_path_factory):
     """The whole suite once: four files and the Keras model, threads 1,2, every output."""
     out = tmp_path_factory.mktemp("bench")
-    res = bench(*(export_dir / m for m in MODELS), run_dir / "model.keras", "--split", run_dir / "split.json",
-                "--threads", "1,2", "--runs", "20", "--warmup", "2", "--cold-runs", "1",
-                "--json", out / "b.json", "--csv", out / "b.csv", "--markdown", out / "b.md",
-                "--plot", out / "b.png")
+    res = bench(
+        *(export_dir / m for m in MODELS),
+        run_dir / "model.keras",
+        "--split",
+        run_dir / "split.json",
+        "--threads",
+        "1,2",
+        "--runs",
+        "20",
+        "--warmup",
+        "2",
+        "--cold-runs",
+        "1",
+        "--json",
+        out / "b.json",
+        "--csv",
+        out / "b.csv",
+        "--markdown",
+        out / "b.md",
+        "--plot",
+        out / "b.png",
+    )
     assert res.returncode == 0, res.stderr
     return res, out, json.loads((out / "b.json").read_text())
 
@@ -43,7 +63,7 @@ def test_full_run_has_a_row_per_model_and_thread_count(full_run):
     res, _, report = full_run
     keys = [(r["name"], r["threads"]) for r in report["results"]]
     assert keys == [(m, t) for m in MODELS for t in (1, 2)] + [("model.keras", None)]
-    stdout_rows = res.stdout.splitlines()[1:len(keys) + 1]
+    stdout_rows = res.stdout.splitlines()[1 : len(keys) + 1]
     assert [line.split()[0] for line in stdout_rows] == [k[0] for k in keys]
     for col in ("FPS", "load", "size", "threads"):
         assert col in res.stdout.splitlines()[0].split()
@@ -58,8 +78,9 @@ def test_full_run_ratios_read_against_keras(full_run):
     assert keras_row["speedup"] == pytest.approx(1.0) and keras_row["memory_ratio"] == pytest.approx(1.0)
     for r in report["results"]:
         assert r["speedup"] == pytest.approx(keras_row["latency_ms"]["p50"] / r["latency_ms"]["p50"])
-        assert r["memory_ratio"] == pytest.approx(keras_row["cold_start"]["peak_rss_mb"]
-                                                  / r["cold_start"]["peak_rss_mb"])
+        assert r["memory_ratio"] == pytest.approx(
+            keras_row["cold_start"]["peak_rss_mb"] / r["cold_start"]["peak_rss_mb"]
+        )
         assert r["cold_start"]["ms"] > 0
         assert r["macs"] == keras_row["macs"] > 0
     # The edge runtime does not import TensorFlow: its process is lighter.
@@ -72,13 +93,23 @@ def test_full_run_writes_csv_markdown_and_plot(full_run):
     lines = [line for line in (out / "b.csv").read_text().splitlines() if not line.startswith("#")]
     rows = list(csv.DictReader(lines))
     assert [(r["name"], r["threads"]) for r in rows] == [
-        (r["name"], "" if r["threads"] is None else str(r["threads"])) for r in report["results"]]
+        (r["name"], "" if r["threads"] is None else str(r["threads"])) for r in report["results"]
+    ]
     assert report["machine"]["cpu"] in (out / "b.csv").read_text().splitlines()[0]
     md = (out / "b.md").read_text()
-    for col in ("| model | runtime | threads | size MB | params | MMACs | load ms | first ms",
-                "p50 ms", "p99 ms", "FPS", "cold start ms", "peak RSS MB", "speed-up",
-                "| model | accuracy | balanced acc. | precision | recall | F1 | confusion matrix",
-                "drop pp", "agreement", report["machine"]["cpu"]):
+    for col in (
+        "| model | runtime | threads | size MB | params | MMACs | load ms | first ms",
+        "p50 ms",
+        "p99 ms",
+        "FPS",
+        "cold start ms",
+        "peak RSS MB",
+        "speed-up",
+        "| model | accuracy | balanced acc. | precision | recall | F1 | confusion matrix",
+        "drop pp",
+        "agreement",
+        report["machine"]["cpu"],
+    ):
         assert col in md
     # a latency row and an accuracy row
     assert sum(line.startswith("| `model.keras` |") for line in md.splitlines()) == 2
@@ -87,16 +118,43 @@ def test_full_run_writes_csv_markdown_and_plot(full_run):
 
 
 def test_gates_pass_when_every_model_meets_them(export_dir, run_dir):
-    res = bench(export_dir / "model_int8.tflite", "--split", run_dir / "split.json", "--runs", "5",
-                "--warmup", "1", "--cold-runs", "0", "--max-p50-ms", "10000", "--min-accuracy", "0",
-                "--max-drop", "100")
+    res = bench(
+        export_dir / "model_int8.tflite",
+        "--split",
+        run_dir / "split.json",
+        "--runs",
+        "5",
+        "--warmup",
+        "1",
+        "--cold-runs",
+        "0",
+        "--max-p50-ms",
+        "10000",
+        "--min-accuracy",
+        "0",
+        "--max-drop",
+        "100",
+    )
     assert res.returncode == 0, res.stderr
     assert gate_lines(res) == []
 
 
 def test_max_p50_gate_fails_with_the_reason_and_still_writes_the_report(export_dir, run_dir, tmp_path):
-    res = bench(export_dir / "model_int8.tflite", "--split", run_dir / "split.json", "--runs", "5",
-                "--warmup", "1", "--cold-runs", "0", "--max-p50-ms", "0.000001", "--json", tmp_path / "b.json")
+    res = bench(
+        export_dir / "model_int8.tflite",
+        "--split",
+        run_dir / "split.json",
+        "--runs",
+        "5",
+        "--warmup",
+        "1",
+        "--cold-runs",
+        "0",
+        "--max-p50-ms",
+        "0.000001",
+        "--json",
+        tmp_path / "b.json",
+    )
     assert res.returncode == 3, res.stderr
     lines = gate_lines(res)
     assert len(lines) == 1
@@ -112,8 +170,19 @@ def test_min_accuracy_gate_fails_on_mislabelled_images(export_dir, dataset, tmp_
     swapped = tmp_path / "swapped"
     shutil.copytree(dataset / "happy", swapped / "sad")
     shutil.copytree(dataset / "sad", swapped / "happy")
-    res = bench(export_dir / "model_int8.tflite", "--data", swapped, "--runs", "5", "--warmup", "1",
-                "--cold-runs", "0", "--min-accuracy", "0.5")
+    res = bench(
+        export_dir / "model_int8.tflite",
+        "--data",
+        swapped,
+        "--runs",
+        "5",
+        "--warmup",
+        "1",
+        "--cold-runs",
+        "0",
+        "--min-accuracy",
+        "0.5",
+    )
     assert res.returncode == 3, res.stderr
     lines = gate_lines(res)
     assert len(lines) == 1 and "gate failed: model_int8.tflite (threads default): accuracy 0." in lines[0]
@@ -126,6 +195,7 @@ def _blend_where(float_clf, int8_clf, a, b):
     Bisects the blend weight to where each model's label flips; between the
     two flips the labels differ.
     """
+
     def label(clf, w):
         image = np.clip((1 - w) * a + w * b + 0.5, 0, 255).astype(np.uint8)
         return clf.predict_index(clf.scores(preprocess(image, (48, 48), "gray"))), image
@@ -169,27 +239,64 @@ def test_max_drop_gate_fails_when_int8_loses_images_the_float_model_gets(export_
         cv2.imwrite(str(folder / f"blend_{i}.png"), image)
     for label in float_clf.labels:
         (data / label).mkdir(parents=True, exist_ok=True)
-    res = bench(export_dir / "model_float32.tflite", export_dir / "model_int8.tflite", "--data", data,
-                "--runs", "5", "--warmup", "1", "--cold-runs", "0", "--max-drop", "1")
+    res = bench(
+        export_dir / "model_float32.tflite",
+        export_dir / "model_int8.tflite",
+        "--data",
+        data,
+        "--runs",
+        "5",
+        "--warmup",
+        "1",
+        "--cold-runs",
+        "0",
+        "--max-drop",
+        "1",
+    )
     assert res.returncode == 3, res.stderr
     lines = gate_lines(res)
     assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("happysad-bench: gate failed: model_int8.tflite (threads default): "
-                               "accuracy drop 100.00 pp exceeds --max-drop 1")
+    assert lines[0].startswith(
+        "happysad-bench: gate failed: model_int8.tflite (threads default): accuracy drop 100.00 pp exceeds --max-drop 1"
+    )
 
 
 @pytest.fixture(scope="module")
 def earlier(export_dir, run_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("earlier") / "old.json"
-    res = bench(export_dir / "model_int8.tflite", "--split", run_dir / "split.json", "--runs", "20",
-                "--warmup", "2", "--cold-runs", "0", "--json", out)
+    res = bench(
+        export_dir / "model_int8.tflite",
+        "--split",
+        run_dir / "split.json",
+        "--runs",
+        "20",
+        "--warmup",
+        "2",
+        "--cold-runs",
+        "0",
+        "--json",
+        out,
+    )
     assert res.returncode == 0, res.stderr
     return out
 
 
 def test_compare_with_itself_within_tolerance_passes(export_dir, run_dir, earlier):
-    res = bench(export_dir / "model_int8.tflite", "--split", run_dir / "split.json", "--runs", "20",
-                "--warmup", "2", "--cold-runs", "0", "--compare", earlier, "--tolerance", "100000")
+    res = bench(
+        export_dir / "model_int8.tflite",
+        "--split",
+        run_dir / "split.json",
+        "--runs",
+        "20",
+        "--warmup",
+        "2",
+        "--cold-runs",
+        "0",
+        "--compare",
+        earlier,
+        "--tolerance",
+        "100000",
+    )
     assert res.returncode == 0, res.stderr
     assert f"no regression against {earlier}" in res.stderr
 
@@ -201,8 +308,21 @@ def test_compare_flags_slower_and_less_accurate_models(export_dir, run_dir, earl
         r["accuracy"] += 0.02
     faster = tmp_path / "faster.json"
     faster.write_text(json.dumps(old))
-    res = bench(export_dir / "model_int8.tflite", "--split", run_dir / "split.json", "--runs", "5",
-                "--warmup", "1", "--cold-runs", "0", "--compare", faster, "--json", tmp_path / "new.json")
+    res = bench(
+        export_dir / "model_int8.tflite",
+        "--split",
+        run_dir / "split.json",
+        "--runs",
+        "5",
+        "--warmup",
+        "1",
+        "--cold-runs",
+        "0",
+        "--compare",
+        faster,
+        "--json",
+        tmp_path / "new.json",
+    )
     assert res.returncode == 3, res.stderr
     lines = gate_lines(res)
     assert len(lines) == 2
@@ -215,35 +335,49 @@ def test_compare_flags_slower_and_less_accurate_models(export_dir, run_dir, earl
 
 
 def test_compare_with_a_missing_or_foreign_file(export_dir, run_dir, tmp_path):
-    res = bench(export_dir / "model_int8.tflite", "--split", run_dir / "split.json",
-                "--compare", tmp_path / "old.json")
+    res = bench(export_dir / "model_int8.tflite", "--split", run_dir / "split.json", "--compare", tmp_path / "old.json")
     assert_one_line_error(res, 2, r"old\.json: no such benchmark report; check the path")
     (tmp_path / "split.json").write_text(json.dumps({"labels": []}))
-    res = bench(export_dir / "model_int8.tflite", "--split", run_dir / "split.json",
-                "--compare", tmp_path / "split.json")
+    res = bench(
+        export_dir / "model_int8.tflite", "--split", run_dir / "split.json", "--compare", tmp_path / "split.json"
+    )
     assert_one_line_error(res, 1, r"split\.json: not a happysad-bench report; write one with --json")
 
 
-@pytest.mark.parametrize("args,pattern", [
-    (("--threads", "0"), r"argument -t/--threads: '0': 0 must be at least 1; give counts like 1,2,4"),
-    (("--threads", "1,x"), r"'1,x': 'x' is not an integer"),
-    (("--min-accuracy", "90"), r"90 must be between 0 and 1 \(0\.9 for 90%\)"),
-    (("--max-p50-ms", "-1"), r"-1 must be 0 or more"),
-    (("--min-seconds", "soon"), r"'soon' is not a number"),
-])
+@pytest.mark.parametrize(
+    "args,pattern",
+    [
+        (("--threads", "0"), r"argument -t/--threads: '0': 0 must be at least 1; give counts like 1,2,4"),
+        (("--threads", "1,x"), r"'1,x': 'x' is not an integer"),
+        (("--min-accuracy", "90"), r"90 must be between 0 and 1 \(0\.9 for 90%\)"),
+        (("--max-p50-ms", "-1"), r"-1 must be 0 or more"),
+        (("--min-seconds", "soon"), r"'soon' is not a number"),
+    ],
+)
 def test_bad_flag_values_are_usage_errors(args, pattern):
     assert_one_line_error(bench("m.tflite", "--split", "s.json", *args), 2, pattern)
 
 
 def test_keras_model_without_tensorflow_says_to_install_the_train_extra(run_dir, export_dir):
-    res = bench(export_dir / "model_int8.tflite", run_dir / "model.keras", "--split", run_dir / "split.json",
-                prelude="sys.modules['keras'] = None; ")
+    res = bench(
+        export_dir / "model_int8.tflite",
+        run_dir / "model.keras",
+        "--split",
+        run_dir / "split.json",
+        prelude="sys.modules['keras'] = None; ",
+    )
     assert_one_line_error(res, 1, r"a \.keras model needs TensorFlow; pip install 'happysad\[train\]'")
 
 
 def test_plot_without_matplotlib_says_what_to_do(run_dir, export_dir, tmp_path):
-    res = bench(export_dir / "model_int8.tflite", "--split", run_dir / "split.json", "--plot", tmp_path / "p.png",
-                prelude="sys.modules['matplotlib'] = None; ")
+    res = bench(
+        export_dir / "model_int8.tflite",
+        "--split",
+        run_dir / "split.json",
+        "--plot",
+        tmp_path / "p.png",
+        prelude="sys.modules['matplotlib'] = None; ",
+    )
     assert_one_line_error(res, 1, r"--plot needs matplotlib: pip install 'happysad\[train\]'")
     assert not (tmp_path / "p.png").exists()
 
@@ -257,14 +391,24 @@ def test_readme_step_copies_the_markdown_and_refuses_a_file_without_markers(full
     _, out, _ = full_run
     readme = tmp_path / "README.md"
     readme.write_text("# results\n\n<!-- bench:start -->\nSTALE-TABLE\n<!-- bench:end -->\n\nkept\n")
-    res = subprocess.run([sys.executable, "-m", "benchmarks.readme", out / "b.md", readme],
-                         capture_output=True, text=True, cwd=REPO, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmarks.readme", out / "b.md", readme],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
     assert res.returncode == 0, res.stderr
     text = readme.read_text()
     assert "STALE-TABLE" not in text and (out / "b.md").read_text().strip() in text and text.endswith("\n\nkept\n")
     readme.write_text("# no markers\n")
-    res = subprocess.run([sys.executable, "-m", "benchmarks.readme", out / "b.md", readme],
-                         capture_output=True, text=True, cwd=REPO, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmarks.readme", out / "b.md", readme],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
     assert_one_line_error(res, 1, r"README\.md: the marker <!-- bench:start --> must appear exactly once")
     assert readme.read_text() == "# no markers\n"
 
@@ -272,16 +416,36 @@ def test_readme_step_copies_the_markdown_and_refuses_a_file_without_markers(full
 def test_no_data_measures_latency_and_memory_only(export_dir, tmp_path):
     """happysad-bench MODEL with no data: latency on a synthetic input and peak RSS, marked as having no accuracy."""
     out = tmp_path / "lat.json"
-    res = subprocess.run([sys.executable, "-m", "benchmarks", str(export_dir / "model_int8.tflite"),
-                          "--runs", "50", "--cold-runs", "1", "--json", str(out)],
-                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            str(export_dir / "model_int8.tflite"),
+            "--runs",
+            "50",
+            "--cold-runs",
+            "1",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     assert "no accuracy: no data" in res.stdout and "p99 ms" in res.stdout and "peak RSS MB" in res.stdout
     (row,) = json.loads(out.read_text())["results"]
     assert "accuracy" not in row and row["latency_ms"]["p99"] >= row["latency_ms"]["p50"] > 0
     assert row["cold_start"]["peak_rss_mb"] > 20 and len(row["samples_ms"]) >= 50
-    res = subprocess.run([sys.executable, "-m", "benchmarks", str(export_dir / "model_int8.tflite"),
-                          "--max-drop", "1"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmarks", str(export_dir / "model_int8.tflite"), "--max-drop", "1"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert res.returncode == 1 and "need labelled data" in res.stderr
 
 
@@ -291,16 +455,34 @@ def test_demo_end_benchmarks_what_passed_and_names_a_refusal(run_dir, export_dir
     run = tmp_path / "run"
     shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("logs", "export"))
     shutil.copytree(export_dir, run / "export")
-    res = subprocess.run([sys.executable, "-m", "benchmarks.demo", str(run), "0"], capture_output=True, text=True,
-                         cwd=REPO, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmarks.demo", str(run), "0"], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads((run / "bench.json").read_text())["results"]
     assert "REFUSED" not in res.stderr
     # A negative --max-drop refuses even a file that loses nothing.
-    res = subprocess.run([sys.executable, "-m", "export", str(run), "--formats", "tflite-int8", "--max-drop", "-1",
-                          "--calib-samples", "40"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "export",
+            str(run),
+            "--formats",
+            "tflite-int8",
+            "--max-drop",
+            "-1",
+            "--calib-samples",
+            "40",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert res.returncode == 1
-    res = subprocess.run([sys.executable, "-m", "benchmarks.demo", str(run), "1"], capture_output=True, text=True,
-                         cwd=REPO, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmarks.demo", str(run), "1"], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
     assert res.returncode == 1
     assert "make demo: REFUSED model_int8.tflite" in res.stderr and "not written" in res.stderr

@@ -1,5 +1,6 @@
 """The camera loop on recorded video and on a live MJPEG stream: how it is
 tested without a camera."""
+
 import csv
 import json
 import os
@@ -17,28 +18,12 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO
 from edge.camera import annotate
 from edge.classifier import Prediction
 from edge.smoothing import ScoreSmoother
+
+from helpers import REPO, camera_cmd, run_camera, write_video
 from synth import draw_face
-
-
-def write_video(path, frames, fps=15):
-    h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
-    assert writer.isOpened()
-    for f in frames:
-        writer.write(f if f.ndim == 3 else cv2.cvtColor(f, cv2.COLOR_GRAY2BGR))
-    writer.release()
-
-
-def camera_cmd(model, source, *extra):
-    return [sys.executable, "-m", "edge", "camera", str(model), "--source", str(source), "--headless", *extra]
-
-
-def run_camera(model, video, *extra):
-    return subprocess.run(camera_cmd(model, video, *extra), capture_output=True, text=True, cwd=REPO, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +66,18 @@ def test_headless_prints_one_json_line_per_frame(export_dir, drawn_video):
 
 def test_the_size_the_source_gave_is_printed(export_dir, drawn_video):
     """--width/--height/--fps are requests to a camera; the loop says at start what the source gave."""
-    res = run_camera(export_dir / "model_int8.tflite", drawn_video, "--max-frames", "2", "--width", "1280",
-                     "--height", "720", "--fps", "30")
+    res = run_camera(
+        export_dir / "model_int8.tflite",
+        drawn_video,
+        "--max-frames",
+        "2",
+        "--width",
+        "1280",
+        "--height",
+        "720",
+        "--fps",
+        "30",
+    )
     assert res.returncode == 0, res.stderr
     assert re.search(r"source .*drawn\.avi: 160x120 at \d+ FPS \(asked 1280x720 at 30 FPS\)", res.stderr), res.stderr
 
@@ -99,8 +94,7 @@ def test_max_frames_and_no_face(export_dir, drawn_video):
 
 def test_real_faces_are_found_classified_recorded_and_logged(export_dir, faces_video, tmp_path):
     rec, log = tmp_path / "out.avi", tmp_path / "faces.csv"
-    res = run_camera(export_dir / "model_int8.tflite", faces_video, "--record", rec, "--log", log,
-                     "--faces", "all")
+    res = run_camera(export_dir / "model_int8.tflite", faces_video, "--record", rec, "--log", log, "--faces", "all")
     assert res.returncode == 0, res.stderr
     records = [json.loads(line) for line in res.stdout.splitlines()]
     with_face = [r for r in records if r["faces"]]
@@ -154,16 +148,20 @@ def read_mjpeg_frames(url, count):
             buf += r.read(4096)
             m = re.search(rb"Content-Length: (\d+)\r\n\r\n", buf)
             if m and len(buf) >= m.end() + int(m.group(1)):
-                jpeg = buf[m.end():m.end() + int(m.group(1))]
+                jpeg = buf[m.end() : m.end() + int(m.group(1))]
                 frames.append(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR))
-                buf = buf[m.end() + int(m.group(1)):]
+                buf = buf[m.end() + int(m.group(1)) :]
     return frames
 
 
 def serve(export_dir, video, port, *extra):
-    return subprocess.Popen(camera_cmd(export_dir / "model_int8.tflite", video, "--pace",
-                                       "--serve", f"127.0.0.1:{port}", *extra),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    return subprocess.Popen(
+        camera_cmd(export_dir / "model_int8.tflite", video, "--pace", "--serve", f"127.0.0.1:{port}", *extra),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -186,8 +184,9 @@ def test_mjpeg_preview_page_stream_and_404(export_dir, long_video):
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/etc/passwd", timeout=5)
         assert err.value.code == 404
-        snap = cv2.imdecode(np.frombuffer(wait_for_url(f"http://127.0.0.1:{port}/snapshot.jpg"), np.uint8),
-                            cv2.IMREAD_COLOR)
+        snap = cv2.imdecode(
+            np.frombuffer(wait_for_url(f"http://127.0.0.1:{port}/snapshot.jpg"), np.uint8), cv2.IMREAD_COLOR
+        )
         assert snap.shape == (120, 160, 3)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -204,9 +203,13 @@ def test_stream_that_drops_reconnects_then_gives_up(export_dir, long_video):
     port = free_port()
     server = serve(export_dir, long_video, port, "--max-frames", "45")
     wait_for_url(f"http://127.0.0.1:{port}/")
-    reader = subprocess.Popen(camera_cmd(export_dir / "model_int8.tflite", f"http://127.0.0.1:{port}/stream.mjpg",
-                                         "--reconnect-tries", "4"),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    reader = subprocess.Popen(
+        camera_cmd(export_dir / "model_int8.tflite", f"http://127.0.0.1:{port}/stream.mjpg", "--reconnect-tries", "4"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     try:
         server.wait(timeout=30)  # served 45 frames, then ended: the stream drops
         time.sleep(0.3)
@@ -227,8 +230,9 @@ def test_stream_that_drops_reconnects_then_gives_up(export_dir, long_video):
 def test_model_replaced_under_the_loop(export_dir, long_video, tmp_path):
     model = tmp_path / "live.tflite"
     shutil.copy(export_dir / "model_int8.tflite", model)
-    proc = subprocess.Popen(camera_cmd(model, long_video, "--pace"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+    proc = subprocess.Popen(
+        camera_cmd(model, long_video, "--pace"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO
+    )
     try:
         first = proc.stdout.readline()  # the loop is running
         time.sleep(1.2)
@@ -251,8 +255,13 @@ def test_model_replaced_under_the_loop(export_dir, long_video, tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_signal_releases_and_finalizes_outputs(export_dir, long_video, tmp_path, sig):
     rec = tmp_path / "rec.avi"
-    proc = subprocess.Popen(camera_cmd(export_dir / "model_int8.tflite", long_video, "--pace", "--record", rec),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    proc = subprocess.Popen(
+        camera_cmd(export_dir / "model_int8.tflite", long_video, "--pace", "--record", rec),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     seen = [proc.stdout.readline() for _ in range(10)]  # ten frames in: the loop is running
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=30)
@@ -269,17 +278,19 @@ def test_annotate_draws_box_label_and_fps():
     out = annotate(frame.copy(), [pred], 12.5)
     changed = np.any(out != frame, axis=2)
     assert changed[40, 40:90].all() and changed[40:90, 40].all()  # the box edges
-    assert changed[5:25, 5:80].any()                                # the FPS text
-    assert changed[20:38, 40:120].any()                             # the label above the box
-    assert out[40, 60].tolist() == [0, 0, 200]                      # sad is drawn in red (BGR)
+    assert changed[5:25, 5:80].any()  # the FPS text
+    assert changed[20:38, 40:120].any()  # the label above the box
+    assert out[40, 60].tolist() == [0, 0, 200]  # sad is drawn in red (BGR)
 
 
 def test_smoothing_follows_a_face_and_damps_a_flicker():
     s = ScoreSmoother(0.6, ("happy", "sad"))
 
     def pred(p_sad, box):
-        return Prediction("sad" if p_sad >= 0.5 else "happy", max(p_sad, 1 - p_sad),
-                          {"happy": 1 - p_sad, "sad": p_sad}, box)
+        return Prediction(
+            "sad" if p_sad >= 0.5 else "happy", max(p_sad, 1 - p_sad), {"happy": 1 - p_sad, "sad": p_sad}, box
+        )
+
     for _ in range(5):
         s.update([pred(0.1, (10, 10, 50, 50))])
     flicker = s.update([pred(0.9, (12, 11, 50, 50))])[0]  # one odd frame of the same face
@@ -298,29 +309,52 @@ def s_expected_history(value, alpha, n):
 
 
 def test_doctor_reports_each_check_and_fails_on_a_missing_camera(drawn_video):
-    res = subprocess.run([sys.executable, "-m", "edge", "doctor", "--source", "57"], capture_output=True,
-                         text=True, cwd=REPO, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "edge", "doctor", "--source", "57"], capture_output=True, text=True, cwd=REPO, timeout=60
+    )
     assert res.returncode == 1
     lines = {line.split()[1]: line for line in res.stdout.splitlines()}
     assert lines["ai-edge-litert"].startswith("ok") and lines["onnxruntime"].startswith("ok")
     assert lines["face"].startswith("ok")  # "face cascade"
     camera = [line for line in res.stdout.splitlines() if "camera 57" in line][0]
     assert camera.startswith("FAIL") and "ls /dev/video*" in camera
-    res = subprocess.run([sys.executable, "-m", "edge", "doctor", "--source", str(drawn_video)],
-                         capture_output=True, text=True, cwd=REPO, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "edge", "doctor", "--source", str(drawn_video)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
     assert res.returncode == 0, res.stdout
     assert "gives 160x120 frames" in res.stdout
 
 
 def test_preview_on_the_network_needs_a_token(export_dir, long_video, tmp_path):
-    res = subprocess.run(camera_cmd(export_dir / "model_int8.tflite", long_video, "--serve", "0.0.0.0:0"),
-                         capture_output=True, text=True, cwd=REPO, timeout=60)
+    res = subprocess.run(
+        camera_cmd(export_dir / "model_int8.tflite", long_video, "--serve", "0.0.0.0:0"),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
     assert res.returncode == 2 and "--serve-token" in res.stderr and "Traceback" not in res.stderr
     port = free_port()
     (tmp_path / "token").write_text("s3cret\n")
-    proc = subprocess.Popen(camera_cmd(export_dir / "model_int8.tflite", long_video, "--pace",
-                                       "--serve", f"127.0.0.1:{port}", "--serve-token", f"@{tmp_path / 'token'}"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    proc = subprocess.Popen(
+        camera_cmd(
+            export_dir / "model_int8.tflite",
+            long_video,
+            "--pace",
+            "--serve",
+            f"127.0.0.1:{port}",
+            "--serve-token",
+            f"@{tmp_path / 'token'}",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     try:
         for _ in range(100):
             try:
@@ -334,8 +368,9 @@ def test_preview_on_the_network_needs_a_token(export_dir, long_video, tmp_path):
             raise AssertionError("the preview never answered 401 without the token")
         page = urllib.request.urlopen(f"http://127.0.0.1:{port}/?token=s3cret", timeout=5).read()
         assert b"/stream.mjpg?token=s3cret" in page
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/snapshot.jpg",
-                                         headers={"Authorization": "Bearer s3cret"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/snapshot.jpg", headers={"Authorization": "Bearer s3cret"}
+        )
         assert urllib.request.urlopen(request, timeout=5).read()[:2] == b"\xff\xd8"
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/snapshot.jpg?token=wrong", timeout=5)
@@ -351,15 +386,25 @@ def test_prometheus_metrics_move_with_the_loop(export_dir, long_video):
     import hashlib
 
     from prometheus_client.parser import text_string_to_metric_families
+
     port = free_port()
     model = export_dir / "model_int8.tflite"
-    proc = subprocess.Popen(camera_cmd(model, long_video, "--pace", "--metrics", str(port)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    proc = subprocess.Popen(
+        camera_cmd(model, long_video, "--pace", "--metrics", str(port)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
 
     def scrape():
         text = wait_for_url(f"http://127.0.0.1:{port}/metrics").decode()
-        return {s.name + (str(sorted(s.labels.items())) if s.labels else ""): s
-                for family in text_string_to_metric_families(text) for s in family.samples}
+        return {
+            s.name + (str(sorted(s.labels.items())) if s.labels else ""): s
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
     try:
         first = scrape()
         time.sleep(1.5)

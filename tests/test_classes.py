@@ -1,4 +1,5 @@
 """Models of more than two classes, auxiliary classes, "uncertain" and flip TTA."""
+
 from __future__ import annotations
 
 import json
@@ -10,10 +11,11 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO
 from edge import Classifier, HappysadError, read_metadata
 from edge.metadata import UNCERTAIN, ModelMetadata, decode, encode
 from edge.metrics import class_probabilities, decide, suggest_min_confidence
+
+from helpers import REPO, run_camera, write_video
 from synth import draw_face, make_dataset
 
 THREE = ("happy", "sad", "neutral")
@@ -60,9 +62,13 @@ def test_metadata_of_a_softmax_model_round_trips_and_bad_label_lists_are_refused
     assert back.labels == THREE and back.output == "softmax" and back.min_confidence == 0.62
     d = meta.to_dict()
     assert d["schema_version"] == 3
-    for bad, why in (({"output": "sigmoid"}, "two labels"), ({"labels": ["happy", UNCERTAIN]}, "reserved"),
-                     ({"labels": ["a", "a"]}, "distinct"), ({"output": "relu"}, "not one of"),
-                     ({"min_confidence": 1.5}, "outside")):
+    for bad, why in (
+        ({"output": "sigmoid"}, "two labels"),
+        ({"labels": ["happy", UNCERTAIN]}, "reserved"),
+        ({"labels": ["a", "a"]}, "distinct"),
+        ({"output": "relu"}, "not one of"),
+        ({"min_confidence": 1.5}, "outside"),
+    ):
         with pytest.raises(HappysadError, match=why):
             ModelMetadata.from_dict({**d, **bad})
     # A version-2 file is a sigmoid model, whatever else it says.
@@ -72,8 +78,25 @@ def test_metadata_of_a_softmax_model_round_trips_and_bad_label_lists_are_refused
 
 def _train(args):
     from train.cli import main
-    assert main([*map(str, args), "--epochs", "10", "--seed", "1", "--batch-size", "16",
-                 "--patience", "10", "--augment", "basic"]) == 0
+
+    assert (
+        main(
+            [
+                *map(str, args),
+                "--epochs",
+                "10",
+                "--seed",
+                "1",
+                "--batch-size",
+                "16",
+                "--patience",
+                "10",
+                "--augment",
+                "basic",
+            ]
+        )
+        == 0
+    )
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +116,23 @@ def three_class(folders):
     out = folders / "run3"
     _train([folders / "hs", folders / "other", "--classes", ",".join(THREE), "--out", out])
     from export.cli import main
-    assert main([str(out), "--formats", "tflite-int8,onnx-float32", "--calib-samples", "60",
-                 "--max-drop", "100", "--min-accuracy", "0"]) == 0
+
+    assert (
+        main(
+            [
+                str(out),
+                "--formats",
+                "tflite-int8,onnx-float32",
+                "--calib-samples",
+                "60",
+                "--max-drop",
+                "100",
+                "--min-accuracy",
+                "0",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -121,8 +159,13 @@ def test_three_class_files_carry_labels_and_classify(three_class, tmp_path):
     for i, kind in enumerate(THREE):
         cv2.imwrite(str(tmp_path / f"{i}_{kind}.png"), draw_face(rng, kind))
     model = three_class / "export" / "model_int8.tflite"
-    res = subprocess.run([sys.executable, "-m", "edge", "classify", str(model), str(tmp_path), "--json"],
-                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "edge", "classify", str(model), str(tmp_path), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     records = [json.loads(line) for line in res.stdout.splitlines()]
     assert len(records) == 3
@@ -130,8 +173,13 @@ def test_three_class_files_carry_labels_and_classify(three_class, tmp_path):
         assert set(r["scores"]) == set(THREE) and sum(r["scores"].values()) == pytest.approx(1.0, abs=1e-3)
         assert r["label"] == max(r["scores"], key=r["scores"].get)
     # At a minimum confidence of 1, nothing is certain enough.
-    res = subprocess.run([sys.executable, "-m", "edge", "classify", str(model), str(tmp_path), "--json",
-                          "--min-confidence", "1"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "edge", "classify", str(model), str(tmp_path), "--json", "--min-confidence", "1"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     assert {json.loads(line)["label"] for line in res.stdout.splitlines()} == {UNCERTAIN}
 
@@ -142,13 +190,31 @@ def test_three_class_model_benchmarks_and_runs_the_camera_loop(three_class, fold
         src = folders / ("other" if kind == "neutral" else "hs") / kind
         shutil.copytree(src, data / kind)
     model = three_class / "export" / "model_int8.tflite"
-    res = subprocess.run([sys.executable, "-m", "benchmarks", str(model), "--data", str(data), "--runs", "20",
-                          "--warmup", "2", "--cold-runs", "0", "--json", str(tmp_path / "b.json")],
-                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            str(model),
+            "--data",
+            str(data),
+            "--runs",
+            "20",
+            "--warmup",
+            "2",
+            "--cold-runs",
+            "0",
+            "--json",
+            str(tmp_path / "b.json"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     row = json.loads((tmp_path / "b.json").read_text())["results"][0]
     assert np.array(row["confusion_matrix"]).shape == (3, 3) and row["n"] == 151
-    from test_camera import run_camera, write_video
     rng = np.random.default_rng(2)
     video = tmp_path / "v.avi"
     write_video(video, [cv2.resize(draw_face(rng, THREE[i % 3]), (160, 120)) for i in range(6)])
@@ -164,8 +230,13 @@ def aux_run(folders):
     out = folders / "run-aux"
     _train([folders / "hs", "--aux", folders / "other", "--out", out])
     from export.cli import main
-    assert main([str(out), "--formats", "tflite-int8", "--calib-samples", "60", "--max-drop", "100",
-                 "--min-accuracy", "0"]) == 0
+
+    assert (
+        main(
+            [str(out), "--formats", "tflite-int8", "--calib-samples", "60", "--max-drop", "100", "--min-accuracy", "0"]
+        )
+        == 0
+    )
     return out
 
 
@@ -183,6 +254,7 @@ def test_auxiliary_classes_train_beside_and_ship_two(aux_run):
     assert len(kept) + len(left_out) == 51 and len(aux["train"]) > 20 and aux["test"]
     assert "neutral/copy.png" not in kept
     import keras
+
     model = keras.saving.load_model(str(out / "model.keras"), compile=False)
     assert model.output_shape == (None, 1)
 
@@ -191,20 +263,27 @@ def test_restricted_head_equals_the_softmax_renormalised_over_the_kept_classes()
     import keras
 
     from train.models import build_model, restrict_head
+
     model = build_model("compact", (48, 48), 1, classes=4)
     for layer in model.layers:  # non-trivial batch-norm statistics and logits
         if layer.weights:
-            layer.set_weights([w + np.random.default_rng(0).normal(0, 0.1, w.shape).astype(w.dtype)
-                               if w.ndim > 1 or "moving_variance" not in v.path else np.abs(w) + 0.5
-                               for w, v in zip(layer.get_weights(), layer.weights)])
+            layer.set_weights(
+                [
+                    w + np.random.default_rng(0).normal(0, 0.1, w.shape).astype(w.dtype)
+                    if w.ndim > 1 or "moving_variance" not in v.path
+                    else np.abs(w) + 0.5
+                    for w, v in zip(layer.get_weights(), layer.weights)
+                ]
+            )
     x = np.random.default_rng(1).uniform(0, 255, (5, 48, 48, 1)).astype(np.float32)
     full = model.predict(x, verbose=0)
     two = restrict_head(model, [2, 0]).predict(x, verbose=0)
     assert two.shape == (5, 1)
     np.testing.assert_allclose(two[:, 0], full[:, 0] / (full[:, 0] + full[:, 2]), rtol=1e-4, atol=1e-6)
     three = restrict_head(model, [0, 1, 3]).predict(x, verbose=0)
-    np.testing.assert_allclose(three, full[:, [0, 1, 3]] / full[:, [0, 1, 3]].sum(1, keepdims=True),
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        three, full[:, [0, 1, 3]] / full[:, [0, 1, 3]].sum(1, keepdims=True), rtol=1e-4, atol=1e-6
+    )
     assert isinstance(model, keras.Model)
 
 
@@ -229,6 +308,7 @@ def test_min_confidence_in_the_api_auto_from_metadata_and_refused_out_of_range(e
 
 def test_flip_tta_averages_the_face_and_its_mirror(export_dir):
     from edge import preprocess
+
     model = export_dir / "model_float32.tflite"
     face = draw_face(np.random.default_rng(9), True)
     face[:, :20] = 255  # not symmetric: the mirror scores differently
@@ -242,10 +322,24 @@ def test_flip_tta_averages_the_face_and_its_mirror(export_dir):
 
 
 def test_neither_report_counts_each_label_on_unseen_auxiliary_faces(aux_run, tmp_path):
-    res = subprocess.run([sys.executable, "-m", "benchmarks.neither", str(aux_run / "export" / "model_int8.tflite"),
-                          "--split", str(aux_run / "split.json"), "--min-confidence", "0.9",
-                          "--json", str(tmp_path / "n.json")],
-                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.neither",
+            str(aux_run / "export" / "model_int8.tflite"),
+            "--split",
+            str(aux_run / "split.json"),
+            "--min-confidence",
+            "0.9",
+            "--json",
+            str(tmp_path / "n.json"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     report = json.loads((tmp_path / "n.json").read_text())
     neutral = report["classes"]["neutral"]
@@ -256,21 +350,44 @@ def test_neither_report_counts_each_label_on_unseen_auxiliary_faces(aux_run, tmp
     assert sum(neutral["confidence_histogram"].values()) == neutral["n"]
     assert "| neutral |" in res.stdout
     # A run without auxiliary classes has none to measure: one line, exit 1.
-    res = subprocess.run([sys.executable, "-m", "benchmarks.neither", str(aux_run / "export" / "model_int8.tflite"),
-                          "--split", str(tmp_path / "n.json")], capture_output=True, text=True, cwd=REPO, timeout=60)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.neither",
+            str(aux_run / "export" / "model_int8.tflite"),
+            "--split",
+            str(tmp_path / "n.json"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
     assert res.returncode == 1 and "no auxiliary classes" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_distillation_from_a_teacher_and_a_teacher_of_other_classes_refused(folders, three_class, run_dir, tmp_path):
     from train.cli import main
+
     out = tmp_path / "student"
     _train([folders / "hs", "--out", out, "--teacher", run_dir / "model.keras", "--distill-alpha", "0.3"])
     m = json.loads((out / "metrics.json").read_text())
     assert m["output"] == "sigmoid" and m["accuracy"] > 0.75
     config = json.loads((out / "config.json").read_text())
     assert config["teacher"] == str(run_dir / "model.keras") and config["distill_alpha"] == 0.3
-    err = io_of(main, [str(folders / "hs"), "--out", str(tmp_path / "bad"), "--epochs", "1",
-                       "--teacher", str(three_class / "model.keras")])
+    err = io_of(
+        main,
+        [
+            str(folders / "hs"),
+            "--out",
+            str(tmp_path / "bad"),
+            "--epochs",
+            "1",
+            "--teacher",
+            str(three_class / "model.keras"),
+        ],
+    )
     assert err[0] == 1 and "the teacher has 3 outputs, the student 1" in err[1]
 
 
@@ -278,6 +395,7 @@ def io_of(fn, argv):
     """(exit code, stderr) of a CLI main."""
     import contextlib
     import io
+
     buf = io.StringIO()
     with contextlib.redirect_stderr(buf):
         code = fn(argv)

@@ -1,25 +1,17 @@
 """Bad input gets a one-line error, a non-zero exit and no traceback."""
-import re
+
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO, assert_one_line_error
 
 
 def cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO, timeout=timeout)
-
-
-def assert_one_line_error(res, code, pattern):
-    assert res.returncode == code, (res.returncode, res.stderr)
-    lines = [line for line in res.stderr.splitlines()
-             if line.strip() and not line.startswith("INFO: Created TensorFlow Lite")]
-    assert len(lines) == 1, res.stderr
-    assert re.search(pattern, lines[0]), lines[0]
-    assert "Traceback" not in res.stderr
+    return subprocess.run(
+        [sys.executable, "-m", *map(str, args)], capture_output=True, text=True, cwd=REPO, timeout=timeout
+    )
 
 
 @pytest.fixture
@@ -66,16 +58,19 @@ def test_video_file_that_does_not_exist(export_dir, tmp_path):
     assert_one_line_error(res, 2, r"v\.avi: no such video file")
 
 
-@pytest.mark.parametrize("args,pattern", [
-    (("edge", "classify"), r"required"),
-    (("edge", "frobnicate"), r"invalid choice"),
-    (("edge", "camera", "m.tflite", "--max-frames", "-3"), r"must be 0 or more"),
-    (("train", "somewhere", "--out", "x", "--split-ratios", "0.5,0.6,0.1"), r"summing to 1"),
-    (("train", "somewhere", "--out", "x", "--epochs", "zero"), r"not an integer"),
-    (("export", "run", "--formats", "tflite-int4"), r"unknown format tflite-int4; valid formats: tflite-float32"),
-    (("benchmarks", "m.tflite", "--split", "s.json", "--runs", "0"), r"must be at least 1"),
-    (("benchmarks", "m.tflite", "--split", "s.json", "--bogus"), r"unrecognized arguments: --bogus"),
-])
+@pytest.mark.parametrize(
+    "args,pattern",
+    [
+        (("edge", "classify"), r"required"),
+        (("edge", "frobnicate"), r"invalid choice"),
+        (("edge", "camera", "m.tflite", "--max-frames", "-3"), r"must be 0 or more"),
+        (("train", "somewhere", "--out", "x", "--split-ratios", "0.5,0.6,0.1"), r"summing to 1"),
+        (("train", "somewhere", "--out", "x", "--epochs", "zero"), r"not an integer"),
+        (("export", "run", "--formats", "tflite-int4"), r"unknown format tflite-int4; valid formats: tflite-float32"),
+        (("benchmarks", "m.tflite", "--split", "s.json", "--runs", "0"), r"must be at least 1"),
+        (("benchmarks", "m.tflite", "--split", "s.json", "--bogus"), r"unrecognized arguments: --bogus"),
+    ],
+)
 def test_usage_errors_exit_2(args, pattern):
     assert_one_line_error(cli(*args), 2, pattern)
 
@@ -95,10 +90,18 @@ def test_bench_without_labelled_data(export_dir, tmp_path):
     assert_one_line_error(res, 2, r"split\.json: no such split file")
 
 
-@pytest.mark.parametrize("module,prog", [("edge", "happysad-edge"), ("train", "happysad-train"),
-                                         ("export", "happysad-export"), ("benchmarks", "happysad-bench")])
+@pytest.mark.parametrize(
+    "module,prog",
+    [
+        ("edge", "happysad-edge"),
+        ("train", "happysad-train"),
+        ("export", "happysad-export"),
+        ("benchmarks", "happysad-bench"),
+    ],
+)
 def test_every_tool_has_a_version(module, prog):
     from edge import __version__
+
     res = cli(module, "--version")
     assert res.returncode == 0 and res.stdout.strip() == f"{prog} {__version__}"
 
@@ -112,6 +115,7 @@ def test_classify_on_an_empty_folder_says_so(export_dir, tmp_path):
 def test_verify_json_answers_on_failure_too(export_dir, tmp_path):
     import json
     import shutil
+
     shutil.copy(export_dir / "model_int8.tflite", tmp_path / "model_int8.tflite")
     shutil.copy(export_dir / "manifest.json", tmp_path / "manifest.json")
     with open(tmp_path / "model_int8.tflite", "ab") as fh:
@@ -131,30 +135,45 @@ def test_training_over_an_earlier_run_needs_overwrite(run_dir, dataset):
 
 def test_workstation_tool_on_an_edge_install_says_what_to_install(dataset, tmp_path):
     """An edge-only install has happysad-train on the PATH; without Keras it says what to install."""
-    block = ("import sys\n"
-             "class Block:\n"
-             "    def find_spec(self, name, path=None, target=None):\n"
-             "        if name.split('.')[0] in ('keras', 'tensorflow'):\n"
-             "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
-             "sys.meta_path.insert(0, Block())\n")
-    for module, args in (("train", [str(dataset), "--out", str(tmp_path / "run"), "--epochs", "1"]),
-                         ("export", [str(tmp_path / "run")])):
+    block = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('keras', 'tensorflow'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+    )
+    for module, args in (
+        ("train", [str(dataset), "--out", str(tmp_path / "run"), "--epochs", "1"]),
+        ("export", [str(tmp_path / "run")]),
+    ):
         code = block + f"from {module}.cli import main\nsys.exit(main({args!r}))\n"
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
-        assert_one_line_error(res, 1, r"needs tensorflow, which the edge install leaves out; .*"
-                                      r"pip install 'happysad\[train\]'")
+        assert_one_line_error(
+            res,
+            1,
+            r"needs tensorflow, which the edge install leaves out; .*"
+            r"pip install 'happysad\[train\]'",
+        )
         assert not (tmp_path / "run").exists()  # failed before any work
 
 
 def test_a_model_with_the_wrong_extension_says_rename_it(export_dir, tmp_path, dataset):
     import shutil
+
     shutil.copy(export_dir / "model_int8.tflite", tmp_path / "model.onnx")
     shutil.copy(export_dir / "model_int8.onnx", tmp_path / "model.tflite")
     image = dataset / "happy" / "happy_000.png"
-    assert_one_line_error(cli("edge", "classify", tmp_path / "model.onnx", image), 1,
-                          r"model\.onnx: this is a TFLite model named \.onnx; rename it to \.tflite")
-    assert_one_line_error(cli("edge", "classify", tmp_path / "model.tflite", image), 1,
-                          r"model\.tflite: this looks like an ONNX model named \.tflite; rename it to \.onnx")
+    assert_one_line_error(
+        cli("edge", "classify", tmp_path / "model.onnx", image),
+        1,
+        r"model\.onnx: this is a TFLite model named \.onnx; rename it to \.tflite",
+    )
+    assert_one_line_error(
+        cli("edge", "classify", tmp_path / "model.tflite", image),
+        1,
+        r"model\.tflite: this looks like an ONNX model named \.tflite; rename it to \.onnx",
+    )
 
 
 def test_progress_draws_only_on_a_terminal():
@@ -165,6 +184,7 @@ def test_progress_draws_only_on_a_terminal():
     class Tty(io.StringIO):
         def isatty(self):
             return True
+
     tty, log = Tty(), io.StringIO()
     for stream in (tty, log):
         p = Progress(3, "images", stream)

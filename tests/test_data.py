@@ -48,6 +48,7 @@ def test_scan_reports_bad_files_and_conflicts(dataset, tmp_path):
 
 def test_identical_image_under_both_labels_is_left_out(tmp_path):
     from synth import make_dataset
+
     root = make_dataset(tmp_path / "d", per_class=5)
     (root / "sad" / "same.png").write_bytes((root / "happy" / "happy_000.png").read_bytes())
     s = scan(root)
@@ -80,8 +81,10 @@ def test_metrics_from_confusion_counts():
 
 
 def test_near_duplicates_blank_and_color_are_reported(tmp_path):
-    from synth import make_dataset
     from train.data import data_report, report_summary
+
+    from synth import make_dataset
+
     root = make_dataset(tmp_path / "d", per_class=6)
     face = cv2.imread(str(root / "happy" / "happy_002.png"), cv2.IMREAD_GRAYSCALE)
     # A re-encoded, slightly brightened and shifted copy is a near-duplicate, not a byte copy.
@@ -102,8 +105,10 @@ def test_near_duplicates_blank_and_color_are_reported(tmp_path):
 
 
 def test_phash_matches_re_encoded_and_differs_for_other_faces():
-    from synth import draw_face
     from train.data import hamming_pairs, phash
+
+    from synth import draw_face
+
     rng = np.random.default_rng(5)
     faces = [draw_face(rng, i % 2 == 0) for i in range(20)]
     jpeg = cv2.imdecode(cv2.imencode(".jpg", faces[0], [cv2.IMWRITE_JPEG_QUALITY, 70])[1], cv2.IMREAD_GRAYSCALE)
@@ -111,13 +116,15 @@ def test_phash_matches_re_encoded_and_differs_for_other_faces():
     pairs = hamming_pairs(hashes, 4, block=7)
     assert (0, 20) in pairs
     # Brute force agrees with the blockwise search.
-    brute = [(i, j) for i in range(21) for j in range(i + 1, 21)
-             if bin(int(hashes[i]) ^ int(hashes[j])).count("1") <= 4]
+    brute = [
+        (i, j) for i in range(21) for j in range(i + 1, 21) if bin(int(hashes[i]) ^ int(hashes[j])).count("1") <= 4
+    ]
     assert sorted(pairs) == brute
 
 
 def test_roc_auc_and_threshold_against_brute_force():
     from edge.metrics import best_threshold, roc_auc
+
     rng = np.random.default_rng(2)
     y = rng.integers(0, 2, 300)
     scores = np.round(np.clip(y * 0.3 + rng.normal(0.35, 0.2, 300), 0, 1), 2)  # with ties
@@ -129,4 +136,5 @@ def test_roc_auc_and_threshold_against_brute_force():
     def bal(th):
         pred = scores >= th
         return ((pred & (y == 1)).sum() / (y == 1).sum() + (~pred & (y == 0)).sum() / (y == 0).sum()) / 2
+
     assert all(bal(t) >= bal(c) - 1e-12 for c in np.linspace(0, 1, 101))

@@ -1,4 +1,5 @@
 """``python -m benchmarks.edge_speed``: the edge runtime's goals, run as a user runs it."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
-from test_cli_errors import assert_one_line_error
+from helpers import REPO, assert_one_line_error
 
 PROG = [sys.executable, "-m", "benchmarks.edge_speed"]
 
@@ -16,11 +16,30 @@ PROG = [sys.executable, "-m", "benchmarks.edge_speed"]
 @pytest.fixture(scope="module")
 def speed(export_dir, run_dir, real_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("speed")
-    res = subprocess.run(PROG + [str(export_dir / "model_int8.tflite"), "--keras", str(run_dir / "model.keras"),
-                                 "--data", str(real_data), "--frames", "40", "--runs", "300",
-                                 "--cold-runs", "1", "--workdir", str(out / "work"),
-                                 "--json", str(out / "speed.json")],
-                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        PROG
+        + [
+            str(export_dir / "model_int8.tflite"),
+            "--keras",
+            str(run_dir / "model.keras"),
+            "--data",
+            str(real_data),
+            "--frames",
+            "40",
+            "--runs",
+            "300",
+            "--cold-runs",
+            "1",
+            "--workdir",
+            str(out / "work"),
+            "--json",
+            str(out / "speed.json"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return res, json.loads((out / "speed.json").read_text())
 
 
@@ -49,13 +68,21 @@ def test_figures_are_ratios_of_what_was_measured(speed):
 def test_output_names_every_figure_and_exit_3_lists_the_missed_goals(speed):
     res, fig = speed
     out = res.stdout
-    for text in ("per-face path p50", "camera loop", "cold start to first prediction",
-                 "  edge: python", "  Keras: python", "tensorflow + keras", "the floor",
-                 "detector yunet: p50", "detector haar: p50", "the camera's default detector blazeface"):
+    for text in (
+        "per-face path p50",
+        "camera loop",
+        "cold start to first prediction",
+        "  edge: python",
+        "  Keras: python",
+        "tensorflow + keras",
+        "the floor",
+        "detector yunet: p50",
+        "detector haar: p50",
+        "the camera's default detector blazeface",
+    ):
         assert text in out
     goals = fig["goals"]
-    missed = [k for k, goal in goals.items()
-              if (fig[k] > goal if k == "per_face_over_invoke" else fig[k] < goal)]
+    missed = [k for k, goal in goals.items() if (fig[k] > goal if k == "per_face_over_invoke" else fig[k] < goal)]
     if missed:
         assert res.returncode == 3
         last = res.stderr.strip().splitlines()[-1]
@@ -66,8 +93,19 @@ def test_output_names_every_figure_and_exit_3_lists_the_missed_goals(speed):
 
 
 def test_missing_keras_model_is_a_usage_error_before_any_work(export_dir, tmp_path):
-    res = subprocess.run(PROG + [str(export_dir / "model_int8.tflite"), "--keras", str(tmp_path / "none.keras"),
-                                 "--workdir", str(tmp_path / "work")],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        PROG
+        + [
+            str(export_dir / "model_int8.tflite"),
+            "--keras",
+            str(tmp_path / "none.keras"),
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert_one_line_error(res, 2, r"none\.keras: no such Keras model; check --keras")
     assert not (tmp_path / "work").exists()

@@ -1,4 +1,5 @@
 """happysad-export: five verified, self-describing files; options; refusal on a miss."""
+
 import contextlib
 import hashlib
 import io
@@ -13,13 +14,13 @@ from edge import Classifier, load_image, preprocess, read_metadata
 from edge.dataset import read_split, split_items
 from edge.faces import DEFAULT_FACE_MARGIN
 
-FIVE = ("model_float32.tflite", "model_float16.tflite", "model_int8.tflite",
-        "model_float32.onnx", "model_int8.onnx")
+FIVE = ("model_float32.tflite", "model_float16.tflite", "model_int8.tflite", "model_float32.onnx", "model_int8.onnx")
 
 
 def export(*args):
     """Run happysad-export in this process; returns (exit code, stderr text)."""
     from export.cli import main
+
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         code = main([str(a) for a in args])
@@ -36,6 +37,7 @@ def val(run_dir):
 @pytest.fixture(scope="module")
 def keras_val(run_dir, val):
     import keras
+
     model = keras.saving.load_model(run_dir / "model.keras")
     return model.predict(val[0].astype(np.float32), verbose=0).ravel()
 
@@ -79,7 +81,10 @@ def test_recorded_figures_match_an_independent_run(export_dir, val, keras_val):
 
 
 def test_float16_is_half_the_size_and_loses_nothing(export_dir, val, keras_val):
-    f32, f16 = (export_dir / "model_float32.tflite").stat().st_size, (export_dir / "model_float16.tflite").stat().st_size
+    f32, f16 = (
+        (export_dir / "model_float32.tflite").stat().st_size,
+        (export_dir / "model_float16.tflite").stat().st_size,
+    )
     assert f16 < 0.6 * f32
     clf = Classifier(export_dir / "model_float16.tflite")
     assert clf.backend.input_dtype == np.float32 and clf.metadata.input_scale is None
@@ -97,9 +102,23 @@ def variant(run_dir, tmp_path_factory):
     not at their accuracy.
     """
     out = tmp_path_factory.mktemp("variant")
-    code, err = export(run_dir, "--out", out, "--formats", "tflite-int8,onnx-int8", "--io-type", "uint8",
-                       "--no-per-channel", "--calibration", "entropy", "--calib-samples", "60", "--debug-quant",
-                       "--max-drop", "100")
+    code, err = export(
+        run_dir,
+        "--out",
+        out,
+        "--formats",
+        "tflite-int8,onnx-int8",
+        "--io-type",
+        "uint8",
+        "--no-per-channel",
+        "--calibration",
+        "entropy",
+        "--calib-samples",
+        "60",
+        "--debug-quant",
+        "--max-drop",
+        "100",
+    )
     assert code == 0, err
     return out, err
 
@@ -110,6 +129,7 @@ def test_few_calibration_images_warn(variant):
 
 def test_uint8_input_takes_raw_pixels(variant, val):
     from ai_edge_litert.interpreter import Interpreter
+
     path = variant[0] / "model_int8.tflite"
     clf = Classifier(path)
     assert clf.backend.input_dtype == np.uint8 and clf.backend.input_quant == (1.0, 0)
@@ -130,12 +150,19 @@ def test_uint8_input_takes_raw_pixels(variant, val):
 def _weight_and_activation_scales(path):
     import onnx
     from onnx import numpy_helper
+
     model = onnx.load(str(path))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    weights = [inits[n.input[1]] for n in model.graph.node
-               if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].ndim == 4]
-    acts = {n.input[0]: float(inits[n.input[1]]) for n in model.graph.node
-            if n.op_type == "QuantizeLinear" and n.input[0] not in inits}
+    weights = [
+        inits[n.input[1]]
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].ndim == 4
+    ]
+    acts = {
+        n.input[0]: float(inits[n.input[1]])
+        for n in model.graph.node
+        if n.op_type == "QuantizeLinear" and n.input[0] not in inits
+    }
     return weights, acts
 
 
@@ -155,13 +182,13 @@ def test_onnx_per_channel_and_calibration_are_applied(export_dir, variant):
 
 def test_debug_quant_reports_every_layer(variant):
     import csv
+
     rows = list(csv.DictReader((variant[0] / "quant_debug_tflite_int8.csv").open()))
     assert len(rows) >= 5 and "CONV_2D" in {r["op_name"] for r in rows}
     assert all(float(r["mean_squared_error"]) >= 0 and float(r["scale"]) > 0 for r in rows)
     rows = list(csv.DictReader((variant[0] / "quant_debug_onnx_int8.csv").open()))
     assert len(rows) >= 5 and all(np.isfinite(float(r["sqnr_vs_float_db"])) for r in rows)
-    assert set(manifest_of(variant[0])["debug_reports"]) == {"quant_debug_tflite_int8.csv",
-                                                              "quant_debug_onnx_int8.csv"}
+    assert set(manifest_of(variant[0])["debug_reports"]) == {"quant_debug_tflite_int8.csv", "quant_debug_onnx_int8.csv"}
 
 
 def _folder_with_good_int8(export_dir, tmp_path):
@@ -178,8 +205,11 @@ def test_one_sample_calibration_is_refused_and_the_good_file_kept(run_dir, expor
     code, err = export(run_dir, "--out", tmp_path, "--formats", "tflite-int8", "--calib-samples", "1")
     assert code == 1
     line = err.strip().splitlines()[-1]
-    m = re.fullmatch(r"happysad-export: error: not written: model_int8\.tflite loses (\d+\.\d+) pp on the val "
-                     r"split \((\S+) -> (\S+), n=\d+\), (\d+\.\d+) pp over --max-drop 1; .*--debug-quant", line)
+    m = re.fullmatch(
+        r"happysad-export: error: not written: model_int8\.tflite loses (\d+\.\d+) pp on the val "
+        r"split \((\S+) -> (\S+), n=\d+\), (\d+\.\d+) pp over --max-drop 1; .*--debug-quant",
+        line,
+    )
     assert m, line
     drop, missed = float(m.group(1)), float(m.group(4))
     assert missed == pytest.approx(drop - 1.0, abs=0.01)
@@ -199,19 +229,24 @@ def test_negative_max_drop_refuses_even_a_lossless_file(run_dir, export_dir, tmp
     before = (tmp_path / "model_float16.tflite").read_bytes()
     code, err = export(run_dir, "--out", tmp_path, "--formats", "tflite-float16", "--max-drop", "-100")
     assert code == 1
-    assert re.search(r"model_float16\.tflite loses -?0\.00 pp .* 100\.00 pp over --max-drop -100",
-                     err.strip().splitlines()[-1])
+    assert re.search(
+        r"model_float16\.tflite loses -?0\.00 pp .* 100\.00 pp over --max-drop -100", err.strip().splitlines()[-1]
+    )
     assert (tmp_path / "model_float16.tflite").read_bytes() == before
 
 
-@pytest.mark.parametrize("args,pattern", [
-    (("--io-type", "int4"), r"argument --io-type: invalid choice: 'int4'"),
-    (("--calibration", "kl"), r"invalid choice: 'kl'"),
-    (("--max-drop", "lots"), r"'lots' is not a number of percentage points"),
-    (("--formats", "tflite-float8"), r"unknown format tflite-float8; valid formats: .*tflite-float16"),
-])
+@pytest.mark.parametrize(
+    "args,pattern",
+    [
+        (("--io-type", "int4"), r"argument --io-type: invalid choice: 'int4'"),
+        (("--calibration", "kl"), r"invalid choice: 'kl'"),
+        (("--max-drop", "lots"), r"'lots' is not a number of percentage points"),
+        (("--formats", "tflite-float8"), r"unknown format tflite-float8; valid formats: .*tflite-float16"),
+    ],
+)
 def test_bad_options_are_usage_errors(tmp_path, args, pattern, capsys):
     from export.cli import main
+
     with pytest.raises(SystemExit) as exc:
         main([str(tmp_path), *args])
     assert exc.value.code == 2
@@ -225,11 +260,17 @@ def test_onnx_int8_weights_fit_in_7_bits_and_auto_calibration_is_recorded(export
     split and the choice recorded."""
     import onnx
     from onnx import numpy_helper
+
     model = onnx.load(str(export_dir / "model_int8.onnx"))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    weights = [inits[n.input[0]] for n in model.graph.node
-               if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].dtype == np.int8
-               and inits[n.input[0]].ndim == 4]
+    weights = [
+        inits[n.input[0]]
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear"
+        and n.input[0] in inits
+        and inits[n.input[0]].dtype == np.int8
+        and inits[n.input[0]].ndim == 4
+    ]
     assert weights
     assert all(w.min() >= -64 and w.max() <= 64 for w in weights)  # 255 * 64 * 2 < 32767
     assert max(int(np.abs(w).max()) for w in weights) >= 60  # the 7-bit range is used, not shrunk further
@@ -246,9 +287,26 @@ def test_a_model_near_chance_is_not_exported(dataset, tmp_path):
     """One epoch at a tiny learning rate: the Keras model is near chance on validation, and
     the export says so in one line instead of shipping it (--min-accuracy 0 overrides)."""
     from train.cli import main as train_main
+
     run = tmp_path / "weak"
-    assert train_main([str(dataset), "--out", str(run), "--epochs", "1", "--lr", "0.00001", "--arch", "seed",
-                       "--augment", "basic"]) == 0
+    assert (
+        train_main(
+            [
+                str(dataset),
+                "--out",
+                str(run),
+                "--epochs",
+                "1",
+                "--lr",
+                "0.00001",
+                "--arch",
+                "seed",
+                "--augment",
+                "basic",
+            ]
+        )
+        == 0
+    )
     code, err = export(run, "--formats", "tflite-float32")
     assert code == 1 and "under --min-accuracy 0.6 (near chance" in err, err[-2000:]
     assert not (run / "export" / "model_float32.tflite").exists()

@@ -1,5 +1,6 @@
 """Face detectors (YuNet, BlazeFace short and full range, Haar), the levelled
 crop, and the photo path's answers with every face, none, or the fallback."""
+
 import json
 import math
 import shutil
@@ -10,11 +11,12 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO
 from edge import Classifier
 from edge.blazeface import BLAZEFACE, decode_blazeface, ssd_anchors, weighted_nms
 from edge.errors import HappysadError
 from edge.faces import DETECTORS, Face, HaarDetector, YuNetDetector, eye_angle, face_crop, make_detector
+
+from helpers import REPO
 
 WILD = REPO.parent / "shared" / "data" / "wild-dev"
 
@@ -142,6 +144,7 @@ def test_face_crop_geometry_without_keypoints():
 
 def test_tampered_detector_model_is_refused_and_haar_takes_over(tmp_path, monkeypatch, capsys):
     import edge.faces as faces
+
     for name in faces.ASSET_SHA256:
         shutil.copy(faces.ASSETS / name, tmp_path / name)
     data = bytearray((tmp_path / YuNetDetector.MODEL).read_bytes())
@@ -156,15 +159,22 @@ def test_tampered_detector_model_is_refused_and_haar_takes_over(tmp_path, monkey
 
 
 def _classify_json(model, *args):
-    res = subprocess.run([sys.executable, "-m", "edge", "classify", str(model), "--json", *map(str, args)],
-                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "edge", "classify", str(model), "--json", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     return [json.loads(line) for line in res.stdout.splitlines()]
 
 
 def test_faces_all_no_face_and_skip(export_dir, real_data, tmp_path):
-    faces = [cv2.resize(cv2.imread(str(p)), (150, 150), interpolation=cv2.INTER_CUBIC)
-             for p in sorted((real_data / "happy").glob("*.jpg"))[:2]]
+    faces = [
+        cv2.resize(cv2.imread(str(p)), (150, 150), interpolation=cv2.INTER_CUBIC)
+        for p in sorted((real_data / "happy").glob("*.jpg"))[:2]
+    ]
     two = np.full((400, 700, 3), 90, np.uint8)
     two[100:250, 60:210], two[120:270, 450:600] = faces
     cv2.imwrite(str(tmp_path / "two.png"), two)
@@ -200,6 +210,7 @@ def test_dnn_detectors_agree_on_clear_faces():
     if not WILD.is_dir():
         pytest.skip(f"wild-dev photos not present at {WILD}")
     from edge import find_images, load_image
+
     yunet, blaze = make_detector("yunet", fallback=False), make_detector("blazeface", fallback=False)
 
     def iou(a, b):
@@ -208,6 +219,7 @@ def test_dnn_detectors_agree_on_clear_faces():
         iw = max(0, min(ax + aw, bx + bw) - max(ax, bx))
         ih = max(0, min(ay + ah, by + bh) - max(ay, by))
         return iw * ih / (aw * ah + bw * bh - iw * ih)
+
     ious = []
     for path in find_images(WILD / "happy")[::2]:
         image = load_image(path)
@@ -222,6 +234,7 @@ def test_bench_pipeline_per_detector(export_dir, real_data, tmp_path):
     """happysad-bench --pipeline: per detector, faces found, accuracy where found and over
     all photos (whole-photo fallback), abstentions, and ms per stage, on photos of any size."""
     from edge import Classifier, load_image
+
     root = tmp_path / "photos"
     for label in ("happy", "sad"):
         (root / label).mkdir(parents=True)
@@ -232,9 +245,25 @@ def test_bench_pipeline_per_detector(export_dir, real_data, tmp_path):
             cv2.imwrite(str(root / label / f"{i}.jpg"), photo)
         cv2.imwrite(str(root / label / "blank.jpg"), np.full((300, 400, 3), 120, np.uint8))
     out = tmp_path / "wild.json"
-    res = subprocess.run([sys.executable, "-m", "benchmarks", str(export_dir / "model_int8.tflite"), "--pipeline",
-                          "--data", str(root), "--detector", "yunet,haar", "--json", str(out)],
-                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            str(export_dir / "model_int8.tflite"),
+            "--pipeline",
+            "--data",
+            str(root),
+            "--detector",
+            "yunet,haar",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     assert "| yunet |" in res.stdout and "| haar |" in res.stdout
     report = json.loads(out.read_text())
@@ -267,6 +296,7 @@ def test_odd_image_shapes_never_crash_a_detector(export_dir, name):
 def test_keras_benchmark_row_crops_the_pixels_the_device_crops(run_dir, export_dir, real_faces):
     """happysad-bench's Keras row and the edge runtime see the same face pixels for a photo."""
     from benchmarks.runners import KerasRunner
+
     runner = KerasRunner(run_dir / "model.keras", ["happy", "sad"], "yunet")
     clf = Classifier(export_dir / "model_int8.tflite", detector="yunet")
     compared = 0

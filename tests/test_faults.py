@@ -1,4 +1,5 @@
 """Faults: a process killed part-way never leaves a partial file under a final name."""
+
 import json
 import shutil
 import signal
@@ -8,11 +9,18 @@ import time
 
 import pytest
 
-from conftest import REPO
 from edge import Classifier, read_metadata
 
-FINAL = ("model_float32.tflite", "model_float16.tflite", "model_int8.tflite", "model_float32.onnx",
-         "model_int8.onnx", "manifest.json")
+from helpers import REPO
+
+FINAL = (
+    "model_float32.tflite",
+    "model_float16.tflite",
+    "model_int8.tflite",
+    "model_float32.onnx",
+    "model_int8.onnx",
+    "manifest.json",
+)
 
 
 def assert_every_final_file_whole(folder):
@@ -28,9 +36,13 @@ def assert_every_final_file_whole(folder):
 
 
 def export_until_first_file_then(sig, run_dir, out):
-    proc = subprocess.Popen([sys.executable, "-m", "export", str(run_dir), "--out", str(out),
-                             "--calib-samples", "40", "--max-drop", "100"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "export", str(run_dir), "--out", str(out), "--calib-samples", "40", "--max-drop", "100"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     deadline = time.monotonic() + 120
     while not (out / "model_float32.tflite").exists() and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -52,6 +64,7 @@ def test_killed_export_leaves_only_whole_files(run_dir, export_dir, tmp_path, si
     assert_every_final_file_whole(out)
     # The manifest lists only files that match it, so verify never fails a good file.
     import hashlib
+
     listed = json.loads((out / "manifest.json").read_text())["files"]
     assert listed
     for name, rec in listed.items():

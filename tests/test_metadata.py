@@ -5,8 +5,15 @@ import zipfile
 import pytest
 
 from edge import HappysadError, ModelMetadata
-from edge.metadata import (MAX_METADATA_BYTES, TFLITE_MEMBER, append_to_tflite, decode, encode,
-                           read_tflite_metadata, strip_tflite_metadata)
+from edge.metadata import (
+    MAX_METADATA_BYTES,
+    TFLITE_MEMBER,
+    append_to_tflite,
+    decode,
+    encode,
+    read_tflite_metadata,
+    strip_tflite_metadata,
+)
 
 META = ModelMetadata(("happy", "sad"), (48, 48), "gray", 0.5, 0.1, extra={"format": "tflite-int8"})
 
@@ -63,10 +70,18 @@ def test_bad_fields(field, value):
         decode(json.dumps(d).encode(), "m")
 
 
-V2 = ModelMetadata(("happy", "sad"), (48, 48), "gray", 0.5, 0.1, extra={"format": "tflite-int8"},
-                   input_dtype="int8", input_scale=1.0, input_zero_point=-128,
-                   verification={"split": "val", "n": 24, "float_accuracy": 0.95, "accuracy": 0.9,
-                                 "drop_pp": 5.0, "agreement": 0.95})
+V2 = ModelMetadata(
+    ("happy", "sad"),
+    (48, 48),
+    "gray",
+    0.5,
+    0.1,
+    extra={"format": "tflite-int8"},
+    input_dtype="int8",
+    input_scale=1.0,
+    input_zero_point=-128,
+    verification={"split": "val", "n": 24, "float_accuracy": 0.95, "accuracy": 0.9, "drop_pp": 5.0, "agreement": 0.95},
+)
 
 
 def test_schema_3_round_trip_and_schema_2_reads():
@@ -87,15 +102,18 @@ def test_schema_1_files_still_read():
     assert back.to_dict()["schema_version"] == 1
 
 
-@pytest.mark.parametrize("change,message", [
-    (lambda d: d["input"].pop("dtype"), "missing field 'dtype'"),
-    (lambda d: d["input"].update(dtype="int4"), "input dtype 'int4'"),
-    (lambda d: d["input"].update(zero_point=None), "needs a scale > 0 and an integer zero point"),
-    (lambda d: d["input"].update(zero_point=-129), "outside the int8 range"),
-    (lambda d: d["input"].update(dtype="float32"), "a float32 input has no scale"),
-    (lambda d: d["verification"].update(accuracy=1.5), "verification accuracy 1.5"),
-    (lambda d: d["verification"].pop("n"), "missing field 'n'"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda d: d["input"].pop("dtype"), "missing field 'dtype'"),
+        (lambda d: d["input"].update(dtype="int4"), "input dtype 'int4'"),
+        (lambda d: d["input"].update(zero_point=None), "needs a scale > 0 and an integer zero point"),
+        (lambda d: d["input"].update(zero_point=-129), "outside the int8 range"),
+        (lambda d: d["input"].update(dtype="float32"), "a float32 input has no scale"),
+        (lambda d: d["verification"].update(accuracy=1.5), "verification accuracy 1.5"),
+        (lambda d: d["verification"].pop("n"), "missing field 'n'"),
+    ],
+)
 def test_bad_schema_2_fields(change, message):
     d = json.loads(encode(V2))
     change(d)

@@ -1,17 +1,19 @@
 """Train -> export -> edge -> bench on the synthetic faces."""
+
 import hashlib
-import os
-from pathlib import Path
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import REPO
 from edge import Classifier, load_image, preprocess, read_metadata
 from edge.dataset import read_split, split_items
+
+from helpers import REPO
 
 MODELS = ("model_float32.tflite", "model_int8.tflite", "model_float32.onnx", "model_int8.onnx")
 
@@ -20,8 +22,18 @@ def test_training_writes_every_artifact(run_dir):
     for name in ("model.keras", "split.json", "history.csv", "metrics.json", "config.json", "data_report.json"):
         assert (run_dir / name).stat().st_size > 0, name
     m = json.loads((run_dir / "metrics.json").read_text())
-    for key in ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "confusion_matrix", "roc_auc",
-                "parameters", "macs_per_image", "train_seconds"):
+    for key in (
+        "accuracy",
+        "balanced_accuracy",
+        "precision",
+        "recall",
+        "f1",
+        "confusion_matrix",
+        "roc_auc",
+        "parameters",
+        "macs_per_image",
+        "train_seconds",
+    ):
         assert key in m
     assert m["accuracy"] >= 0.8, m  # drawn smiles and frowns are easy
     assert m["threshold"] == 0.5 and m["threshold_source"] == "default"
@@ -38,6 +50,7 @@ def test_training_writes_every_artifact(run_dir):
 
 def test_saved_model_has_no_augmentation(run_dir):
     import keras
+
     model = keras.saving.load_model(run_dir / "model.keras")
     names = [type(layer).__name__ for layer in model.layers]
     assert names[1] == "Rescaling" and not [n for n in names if n.startswith("Random")]
@@ -53,9 +66,29 @@ def test_threshold_tuned_on_validation_mirrored_memory_cache(dataset, run_dir, t
 
     from edge.metrics import best_threshold
     from train.cli import main
+
     out = tmp_path / "tuned"
-    assert main([str(dataset), "--out", str(out), "--epochs", "2", "--seed", "1", "--arch", "seed",
-                 "--tune-threshold", "--strategy", "mirrored", "--cache", "memory"]) == 0
+    assert (
+        main(
+            [
+                str(dataset),
+                "--out",
+                str(out),
+                "--epochs",
+                "2",
+                "--seed",
+                "1",
+                "--arch",
+                "seed",
+                "--tune-threshold",
+                "--strategy",
+                "mirrored",
+                "--cache",
+                "memory",
+            ]
+        )
+        == 0
+    )
     first, second = (json.loads((d / "split.json").read_text()) for d in (run_dir, out))
     assert all(first[p] == second[p] for p in ("train", "val", "test"))
     m = json.loads((out / "metrics.json").read_text())
@@ -63,8 +96,7 @@ def test_threshold_tuned_on_validation_mirrored_memory_cache(dataset, run_dir, t
     split = read_split(out / "split.json")
     items = split_items(split, "val")
     model = keras.saving.load_model(out / "model.keras")
-    probs = model.predict(np.stack([preprocess(load_image(p)) for p, _ in items]).astype(np.float32),
-                          verbose=0).ravel()
+    probs = model.predict(np.stack([preprocess(load_image(p)) for p, _ in items]).astype(np.float32), verbose=0).ravel()
     assert m["threshold"] == pytest.approx(best_threshold([y for _, y in items], probs), abs=1e-6)
     assert m["validation"]["threshold"] == m["threshold"]
 
@@ -106,6 +138,7 @@ def inputs(run_dir):
 @pytest.fixture(scope="module")
 def keras_probs(run_dir, inputs):
     import keras
+
     model = keras.saving.load_model(run_dir / "model.keras")
     return model.predict(inputs.astype(np.float32), verbose=0).ravel()
 
@@ -129,11 +162,21 @@ def test_int8_tflite_takes_raw_pixels_with_scale_one(export_dir):
     clf = Classifier(export_dir / "model_int8.tflite")
     assert clf.backend.input_dtype == np.int8
     assert clf.backend.input_quant == (1.0, -128)
-    res = subprocess.run([sys.executable, "-m", "edge", "info", str(export_dir / "model_int8.tflite")],
-                         capture_output=True, text=True, cwd=REPO, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "edge", "info", str(export_dir / "model_int8.tflite")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
     info = json.loads(res.stdout)
-    assert info["input"] == {"shape": [1, 48, 48, 1], "layout": "NHWC", "dtype": "int8",
-                             "scale": 1.0, "zero_point": -128}
+    assert info["input"] == {
+        "shape": [1, 48, 48, 1],
+        "layout": "NHWC",
+        "dtype": "int8",
+        "scale": 1.0,
+        "zero_point": -128,
+    }
     assert info["metadata"]["labels"] == ["happy", "sad"]
     assert info["size_bytes"] == (export_dir / "model_int8.tflite").stat().st_size
 
@@ -149,9 +192,11 @@ def test_edge_runs_without_tensorflow(export_dir, dataset):
         f"    out[name] = Classifier({str(export_dir)!r} + '/' + name).classify_image(img).label\n"
         "import cv2, numpy as np\n"
         "big = np.full((240, 320, 3), 90, np.uint8)\n"
-        "big[40:200, 80:240] = cv2.resize(cv2.cvtColor(img, cv2.COLOR_GRAY2BGR) if img.ndim == 2 else img, (160, 160))\n"
+        "bgr = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR) if img.ndim == 2 else img\n"
+        "big[40:200, 80:240] = cv2.resize(bgr, (160, 160))\n"
         "for det in ('yunet', 'blazeface', 'blazeface-full', 'haar'):\n"
-        f"    out[det] = Classifier({str(export_dir)!r} + '/model_int8.tflite', detector=det).classify_image(big).label\n"
+        f"    clf = Classifier({str(export_dir)!r} + '/model_int8.tflite', detector=det)\n"
+        "    out[det] = clf.classify_image(big).label\n"
         "bad = [m for m in ('tensorflow', 'keras', 'tf2onnx', 'train', 'export') if m in sys.modules]\n"
         "print(json.dumps({'labels': out, 'bad': bad}))\n"
     )
@@ -165,47 +210,91 @@ def test_edge_runs_without_tensorflow(export_dir, dataset):
 def test_installed_wheel_carries_the_detectors(export_dir, tmp_path):
     """The wheel (not the source tree) holds the vendored detector models and
     their NOTICE, and an install of it classifies a frame with the default detector."""
-    import zipfile
     # Built from a copy of the tracked files, so setuptools' build/ folder is not left in the checkout.
     import shutil
+    import zipfile
+
     src = tmp_path / "src"
     tracked = subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=REPO).stdout.split("\n")
     for name in filter(None, tracked):
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, src / name)
-    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                          "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     (wheel,) = (tmp_path / "dist").glob("happysad-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for asset in ("face_detection_yunet_2023mar.onnx", "face_detection_short_range.tflite",
-                  "face_detection_full_range.tflite", "NOTICE", "LICENSE-yunet"):
+    for asset in (
+        "face_detection_yunet_2023mar.onnx",
+        "face_detection_short_range.tflite",
+        "face_detection_full_range.tflite",
+        "NOTICE",
+        "LICENSE-yunet",
+    ):
         assert f"edge/assets/{asset}" in names, asset
-    res = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
-                          str(tmp_path / "site"), str(wheel)], capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(tmp_path / "site"), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
-    code = ("import edge, numpy as np, cv2, sys\n"
-            "from edge import Classifier\n"
-            "assert edge.__file__.startswith(sys.argv[1]), edge.__file__\n"
-            "frame = np.full((240, 320, 3), 90, np.uint8)\n"
-            "clf = Classifier(sys.argv[2])\n"
-            "print(clf.classify_photo(frame)[0].basis, type(clf.detector).__name__)\n")
-    res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "site"), str(export_dir / "model_int8.tflite")],
-                         capture_output=True, text=True, cwd=tmp_path, timeout=120,
-                         env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
+    code = (
+        "import edge, numpy as np, cv2, sys\n"
+        "from edge import Classifier\n"
+        "assert edge.__file__.startswith(sys.argv[1]), edge.__file__\n"
+        "frame = np.full((240, 320, 3), 90, np.uint8)\n"
+        "clf = Classifier(sys.argv[2])\n"
+        "print(clf.classify_photo(frame)[0].basis, type(clf.detector).__name__)\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "site"), str(export_dir / "model_int8.tflite")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "site")},
+    )
     assert res.returncode == 0, res.stderr
     # YuNet loaded from the install (no fallback to Haar) and found no face in a blank frame.
     assert res.stdout.strip() == "whole-image YuNetDetector" and "falling back" not in res.stderr
 
 
 def test_classify_json_schema(export_dir, dataset):
-    res = subprocess.run([sys.executable, "-m", "edge", "classify", str(export_dir / "model_int8.tflite"),
-                          str(dataset / "sad"), "--json"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge",
+            "classify",
+            str(export_dir / "model_int8.tflite"),
+            str(dataset / "sad"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     lines = [json.loads(line) for line in res.stdout.splitlines()]
     assert len(lines) == 60  # 62 files with an image suffix, two of them broken
     for obj in lines:
-        assert set(obj) == {"path", "label", "confidence", "scores", "basis", "face", "face_score", "keypoints",
-                            "ms"}
+        assert set(obj) == {"path", "label", "confidence", "scores", "basis", "face", "face_score", "keypoints", "ms"}
         # 48x48 crops: classified whole, no detection.
         assert obj["label"] in ("happy", "sad") and obj["face"] is None and obj["basis"] == "whole-image"
         assert abs(sum(obj["scores"].values()) - 1) < 1e-5
@@ -222,9 +311,26 @@ def test_classify_json_schema(export_dir, dataset):
 
 def test_bench_table_and_json(export_dir, run_dir, tmp_path):
     out = tmp_path / "bench.json"
-    res = subprocess.run([sys.executable, "-m", "benchmarks", *(str(export_dir / m) for m in MODELS),
-                          "--split", str(run_dir / "split.json"), "--runs", "20", "--warmup", "2",
-                          "--json", str(out)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            *(str(export_dir / m) for m in MODELS),
+            "--split",
+            str(run_dir / "split.json"),
+            "--runs",
+            "20",
+            "--warmup",
+            "2",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     header = res.stdout.splitlines()[0].split()
     for col in ("model", "p50", "p99", "accuracy", "drop", "agreement"):
@@ -238,8 +344,9 @@ def test_bench_table_and_json(export_dir, run_dir, tmp_path):
         lat = r["latency_ms"]
         assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
         assert r["size_mb"] > 0 and r["load_ms"] > 0
-        assert r["drop_pp"] == pytest.approx((rows[r["reference"].rsplit("/", 1)[-1]]["accuracy"]
-                                              - r["accuracy"]) * 100)
+        assert r["drop_pp"] == pytest.approx(
+            (rows[r["reference"].rsplit("/", 1)[-1]]["accuracy"] - r["accuracy"]) * 100
+        )
     assert rows["model_float32.tflite"]["drop_pp"] == 0
     assert rows["model_int8.tflite"]["size_mb"] < rows["model_float32.tflite"]["size_mb"] / 2
     assert report["machine"]["cores"] >= 1
@@ -250,6 +357,7 @@ def test_tuned_threshold_travels_into_exported_files(run_dir, tmp_path):
     import shutil
 
     from export.cli import main
+
     run = tmp_path / "run"
     shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("export"))
     metrics = json.loads((run / "metrics.json").read_text())
@@ -265,11 +373,27 @@ def test_deterministic_training_repeats_bit_for_bit(dataset, tmp_path):
     """--deterministic: two runs with one seed give the same weights hash and the same
     figures to the last digit; another seed gives other weights."""
     from train.cli import main
+
     metrics = []
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
         out = tmp_path / name
-        assert main([str(dataset), "--out", str(out), "--epochs", "2", "--seed", str(seed),
-                     "--batch-size", "16", "--deterministic"]) == 0
+        assert (
+            main(
+                [
+                    str(dataset),
+                    "--out",
+                    str(out),
+                    "--epochs",
+                    "2",
+                    "--seed",
+                    str(seed),
+                    "--batch-size",
+                    "16",
+                    "--deterministic",
+                ]
+            )
+            == 0
+        )
         metrics.append(json.loads((out / "metrics.json").read_text()))
     a, b, c = metrics
     assert json.loads((tmp_path / "a" / "config.json").read_text())["augment"] == "camera"  # the default
@@ -285,6 +409,7 @@ def test_moved_folders_still_read(run_dir, export_dir, dataset, tmp_path):
     """split.json records its data folder relative to itself (and absolute beside it): a
     project moved whole reads back; a model folder copied elsewhere verifies and classifies."""
     import shutil
+
     project = tmp_path / "project"
     shutil.copytree(dataset, project / "data")
     shutil.copytree(run_dir, project / "runs" / "run", ignore=shutil.ignore_patterns("logs"))
@@ -299,10 +424,26 @@ def test_moved_folders_still_read(run_dir, export_dir, dataset, tmp_path):
     assert all(p.is_file() for p, _ in split_items(again, "test"))
     device = tmp_path / "device"
     shutil.copytree(export_dir, device)
-    res = subprocess.run([sys.executable, "-m", "edge", "verify", str(device / "model_int8.tflite")],
-                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "edge", "verify", str(device / "model_int8.tflite")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert res.returncode == 0 and res.stdout.startswith("OK "), res.stderr
-    res = subprocess.run([sys.executable, "-m", "edge", "classify", str(device / "model_int8.tflite"),
-                          str(dataset / "happy" / "happy_000.png")], capture_output=True, text=True, cwd=REPO,
-                         timeout=120)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge",
+            "classify",
+            str(device / "model_int8.tflite"),
+            str(dataset / "happy" / "happy_000.png"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert res.returncode == 0 and ("\thappy\t" in res.stdout or "\tsad\t" in res.stdout), res.stderr

@@ -37,8 +37,15 @@ def test_gray_matches_bt601_luma():
     assert abs(int(out[0, 0, 0]) - expected) <= 1
 
 
-@pytest.mark.parametrize("bad", [np.zeros((4, 4), np.float32), np.zeros((4, 4, 2), np.uint8),
-                                 np.zeros((0, 4), np.uint8), np.zeros((2, 2, 2, 2), np.uint8)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros((4, 4), np.float32),
+        np.zeros((4, 4, 2), np.uint8),
+        np.zeros((0, 4), np.uint8),
+        np.zeros((2, 2, 2, 2), np.uint8),
+    ],
+)
 def test_bad_arrays_raise_clear_error(bad):
     with pytest.raises(HappysadError):
         preprocess(bad)
@@ -62,6 +69,7 @@ def test_load_image_reasons(tmp_path):
 
 def test_int8_xor_fast_path_equals_affine_quantization():
     from edge.backends import quantize
+
     x = np.arange(256, dtype=np.uint8)
     flipped = np.bitwise_xor(x, 0x80).view(np.int8)
     np.testing.assert_array_equal(flipped, quantize(x, 1.0, -128, np.int8))
@@ -70,6 +78,7 @@ def test_int8_xor_fast_path_equals_affine_quantization():
 
 def test_face_crop_samples_whole_multiples_of_the_input_about_the_box_centre():
     from edge.faces import Face, face_crop
+
     image = np.zeros((480, 640), np.uint8)
     image[175, 195] = 255  # the box centre
     crop = face_crop(image, Face((100, 80, 190, 190)), (48, 48), margin=0.1)

@@ -1,4 +1,5 @@
 """happysad-edge verify: a copied file is checked against its manifest, then loaded."""
+
 import dataclasses
 import json
 import re
@@ -8,12 +9,12 @@ import sys
 
 import pytest
 
-from conftest import REPO
 from edge import read_metadata
 from edge.cli import main
 
-FIVE = ("model_float32.tflite", "model_float16.tflite", "model_int8.tflite",
-        "model_float32.onnx", "model_int8.onnx")
+from helpers import REPO
+
+FIVE = ("model_float32.tflite", "model_float16.tflite", "model_int8.tflite", "model_float32.onnx", "model_int8.onnx")
 
 
 def verify(*args):
@@ -49,9 +50,11 @@ def test_flipped_byte_is_refused(export_dir, tmp_path, name, capsys):
     data[len(data) // 2] ^= 0x01  # one bit, in the middle of the weights
     path.write_bytes(bytes(data))
     assert verify(path) == 1
-    assert re.fullmatch(rf"happysad-edge: error: .*{re.escape(name)}: sha256 \w+… does not match "
-                        r"manifest\.json \(\w+…\): the file was changed or corrupted; copy it again",
-                        one_error_line(capsys))
+    assert re.fullmatch(
+        rf"happysad-edge: error: .*{re.escape(name)}: sha256 \w+… does not match "
+        r"manifest\.json \(\w+…\): the file was changed or corrupted; copy it again",
+        one_error_line(capsys),
+    )
 
 
 def test_truncated_file_is_refused(export_dir, tmp_path, capsys):
@@ -78,16 +81,25 @@ def test_metadata_that_misstates_the_input_is_refused(export_dir, tmp_path, caps
     import hashlib
 
     from export.convert import embed
+
     meta = read_metadata(export_dir / "model_int8.tflite")
     wrong = dataclasses.replace(meta, input_dtype="uint8", input_zero_point=0)
     data = embed((export_dir / "model_int8.tflite").read_bytes(), wrong)
     (tmp_path / "model_int8.tflite").write_bytes(data)
-    manifest = {"files": {"model_int8.tflite": {"format": "tflite-int8", "size_bytes": len(data),
-                                                "sha256": hashlib.sha256(data).hexdigest()}}}
+    manifest = {
+        "files": {
+            "model_int8.tflite": {
+                "format": "tflite-int8",
+                "size_bytes": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
+        }
+    }
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     assert verify(tmp_path / "model_int8.tflite") == 1
-    assert re.search(r"input tensor is int8 \(1\.0, -128\), its metadata says uint8 \(1\.0, 0\)",
-                     one_error_line(capsys))
+    assert re.search(
+        r"input tensor is int8 \(1\.0, -128\), its metadata says uint8 \(1\.0, 0\)", one_error_line(capsys)
+    )
 
 
 def test_verify_runs_without_tensorflow(export_dir, tmp_path):
@@ -108,7 +120,8 @@ def test_verify_runs_without_tensorflow(export_dir, tmp_path):
     data = bytearray(path.read_bytes())
     data[-10] ^= 0xFF  # in the metadata zip at the end
     path.write_bytes(bytes(data))
-    res = subprocess.run([sys.executable, "-m", "edge", "verify", str(path)], capture_output=True, text=True,
-                         cwd=REPO, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "edge", "verify", str(path)], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert "does not match manifest.json" in res.stderr

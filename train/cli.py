@@ -1,4 +1,5 @@
 """``happysad-train``: train the happy/sad classifier on a folder of photos."""
+
 from __future__ import annotations
 
 import argparse
@@ -49,53 +50,101 @@ def _classes(text: str) -> tuple:
 
 
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(prog=PROG, description=__doc__,
-                       epilog="DATA_DIR holds one sub-folder per class, e.g. DATA_DIR/happy/*.jpg "
-                              "and DATA_DIR/sad/*.jpg; labels are the folder names, sorted.")
-    p.add_argument("data_dir", metavar="DATA_DIR", nargs="+",
-                   help="folder with one sub-folder of photos per class; with several, a class is its "
-                        "sub-folders in all of them")
-    p.add_argument("--classes", type=_classes, default=None, metavar="A,B[,C...]",
-                   help="train on these classes only, in this output order (default: every class folder, "
-                        "sorted); e.g. happy,sad,neutral")
-    p.add_argument("--aux", metavar="AUX_DIR", action="append", default=[],
-                   help="folder of auxiliary classes, trained on beside DATA_DIR's (one softmax over all) and "
-                        "left out of the shipped model; split like DATA_DIR, its train part trained on, copies of "
-                        "DATA_DIR images left out (repeatable)")
-    p.add_argument("-o", "--out", metavar="RUN_DIR", default=None,
-                   help="run folder to write (required unless --check)")
-    p.add_argument("--check", action="store_true",
-                   help="only scan DATA_DIR and write its data report (RUN_DIR/data_report.json, "
-                        "or ./data_report.json without --out); no training")
+    p = ArgumentParser(
+        prog=PROG,
+        description=__doc__,
+        epilog="DATA_DIR holds one sub-folder per class, e.g. DATA_DIR/happy/*.jpg "
+        "and DATA_DIR/sad/*.jpg; labels are the folder names, sorted.",
+    )
+    p.add_argument(
+        "data_dir",
+        metavar="DATA_DIR",
+        nargs="+",
+        help="folder with one sub-folder of photos per class; with several, a class is its sub-folders in all of them",
+    )
+    p.add_argument(
+        "--classes",
+        type=_classes,
+        default=None,
+        metavar="A,B[,C...]",
+        help="train on these classes only, in this output order (default: every class folder, "
+        "sorted); e.g. happy,sad,neutral",
+    )
+    p.add_argument(
+        "--aux",
+        metavar="AUX_DIR",
+        action="append",
+        default=[],
+        help="folder of auxiliary classes, trained on beside DATA_DIR's (one softmax over all) and "
+        "left out of the shipped model; split like DATA_DIR, its train part trained on, copies of "
+        "DATA_DIR images left out (repeatable)",
+    )
+    p.add_argument("-o", "--out", metavar="RUN_DIR", default=None, help="run folder to write (required unless --check)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="only scan DATA_DIR and write its data report (RUN_DIR/data_report.json, "
+        "or ./data_report.json without --out); no training",
+    )
     p.add_argument("-a", "--arch", choices=ARCHS, default=DEFAULT_ARCH, help="model architecture")
     p.add_argument("-e", "--epochs", type=positive_int, default=30, help="most epochs (early stopping may end sooner)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, weights and augmentation")
     p.add_argument("--img-size", type=positive_int, default=48, help="input height and width, pixels")
     p.add_argument("--color", choices=("gray", "rgb"), default="gray", help="input color mode")
-    p.add_argument("--split-ratios", type=_ratios, default=(0.7, 0.2, 0.1), metavar="TRAIN,VAL,TEST",
-                   help="fractions of the stratified split")
+    p.add_argument(
+        "--split-ratios",
+        type=_ratios,
+        default=(0.7, 0.2, 0.1),
+        metavar="TRAIN,VAL,TEST",
+        help="fractions of the stratified split",
+    )
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per training step")
     p.add_argument("--lr", type=_lr, default=2e-3, help="peak learning rate (warm-up, then cosine decay)")
-    p.add_argument("--patience", type=positive_int, default=8,
-                   help="epochs without a better validation loss before early stopping")
-    p.add_argument("--tune-threshold", action="store_true",
-                   help="choose the decision threshold on the validation split (best balanced accuracy)")
-    p.add_argument("--strategy", choices=("default", "mirrored"), default="default",
-                   help="mirrored: tf.distribute.MirroredStrategy over this machine's GPUs")
-    p.add_argument("--cache", choices=("disk", "memory"), default="disk",
-                   help="where decoded images are cached between epochs")
-    p.add_argument("--augment", choices=("basic", "camera"), default="camera",
-                   help="training augmentation: basic (flip, rotation, shift, zoom, brightness, contrast) or "
-                        "camera (basic with more crop jitter, plus low resolution, blur, noise, gamma, JPEG)")
+    p.add_argument(
+        "--patience", type=positive_int, default=8, help="epochs without a better validation loss before early stopping"
+    )
+    p.add_argument(
+        "--tune-threshold",
+        action="store_true",
+        help="choose the decision threshold on the validation split (best balanced accuracy)",
+    )
+    p.add_argument(
+        "--strategy",
+        choices=("default", "mirrored"),
+        default="default",
+        help="mirrored: tf.distribute.MirroredStrategy over this machine's GPUs",
+    )
+    p.add_argument(
+        "--cache", choices=("disk", "memory"), default="disk", help="where decoded images are cached between epochs"
+    )
+    p.add_argument(
+        "--augment",
+        choices=("basic", "camera"),
+        default="camera",
+        help="training augmentation: basic (flip, rotation, shift, zoom, brightness, contrast) or "
+        "camera (basic with more crop jitter, plus low resolution, blur, noise, gamma, JPEG)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a trained run already in RUN_DIR")
-    p.add_argument("--teacher", metavar="MODEL.keras", default=None,
-                   help="distil from this trained model: the targets mix the true labels with its outputs "
-                        "(with --aux, give the teacher run's model_full.keras)")
-    p.add_argument("--distill-alpha", type=_unit, default=0.5, metavar="A",
-                   help="weight of the true labels in the distillation targets, 0..1 (the teacher's: 1 - A)")
-    p.add_argument("--deterministic", action="store_true",
-                   help="bit-identical weights from two runs with the same seed on the same machine "
-                        "(TensorFlow's op determinism; training may run slower)")
+    p.add_argument(
+        "--teacher",
+        metavar="MODEL.keras",
+        default=None,
+        help="distil from this trained model: the targets mix the true labels with its outputs "
+        "(with --aux, give the teacher run's model_full.keras)",
+    )
+    p.add_argument(
+        "--distill-alpha",
+        type=_unit,
+        default=0.5,
+        metavar="A",
+        help="weight of the true labels in the distillation targets, 0..1 (the teacher's: 1 - A)",
+    )
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="bit-identical weights from two runs with the same seed on the same machine "
+        "(TensorFlow's op determinism; training may run slower)",
+    )
     return p
 
 
@@ -111,6 +160,7 @@ def _body(argv) -> int:
         from pathlib import Path
 
         from .trainer import check_data
+
         report = Path(args.out or ".") / "data_report.json"
         check_data(_dirs(args.data_dir), report, (args.img_size, args.img_size), args.color, args.classes)
         return 0
@@ -118,11 +168,33 @@ def _body(argv) -> int:
         parser.error("the following arguments are required: -o/--out")
     require_workstation()
     from .trainer import TrainOptions, train
-    train(TrainOptions(_dirs(args.data_dir), args.out, args.arch, args.epochs, args.seed, args.img_size,
-                       args.color, args.split_ratios, args.batch_size, args.lr, args.patience,
-                       args.tune_threshold, args.strategy, args.cache, args.deterministic, args.augment,
-                       args.overwrite, args.classes, tuple(args.aux), args.teacher, args.distill_alpha,
-                       verbose=1 if sys.stdout.isatty() else 2))
+
+    train(
+        TrainOptions(
+            _dirs(args.data_dir),
+            args.out,
+            args.arch,
+            args.epochs,
+            args.seed,
+            args.img_size,
+            args.color,
+            args.split_ratios,
+            args.batch_size,
+            args.lr,
+            args.patience,
+            args.tune_threshold,
+            args.strategy,
+            args.cache,
+            args.deterministic,
+            args.augment,
+            args.overwrite,
+            args.classes,
+            tuple(args.aux),
+            args.teacher,
+            args.distill_alpha,
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+    )
     return 0
 
 

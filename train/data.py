@@ -4,6 +4,7 @@ making a leak-free, stratified split.
 Every image goes through :func:`edge.preprocess`, the function the device
 runs, so the checks (and training) see exactly what the device will see.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -104,7 +105,7 @@ def hamming_pairs(hashes: np.ndarray, max_distance: int, block: int = 512) -> li
     popcount = getattr(np, "bitwise_count", None)
     pairs = []
     for start in range(0, len(hashes), block):
-        x = hashes[start:start + block, None] ^ hashes[None, :]
+        x = hashes[start : start + block, None] ^ hashes[None, :]
         if popcount is not None:
             d = popcount(x)
         else:  # numpy < 2.0
@@ -136,12 +137,12 @@ def _progress(total: int, enabled: bool):
     if not enabled:
         return None
     from tqdm import tqdm
+
     # tqdm disables itself when stderr is not a terminal (disable=None).
     return tqdm(total=total, desc="scanning", unit="img", disable=None, leave=False)
 
 
-def scan(data_dir, size=(48, 48), color="gray", progress: bool = False, classes=None,
-         min_classes: int = 2) -> Scan:
+def scan(data_dir, size=(48, 48), color="gray", progress: bool = False, classes=None, min_classes: int = 2) -> Scan:
     """Read every image of one or more labelled folders through the edge preprocessing.
 
     Files without an image suffix, and files that do not decode, are skipped
@@ -172,8 +173,10 @@ def scan(data_dir, size=(48, 48), color="gray", progress: bool = False, classes=
     labels = list(classes) if classes else everything
     missing = [c for c in labels if c not in everything]
     if missing:
-        raise HappysadError(f"no class folder {', '.join(missing)} in {', '.join(map(str, roots))} "
-                            f"(classes there: {', '.join(everything)})")
+        raise HappysadError(
+            f"no class folder {', '.join(missing)} in {', '.join(map(str, roots))} "
+            f"(classes there: {', '.join(everything)})"
+        )
     if len(labels) < min_classes:
         raise HappysadError(f"{', '.join(map(str, roots))}: {len(labels)} class {labels}, need at least {min_classes}")
     candidates, skipped = [], []
@@ -190,13 +193,15 @@ def scan(data_dir, size=(48, 48), color="gray", progress: bool = False, classes=
                     if is_image_path(path):
                         candidates.append((path, rel, idx))
                     else:
-                        skipped.append({"path": rel, "reason": "not an image file ("
-                                        + ", ".join(IMAGE_SUFFIXES) + ")"})
+                        skipped.append({"path": rel, "reason": "not an image file (" + ", ".join(IMAGE_SUFFIXES) + ")"})
         for entry in sorted(root.iterdir()):
             if entry.is_file():
-                skipped.append({"path": Path(os.path.relpath(entry.resolve() if len(roots) > 1 else entry,
-                                                             base)).as_posix(),
-                                "reason": "not inside a class folder"})
+                skipped.append(
+                    {
+                        "path": Path(os.path.relpath(entry.resolve() if len(roots) > 1 else entry, base)).as_posix(),
+                        "reason": "not inside a class folder",
+                    }
+                )
     rows = []
     bar = _progress(len(candidates), progress)
     for path, rel, idx in candidates:
@@ -213,8 +218,17 @@ def scan(data_dir, size=(48, 48), color="gray", progress: bool = False, classes=
             continue
         gray = preprocess(image, size, "gray")
         is_gray = bool((image[:, :, 0] == image[:, :, 1]).all() and (image[:, :, 1] == image[:, :, 2]).all())
-        rows.append((rel, idx, hashlib.sha256(raw).hexdigest(), phash(gray), image.shape[:2],
-                     "gray" if is_gray else "color", float(gray.std())))
+        rows.append(
+            (
+                rel,
+                idx,
+                hashlib.sha256(raw).hexdigest(),
+                phash(gray),
+                image.shape[:2],
+                "gray" if is_gray else "color",
+                float(gray.std()),
+            )
+        )
     if bar is not None:
         bar.close()
     return _assemble(base, labels, rows, skipped)
@@ -238,27 +252,33 @@ def _assemble(data_dir, labels, rows, skipped) -> Scan:
     for i, g in enumerate(groups):
         members[g].append(i)
     conflicts, bad = [], set()
-    for g, idx in members.items():
+    for idx in members.values():
         classes = {rows[i][1] for i in idx}
         if len(classes) > 1:  # byte-identical files under different labels
             bad.update(idx)
-            conflicts.append({"paths": sorted(rows[i][0] for i in idx),
-                              "labels": sorted(labels[c] for c in classes)})
+            conflicts.append({"paths": sorted(rows[i][0] for i in idx), "labels": sorted(labels[c] for c in classes)})
     keep = [i for i in range(len(rows)) if i not in bad]
     exact_groups = sorted(sorted(rows[i][0] for i in g) for g in by_digest.values() if len(g) > 1)
-    near_groups = sorted(sorted(rows[i][0] for i in idx) for idx in members.values()
-                         if len({digests[i] for i in idx}) > 1)
-    s = Scan(Path(data_dir), labels,
-             paths=[rows[i][0] for i in keep],
-             y=np.array([rows[i][1] for i in keep], dtype=np.int64),
-             sha256=[digests[i] for i in keep],
-             phash=hashes[keep] if keep else np.zeros(0, np.uint64),
-             sizes=[tuple(int(v) for v in rows[i][4]) for i in keep],
-             colors=[rows[i][5] for i in keep],
-             skipped=skipped, conflicts=sorted(conflicts, key=lambda c: c["paths"]),
-             groups=[groups[i] for i in keep], exact_groups=exact_groups, near_groups=near_groups,
-             near_blank=[{"path": r[0], "std": round(r[6], 2)} for r in rows if r[6] < NEAR_BLANK_STD],
-             near_conflicts=sorted(sorted((rows[a][0], rows[b][0])) for a, b in cross_label))
+    near_groups = sorted(
+        sorted(rows[i][0] for i in idx) for idx in members.values() if len({digests[i] for i in idx}) > 1
+    )
+    s = Scan(
+        Path(data_dir),
+        labels,
+        paths=[rows[i][0] for i in keep],
+        y=np.array([rows[i][1] for i in keep], dtype=np.int64),
+        sha256=[digests[i] for i in keep],
+        phash=hashes[keep] if keep else np.zeros(0, np.uint64),
+        sizes=[tuple(int(v) for v in rows[i][4]) for i in keep],
+        colors=[rows[i][5] for i in keep],
+        skipped=skipped,
+        conflicts=sorted(conflicts, key=lambda c: c["paths"]),
+        groups=[groups[i] for i in keep],
+        exact_groups=exact_groups,
+        near_groups=near_groups,
+        near_blank=[{"path": r[0], "std": round(r[6], 2)} for r in rows if r[6] < NEAR_BLANK_STD],
+        near_conflicts=sorted(sorted((rows[a][0], rows[b][0])) for a, b in cross_label),
+    )
     counts = np.bincount(s.y, minlength=len(labels))
     for name, count in zip(labels, counts):
         if count == 0:
@@ -286,14 +306,23 @@ def data_report(s: Scan) -> dict:
         "skipped_by_reason": dict(Counter(x["reason"] for x in s.skipped).most_common()),
         "sizes": dict(Counter(f"{h}x{w}" for h, w in s.sizes).most_common()),
         "color_modes": dict(Counter(s.colors).most_common()),
-        "exact_duplicates": {"method": "sha256 of the file bytes", "groups": len(s.exact_groups),
-                             "files": sum(len(g) for g in s.exact_groups), "list": s.exact_groups},
-        "near_duplicates": {"method": f"64-bit pHash, Hamming distance <= {NEAR_DUPLICATE_DISTANCE}",
-                            "groups": len(s.near_groups), "files": sum(len(g) for g in s.near_groups),
-                            "list": s.near_groups},
+        "exact_duplicates": {
+            "method": "sha256 of the file bytes",
+            "groups": len(s.exact_groups),
+            "files": sum(len(g) for g in s.exact_groups),
+            "list": s.exact_groups,
+        },
+        "near_duplicates": {
+            "method": f"64-bit pHash, Hamming distance <= {NEAR_DUPLICATE_DISTANCE}",
+            "groups": len(s.near_groups),
+            "files": sum(len(g) for g in s.near_groups),
+            "list": s.near_groups,
+        },
         "conflicts": s.conflicts,
-        "near_duplicates_across_labels": {"note": "kept; check whether one label is wrong",
-                                          "list": [list(p) for p in s.near_conflicts]},
+        "near_duplicates_across_labels": {
+            "note": "kept; check whether one label is wrong",
+            "list": [list(p) for p in s.near_conflicts],
+        },
         "near_blank": {"method": f"gray pixel standard deviation < {NEAR_BLANK_STD}", "list": s.near_blank},
     }
 
@@ -303,25 +332,36 @@ def report_summary(r: dict) -> str:
     per_class = ", ".join(f"{n} {name}" for name, n in r["files_per_class"].items())
     lines = [f"data: {r['data_dir']}: {per_class} ({r['images']} images kept)"]
     if r["skipped"]:
-        lines.append(f"skipped {len(r['skipped'])} files: "
-                     + "; ".join(f"{n} {why}" for why, n in r["skipped_by_reason"].items()))
+        lines.append(
+            f"skipped {len(r['skipped'])} files: "
+            + "; ".join(f"{n} {why}" for why, n in r["skipped_by_reason"].items())
+        )
     sizes = ", ".join(f"{k} ({v})" for k, v in list(r["sizes"].items())[:3])
     modes = ", ".join(f"{k} ({v})" for k, v in r["color_modes"].items())
     lines.append(f"sizes: {sizes}{', ...' if len(r['sizes']) > 3 else ''}; color modes: {modes}")
     e, n = r["exact_duplicates"], r["near_duplicates"]
-    lines.append(f"exact duplicates: {e['groups']} groups ({e['files']} files); near-duplicates: "
-                 f"{n['groups']} more groups ({n['files']} files); each group stays within one part "
-                 "of the split")
+    lines.append(
+        f"exact duplicates: {e['groups']} groups ({e['files']} files); near-duplicates: "
+        f"{n['groups']} more groups ({n['files']} files); each group stays within one part "
+        "of the split"
+    )
     for c in r["conflicts"]:
-        lines.append(f"left out, same file under labels {'/'.join(c['labels'])}: "
-                     + ", ".join(map(display_path, c["paths"])))
+        lines.append(
+            f"left out, same file under labels {'/'.join(c['labels'])}: " + ", ".join(map(display_path, c["paths"]))
+        )
     across = r["near_duplicates_across_labels"]["list"]
     if across:
-        lines.append(f"{len(across)} near-duplicate pairs under different labels (kept; check them): "
-                     + "; ".join(" ~ ".join(map(display_path, p)) for p in across[:3]) + (" ..." if len(across) > 3 else ""))
+        lines.append(
+            f"{len(across)} near-duplicate pairs under different labels (kept; check them): "
+            + "; ".join(" ~ ".join(map(display_path, p)) for p in across[:3])
+            + (" ..." if len(across) > 3 else "")
+        )
     if r["near_blank"]["list"]:
-        lines.append("near-blank images: " + ", ".join(display_path(x["path"]) for x in r["near_blank"]["list"][:5])
-                     + (" ..." if len(r["near_blank"]["list"]) > 5 else ""))
+        lines.append(
+            "near-blank images: "
+            + ", ".join(display_path(x["path"]) for x in r["near_blank"]["list"][:5])
+            + (" ..." if len(r["near_blank"]["list"]) > 5 else "")
+        )
     return "\n".join(lines)
 
 
@@ -372,8 +412,7 @@ def parse_ratios(text: str) -> tuple[float, float, float]:
         parts = [float(x) for x in text.split(",")]
     except ValueError:
         parts = []
-    if len(parts) != 3 or any(p < 0 for p in parts) or abs(sum(parts) - 1) > 1e-6 \
-            or parts[0] <= 0 or parts[2] <= 0:
+    if len(parts) != 3 or any(p < 0 for p in parts) or abs(sum(parts) - 1) > 1e-6 or parts[0] <= 0 or parts[2] <= 0:
         raise ValueError("give three fractions train,val,test summing to 1, e.g. 0.7,0.2,0.1")
     return tuple(parts)
 
@@ -409,8 +448,17 @@ def auxiliary(main: Scan, aux_dirs, size=(48, 48), color="gray", progress: bool 
             dropped.append({"path": path, "copy_of": copy})
         else:
             keep.append(i)
-    kept = Scan(aux.data_dir, aux.labels, paths=[aux.paths[i] for i in keep], y=aux.y[keep],
-                sha256=[aux.sha256[i] for i in keep], phash=aux.phash[keep],
-                sizes=[aux.sizes[i] for i in keep], colors=[aux.colors[i] for i in keep],
-                skipped=aux.skipped, conflicts=aux.conflicts, groups=[aux.groups[i] for i in keep])
+    kept = Scan(
+        aux.data_dir,
+        aux.labels,
+        paths=[aux.paths[i] for i in keep],
+        y=aux.y[keep],
+        sha256=[aux.sha256[i] for i in keep],
+        phash=aux.phash[keep],
+        sizes=[aux.sizes[i] for i in keep],
+        colors=[aux.colors[i] for i in keep],
+        skipped=aux.skipped,
+        conflicts=aux.conflicts,
+        groups=[aux.groups[i] for i in keep],
+    )
     return kept, dropped

@@ -5,6 +5,7 @@ Every model takes uint8-range pixels (NHWC, float32 0..255) and begins with
 can be fed raw pixels. Augmentation wraps the model for training only and is
 never part of the saved or exported graph.
 """
+
 from __future__ import annotations
 
 import keras
@@ -44,8 +45,9 @@ def _conv_bn_relu(x, filters, separable=False):
 WIDTHS = {"compact": (24, 48, 96, 128), "wide": (32, 64, 128, 192)}
 
 
-def build_compact(size=(48, 48), channels=1, classes: int = 2, widths=WIDTHS["compact"],
-                  name: str = "compact") -> keras.Model:
+def build_compact(
+    size=(48, 48), channels=1, classes: int = 2, widths=WIDTHS["compact"], name: str = "compact"
+) -> keras.Model:
     """The default: a compact CNN for 48x48 faces, cheap on a Raspberry Pi.
 
     Four stages at 48, 24, 12 and 6 pixels with ``widths`` channels (24,
@@ -102,6 +104,7 @@ def restrict_head(model: keras.Model, keep: list[int]) -> keras.Model:
         ValueError: ``model`` has no ``logits`` layer, or fewer than two classes are kept.
     """
     import numpy as np
+
     if len(keep) < 2:
         raise ValueError("keep at least two classes")
     logits = model.get_layer("logits")
@@ -133,14 +136,17 @@ def augmentation(seed: int = 0, kind: str = "basic") -> keras.Sequential:
     jitter of a face detector's box from frame to frame and detector to
     detector."""
     shift, zoom = (0.10, 0.15) if kind == "camera" else (0.08, 0.1)
-    return keras.Sequential([
-        layers.RandomFlip("horizontal", seed=seed),
-        layers.RandomRotation(0.05, seed=seed + 1),
-        layers.RandomTranslation(shift, shift, seed=seed + 2),
-        layers.RandomZoom(zoom, seed=seed + 3),
-        layers.RandomBrightness(0.15, value_range=(0, 255), seed=seed + 4),
-        layers.RandomContrast(0.15, value_range=(0, 255), seed=seed + 5),
-    ], name="augmentation")
+    return keras.Sequential(
+        [
+            layers.RandomFlip("horizontal", seed=seed),
+            layers.RandomRotation(0.05, seed=seed + 1),
+            layers.RandomTranslation(shift, shift, seed=seed + 2),
+            layers.RandomZoom(zoom, seed=seed + 3),
+            layers.RandomBrightness(0.15, value_range=(0, 255), seed=seed + 4),
+            layers.RandomContrast(0.15, value_range=(0, 255), seed=seed + 5),
+        ],
+        name="augmentation",
+    )
 
 
 def camera_distortions(seed: int = 0):
@@ -168,7 +174,7 @@ def camera_distortions(seed: int = 0):
 
     def blur(x, sigma):
         r = tf.range(-2.0, 3.0)
-        k = tf.exp(-(r ** 2) / (2 * sigma ** 2))
+        k = tf.exp(-(r**2) / (2 * sigma**2))
         k = k / tf.reduce_sum(k)
         channels = tf.shape(x)[-1]
         kx = tf.tile(tf.reshape(k, [1, 5, 1, 1]), [1, 1, channels, 1])
@@ -181,17 +187,23 @@ def camera_distortions(seed: int = 0):
         size = tf.shape(image)[:2]
         x = tf.cast(image, tf.float32)
         low = tf.cast(uniform(seeds[1], 16.0, 32.0), tf.int32)
-        x = tf.cond(chance(seeds[0], 0.075),
-                    lambda: tf.image.resize(tf.image.resize(x, [low, low], "area"), size, "bilinear"), lambda: x)
+        x = tf.cond(
+            chance(seeds[0], 0.075),
+            lambda: tf.image.resize(tf.image.resize(x, [low, low], "area"), size, "bilinear"),
+            lambda: x,
+        )
         x = tf.cond(chance(seeds[2], 0.1), lambda: blur(x, uniform(seeds[3], 0.4, 1.2)), lambda: x)
-        x = tf.cond(chance(seeds[4], 0.15),
-                    lambda: x + tf.random.stateless_normal(tf.shape(x), seeds[5]) * uniform(seeds[6], 2.0, 8.0),
-                    lambda: x)
+        x = tf.cond(
+            chance(seeds[4], 0.15),
+            lambda: x + tf.random.stateless_normal(tf.shape(x), seeds[5]) * uniform(seeds[6], 2.0, 8.0),
+            lambda: x,
+        )
         x = tf.clip_by_value(x, 0.0, 255.0)
         x = tf.cond(chance(seeds[7], 0.15), lambda: 255.0 * (x / 255.0) ** uniform(seeds[8], 0.6, 1.6), lambda: x)
         q = tf.cast(tf.round(x), tf.uint8)
-        q = tf.cond(chance(seeds[9], 0.15),
-                    lambda: tf.image.stateless_random_jpeg_quality(q, 30, 90, seeds[10]), lambda: q)
+        q = tf.cond(
+            chance(seeds[9], 0.15), lambda: tf.image.stateless_random_jpeg_quality(q, 30, 90, seeds[10]), lambda: q
+        )
         return tf.cast(q, tf.float32), label
 
     return apply
@@ -226,8 +238,9 @@ def count_macs(model: keras.Model) -> int:
     return int(total)
 
 
-def distillation_trainer(augment: keras.Model, student: keras.Model, teacher: keras.Model,
-                         alpha: float = 0.5) -> tuple[keras.Model, object, list]:
+def distillation_trainer(
+    augment: keras.Model, student: keras.Model, teacher: keras.Model, alpha: float = 0.5
+) -> tuple[keras.Model, object, list]:
     """A model, loss and metric that train ``student`` on a mix of the true
     labels and ``teacher``'s outputs (knowledge distillation: Hinton, Vinyals
     and Dean, "Distilling the Knowledge in a Neural Network", 2015, at
@@ -252,6 +265,7 @@ def distillation_trainer(augment: keras.Model, student: keras.Model, teacher: ke
         ValueError: the output shapes differ.
     """
     import tensorflow as tf
+
     units = int(student.output_shape[-1])
     if int(teacher.output_shape[-1]) != units:
         raise ValueError(f"the teacher has {teacher.output_shape[-1]} outputs, the student {units}")

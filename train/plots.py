@@ -1,4 +1,5 @@
 """Training figures, written as PNG files (matplotlib, no display needed)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +11,10 @@ from edge.fileio import atomic_path
 
 def _pyplot():
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -46,8 +49,14 @@ def confusion_matrix(cm: np.ndarray, labels, path: Path) -> None:
     rows = cm.sum(axis=1, keepdims=True).clip(min=1)
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
-            ax.text(j, i, f"{cm[i, j]}\n{cm[i, j] / rows[i, 0]:.1%}", ha="center", va="center",
-                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+            ax.text(
+                j,
+                i,
+                f"{cm[i, j]}\n{cm[i, j] / rows[i, 0]:.1%}",
+                ha="center",
+                va="center",
+                color="white" if cm[i, j] > cm.max() / 2 else "black",
+            )
     ax.set_xticks(range(len(labels)), labels)
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")

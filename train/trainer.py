@@ -1,4 +1,5 @@
 """One training run: scan and report the data, split, fit, evaluate, write the run folder."""
+
 from __future__ import annotations
 
 import csv
@@ -99,14 +100,21 @@ def split_record(s: Scan, part: np.ndarray, opts: TrainOptions) -> dict:
     entries = {name: [] for name in ("train", "val", "test")}
     for i, p in enumerate(part):
         entries[("train", "val", "test")[p]].append(
-            {"path": s.paths[i], "label": s.labels[s.y[i]], "sha256": s.sha256[i]})
+            {"path": s.paths[i], "label": s.labels[s.y[i]], "sha256": s.sha256[i]}
+        )
     data_dir = Path(s.data_dir).resolve()
-    return {"data_dir": os.path.relpath(data_dir, Path(opts.out).resolve()), "data_dir_absolute": str(data_dir),
-            "labels": s.labels, "seed": opts.seed,
-            "ratios": list(opts.ratios),
-            "image": {"size": [opts.img_size, opts.img_size], "color": opts.color},
-            "grouped_by": "exact (sha256) and near (pHash) duplicates", **entries,
-            "skipped": s.skipped, "excluded": s.conflicts}
+    return {
+        "data_dir": os.path.relpath(data_dir, Path(opts.out).resolve()),
+        "data_dir_absolute": str(data_dir),
+        "labels": s.labels,
+        "seed": opts.seed,
+        "ratios": list(opts.ratios),
+        "image": {"size": [opts.img_size, opts.img_size], "color": opts.color},
+        "grouped_by": "exact (sha256) and near (pHash) duplicates",
+        **entries,
+        "skipped": s.skipped,
+        "excluded": s.conflicts,
+    }
 
 
 def check_data(data_dir, report_path: Path, size=(48, 48), color="gray", classes=None) -> tuple[Scan, dict]:
@@ -132,6 +140,7 @@ def weights_sha256(model) -> str:
     compared: it holds a timestamp and compresses differently from run to run.
     """
     import hashlib
+
     digest = hashlib.sha256()
     for w in model.get_weights():
         a = np.ascontiguousarray(w)
@@ -192,14 +201,17 @@ def _history_csv(history: dict) -> bytes:
 
 def format_metrics(m: dict, labels) -> str:
     """Metrics as a short printed block."""
-    return (f"accuracy {m['accuracy']:.4f}  balanced accuracy {m['balanced_accuracy']:.4f}  "
-            f"precision {m['precision']:.4f}  recall {m['recall']:.4f}  F1 {m['f1']:.4f}  "
-            f"ROC AUC {m['roc_auc']:.4f}  (n={m['n']}, threshold {m['threshold']:.3f})\n"
-            f"confusion matrix (rows true, columns predicted {list(labels)}): {m['confusion_matrix']}")
+    return (
+        f"accuracy {m['accuracy']:.4f}  balanced accuracy {m['balanced_accuracy']:.4f}  "
+        f"precision {m['precision']:.4f}  recall {m['recall']:.4f}  F1 {m['f1']:.4f}  "
+        f"ROC AUC {m['roc_auc']:.4f}  (n={m['n']}, threshold {m['threshold']:.3f})\n"
+        f"confusion matrix (rows true, columns predicted {list(labels)}): {m['confusion_matrix']}"
+    )
 
 
-def image_dataset(paths, y, size, color, batch_size, shuffle_seed=None, cache=None, distort=None,
-                  parallel: bool = True):
+def image_dataset(
+    paths, y, size, color, batch_size, shuffle_seed=None, cache=None, distort=None, parallel: bool = True
+):
     """A ``tf.data`` pipeline of (float32 NHWC pixels 0..255, float32 label) batches.
 
     Files are decoded and preprocessed by :func:`edge.preprocess` (inside
@@ -220,6 +232,7 @@ def image_dataset(paths, y, size, color, batch_size, shuffle_seed=None, cache=No
             it rewrites one; asking for sequential maps keeps the log clean.
     """
     import tensorflow as tf
+
     channels = channels_of(color)
 
     def load(path):
@@ -243,8 +256,9 @@ def image_dataset(paths, y, size, color, batch_size, shuffle_seed=None, cache=No
         # keys each image's distortions: another draw every epoch, the same
         # draws in every run.
         counter = tf.data.Dataset.counter()
-        ds = tf.data.Dataset.zip(counter, ds).map(lambda i, xy: distort(i, *xy),
-                                                  num_parallel_calls=calls, deterministic=True)
+        ds = tf.data.Dataset.zip(counter, ds).map(
+            lambda i, xy: distort(i, *xy), num_parallel_calls=calls, deterministic=True
+        )
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
     to_float = (lambda x, t: (tf.cast(x, tf.float32), t)) if y is not None else (lambda x: tf.cast(x, tf.float32))
     return ds.map(to_float).batch(batch_size).prefetch(tf.data.AUTOTUNE)
@@ -263,8 +277,10 @@ def _eta_callback(keras, epochs: int):
             done = epoch + 1
             elapsed = time.perf_counter() - self.start
             left = elapsed / done * (epochs - done)
-            _log(f"epoch {done}/{epochs}: {_clock(elapsed)} elapsed, about {_clock(left)} left"
-                 + (" (early stopping may end sooner)" if done < epochs else ""))
+            _log(
+                f"epoch {done}/{epochs}: {_clock(elapsed)} elapsed, about {_clock(left)} left"
+                + (" (early stopping may end sooner)" if done < epochs else "")
+            )
 
     return Eta()
 
@@ -291,8 +307,9 @@ def train(opts: TrainOptions) -> dict:
     """
     out = Path(opts.out)
     if (out / "model.keras").exists() and not opts.overwrite:
-        raise UsageError(f"{out}: holds a trained run already (model.keras); pass --overwrite to replace it, "
-                         "or choose another --out")
+        raise UsageError(
+            f"{out}: holds a trained run already (model.keras); pass --overwrite to replace it, or choose another --out"
+        )
     size = (opts.img_size, opts.img_size)
     s, report = check_data(opts.data_dir, out / "data_report.json", size, opts.color, opts.classes)
     part = make_split(s.y, s.groups, opts.ratios, opts.seed)
@@ -306,30 +323,49 @@ def train(opts: TrainOptions) -> dict:
         aux_part = make_split(aux.y, aux.groups, opts.ratios, opts.seed)
         split["auxiliary"] = {
             "data_dir": os.path.relpath(Path(aux.data_dir).resolve(), Path(opts.out).resolve()),
-            "data_dir_absolute": str(Path(aux.data_dir).resolve()), "labels": aux.labels,
-            **{name: [{"path": aux.paths[i], "label": aux.labels[aux.y[i]], "sha256": aux.sha256[i]}
-                      for i in np.flatnonzero(aux_part == k)] for k, name in enumerate(("train", "val", "test"))},
-            "left_out_as_copies": aux_dropped}
-        _log(f"auxiliary classes {', '.join(aux.labels)}: {len(aux.paths)} images, "
-             f"{int(np.sum(aux_part == 0))} in the train part (trained on); {len(aux_dropped)} left out as copies "
-             f"or near-copies of {', '.join(s.labels)} images")
+            "data_dir_absolute": str(Path(aux.data_dir).resolve()),
+            "labels": aux.labels,
+            **{
+                name: [
+                    {"path": aux.paths[i], "label": aux.labels[aux.y[i]], "sha256": aux.sha256[i]}
+                    for i in np.flatnonzero(aux_part == k)
+                ]
+                for k, name in enumerate(("train", "val", "test"))
+            },
+            "left_out_as_copies": aux_dropped,
+        }
+        _log(
+            f"auxiliary classes {', '.join(aux.labels)}: {len(aux.paths)} images, "
+            f"{int(np.sum(aux_part == 0))} in the train part (trained on); {len(aux_dropped)} left out as copies "
+            f"or near-copies of {', '.join(s.labels)} images"
+        )
     write_json(out / "split.json", split)
-    _log("split: " + ", ".join(f"{name} {len(split[name])}" for name in ("train", "val", "test"))
-         + f" (seed {opts.seed}) -> {out / 'split.json'}")
+    _log(
+        "split: "
+        + ", ".join(f"{name} {len(split[name])}" for name in ("train", "val", "test"))
+        + f" (seed {opts.seed}) -> {out / 'split.json'}"
+    )
 
     # TensorFlow is imported only now, after the cheap checks have passed.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import tensorflow as tf
 
-    from .models import (augmentation, build_model, camera_distortions, count_macs, distillation_trainer,
-                         restrict_head)
+    from .models import augmentation, build_model, camera_distortions, count_macs, distillation_trainer, restrict_head
 
-    write_json(out / "config.json", {**asdict(opts), "ratios": list(opts.ratios),
-                                     "versions": {"python": platform.python_version(),
-                                                  "tensorflow": tf.__version__,
-                                                  "keras": keras.__version__,
-                                                  "happysad": __version__}})
+    write_json(
+        out / "config.json",
+        {
+            **asdict(opts),
+            "ratios": list(opts.ratios),
+            "versions": {
+                "python": platform.python_version(),
+                "tensorflow": tf.__version__,
+                "keras": keras.__version__,
+                "happysad": __version__,
+            },
+        },
+    )
     # Python's, numpy's and TensorFlow's generators; file order is fixed
     # already (the scan sorts, the split is seeded, tf.data maps in order).
     keras.utils.set_random_seed(opts.seed)
@@ -359,48 +395,73 @@ def train(opts: TrainOptions) -> dict:
         return str(cache_dir / name) if opts.cache == "disk" else ""
 
     parallel = not opts.deterministic
-    train_ds = image_dataset(train_paths, train_y, size, opts.color, opts.batch_size, parallel=parallel,
-                             shuffle_seed=opts.seed, cache=cache_for("train"),
-                             distort=camera_distortions(opts.seed) if opts.augment == "camera" else None)
-    val_ds = (image_dataset(paths[va], s.y[va], size, opts.color, 256, cache=cache_for("val"), parallel=parallel)
-              if len(va) else None)
+    train_ds = image_dataset(
+        train_paths,
+        train_y,
+        size,
+        opts.color,
+        opts.batch_size,
+        parallel=parallel,
+        shuffle_seed=opts.seed,
+        cache=cache_for("train"),
+        distort=camera_distortions(opts.seed) if opts.augment == "camera" else None,
+    )
+    val_ds = (
+        image_dataset(paths[va], s.y[va], size, opts.color, 256, cache=cache_for("val"), parallel=parallel)
+        if len(va)
+        else None
+    )
 
     strategy = tf.distribute.MirroredStrategy() if opts.strategy == "mirrored" else tf.distribute.get_strategy()
     with strategy.scope():
         model = build_model(opts.arch, size, channels, n_classes)
         steps = opts.epochs * int(np.ceil(len(train_y) / opts.batch_size))
         schedule = keras.optimizers.schedules.CosineDecay(
-            0.0, max(1, steps), warmup_target=opts.lr, warmup_steps=max(1, steps // 20))
+            0.0, max(1, steps), warmup_target=opts.lr, warmup_steps=max(1, steps // 20)
+        )
         if opts.teacher:
             teacher = _load_teacher(keras, opts.teacher)
             try:
-                trainer, loss, metrics = distillation_trainer(augmentation(opts.seed, opts.augment), model, teacher,
-                                                              opts.distill_alpha)
+                trainer, loss, metrics = distillation_trainer(
+                    augmentation(opts.seed, opts.augment), model, teacher, opts.distill_alpha
+                )
             except ValueError as exc:
-                raise HappysadError(f"--teacher {opts.teacher}: {exc}; use a teacher trained on the same classes "
-                                    "(with --aux: its model_full.keras)") from None
+                raise HappysadError(
+                    f"--teacher {opts.teacher}: {exc}; use a teacher trained on the same classes "
+                    "(with --aux: its model_full.keras)"
+                ) from None
             trainer.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=metrics)
         else:
-            trainer = keras.Sequential([keras.Input((*size, channels)), augmentation(opts.seed, opts.augment),
-                                        model])
-            trainer.compile(optimizer=keras.optimizers.Adam(schedule),
-                            loss="binary_crossentropy" if n_classes == 2 else "sparse_categorical_crossentropy",
-                            metrics=["accuracy"])
+            trainer = keras.Sequential([keras.Input((*size, channels)), augmentation(opts.seed, opts.augment), model])
+            trainer.compile(
+                optimizer=keras.optimizers.Adam(schedule),
+                loss="binary_crossentropy" if n_classes == 2 else "sparse_categorical_crossentropy",
+                metrics=["accuracy"],
+            )
     class_weight = balanced_class_weights(train_y, n_classes)
     monitor = "val_loss" if len(va) else "loss"
-    callbacks = [keras.callbacks.EarlyStopping(monitor=monitor, patience=opts.patience,
-                                               restore_best_weights=True),
-                 keras.callbacks.TensorBoard(log_dir=str(out / "logs")),
-                 _eta_callback(keras, opts.epochs)]
+    callbacks = [
+        keras.callbacks.EarlyStopping(monitor=monitor, patience=opts.patience, restore_best_weights=True),
+        keras.callbacks.TensorBoard(log_dir=str(out / "logs")),
+        _eta_callback(keras, opts.epochs),
+    ]
     macs = count_macs(model)
-    _log(f"model {opts.arch}: {model.count_params():,} parameters, {macs / 1e6:.1f}M "
-         f"multiply-accumulates per image; {n_classes} classes ({', '.join(all_labels)}); training up to "
-         f"{opts.epochs} epochs on {len(train_y)} images"
-         + (f" on {strategy.num_replicas_in_sync} replicas" if opts.strategy == "mirrored" else ""))
+    _log(
+        f"model {opts.arch}: {model.count_params():,} parameters, {macs / 1e6:.1f}M "
+        f"multiply-accumulates per image; {n_classes} classes ({', '.join(all_labels)}); training up to "
+        f"{opts.epochs} epochs on {len(train_y)} images"
+        + (f" on {strategy.num_replicas_in_sync} replicas" if opts.strategy == "mirrored" else "")
+    )
     start = time.perf_counter()
-    hist = trainer.fit(train_ds, validation_data=val_ds, epochs=opts.epochs,
-                       class_weight=class_weight, callbacks=callbacks, verbose=opts.verbose,
-                       shuffle=False)  # train_ds shuffles itself, seeded
+    hist = trainer.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=opts.epochs,
+        class_weight=class_weight,
+        callbacks=callbacks,
+        verbose=opts.verbose,
+        shuffle=False,
+    )  # train_ds shuffles itself, seeded
     train_seconds = time.perf_counter() - start
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     if n_classes > len(s.labels):
@@ -437,29 +498,44 @@ def train(opts: TrainOptions) -> dict:
         return {**m, "roc_auc": macro_roc_auc(s.y[idx], p), "threshold": threshold}
 
     test = evaluate(te, p_test)
-    metrics = {"split": "test", **test, "threshold_source": "validation" if opts.tune_threshold and binary
-               else "default", "output": output,
-               "validation": evaluate(va, p_val), "arch": opts.arch,
-               "parameters": int(model.count_params()), "macs_per_image": macs,
-               "weights_sha256": weights_sha256(model), "deterministic": opts.deterministic,
-               "epochs_run": len(history["loss"]), "best_epoch": int(np.argmin(history[monitor])) + 1,
-               "train_seconds": round(train_seconds, 1), "labels": s.labels,
-               **({"trained_with": all_labels} if len(all_labels) > len(s.labels) else {})}
+    metrics = {
+        "split": "test",
+        **test,
+        "threshold_source": "validation" if opts.tune_threshold and binary else "default",
+        "output": output,
+        "validation": evaluate(va, p_val),
+        "arch": opts.arch,
+        "parameters": int(model.count_params()),
+        "macs_per_image": macs,
+        "weights_sha256": weights_sha256(model),
+        "deterministic": opts.deterministic,
+        "epochs_run": len(history["loss"]),
+        "best_epoch": int(np.argmin(history[monitor])) + 1,
+        "train_seconds": round(train_seconds, 1),
+        "labels": s.labels,
+        **({"trained_with": all_labels} if len(all_labels) > len(s.labels) else {}),
+    }
     write_json(out / "metrics.json", metrics)
     plots.confusion_matrix(np.array(test["confusion_matrix"]), s.labels, out / "confusion_matrix.png")
     # Up to 16 test images of each class, drawn with the run's seed.
     order = np.random.default_rng(opts.seed).permutation(len(te))
     pick = np.concatenate([order[s.y[te[order]] == c][:16] for c in range(len(s.labels))])
     predicted = decide(p_test, threshold)
-    plots.samples([preprocess(load_image(paths[te[k]]), size, opts.color) for k in pick],
-                  [s.labels[s.y[te[k]]] for k in pick],
-                  [s.labels[predicted[k]] for k in pick], out / "samples.png")
+    plots.samples(
+        [preprocess(load_image(paths[te[k]]), size, opts.color) for k in pick],
+        [s.labels[s.y[te[k]]] for k in pick],
+        [s.labels[predicted[k]] for k in pick],
+        out / "samples.png",
+    )
     shutil.rmtree(cache_dir, ignore_errors=True)
-    print(f"test split ({opts.arch}, {metrics['epochs_run']} epochs, {train_seconds / 60:.1f} min, "
-          f"{model.count_params():,} parameters, {macs / 1e6:.1f}M MACs per image):")
+    print(
+        f"test split ({opts.arch}, {metrics['epochs_run']} epochs, {train_seconds / 60:.1f} min, "
+        f"{model.count_params():,} parameters, {macs / 1e6:.1f}M MACs per image):"
+    )
     print(format_metrics(test, s.labels))
-    print(f"weights sha256 {metrics['weights_sha256']}"
-          + (" (deterministic)" if opts.deterministic else ""))
-    print(f"wrote {out}/: model.keras, metrics.json, split.json, data_report.json, config.json, "
-          "history.csv, curves.png, confusion_matrix.png, samples.png, logs/")
+    print(f"weights sha256 {metrics['weights_sha256']}" + (" (deterministic)" if opts.deterministic else ""))
+    print(
+        f"wrote {out}/: model.keras, metrics.json, split.json, data_report.json, config.json, "
+        "history.csv, curves.png, confusion_matrix.png, samples.png, logs/"
+    )
     return metrics
