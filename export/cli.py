@@ -109,7 +109,8 @@ def build_parser() -> ArgumentParser:
 def _body(argv) -> int:
     args = build_parser().parse_args(argv)
     require_workstation()
-    from .convert import ExportOptions, export_run, refusal_message
+    from .convert import ExportOptions, export_run
+    from .ship import refusal_message
 
     manifest = export_run(
         ExportOptions(

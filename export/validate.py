@@ -7,12 +7,15 @@ Both see the same validation images through the same preprocessing
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 
 from edge import Classifier, HappysadError, load_image, preprocess
 from edge.cli_util import Progress
 from edge.dataset import split_items
-from edge.metrics import class_probabilities, decide
+from edge.metrics import class_probabilities, decide, suggest_min_confidence
 
 #: The split every file is verified on. The test split stays untouched by
 #: the export, so the benchmark's figures on it remain an independent check.
@@ -140,6 +143,51 @@ def compare(
         "agreement": round(float(np.mean(label == ref_label)), 6),
         "max_abs_diff": round(float(np.max(np.abs(probs - reference))), 6),
     }
+
+
+@dataclass
+class Reference:
+    """What every exported file is measured against: the validation images,
+    the Keras model's probabilities on them and its figures."""
+
+    pixels: np.ndarray
+    labels: np.ndarray
+    probs: np.ndarray
+    threshold: float
+    figures: dict
+    suggestion: dict
+
+    @property
+    def judge(self) -> tuple:
+        """(pixels, labels, Keras probabilities, threshold), as :func:`model_body` takes them."""
+        return self.pixels, self.labels, self.probs, self.threshold
+
+
+def reference(model, split: dict, metrics: dict, run_dir: Path, min_accuracy: float) -> Reference:
+    """The Keras model run on the validation split, checked before anything is converted.
+
+    Raises:
+        HappysadError: a non-finite output, or accuracy under ``min_accuracy``.
+    """
+    pixels, labels = validation_set(split)
+    probs = keras_probabilities(model, pixels)
+    if not np.all(np.isfinite(probs)):
+        bad = int(np.sum(~np.isfinite(probs)))
+        raise HappysadError(
+            f"{run_dir / 'model.keras'}: gives a non-finite score (NaN or infinity) on {bad} "
+            f"of {len(probs)} validation images; its weights are broken; train it again"
+        )
+    threshold = float(metrics.get("threshold", 0.5))
+    figures = compare(probs, probs, labels, threshold)
+    if figures["float_accuracy"] < min_accuracy:
+        raise HappysadError(
+            f"{run_dir / 'model.keras'}: the Keras model is right on only {figures['float_accuracy']:.1%} "
+            f"of the {len(labels)} validation images, under --min-accuracy {min_accuracy:g} "
+            "(near chance: trained too briefly, or on mislabelled data); train it longer, or pass "
+            "--min-accuracy 0 to export it anyway"
+        )
+    suggestion = suggest_min_confidence(labels, probs, threshold)
+    return Reference(pixels, labels, probs, threshold, figures, suggestion)
 
 
 def missed_by(figures: dict, max_drop: float) -> float | None:

@@ -245,6 +245,8 @@ def test_auxiliary_classes_train_beside_and_ship_two(aux_run):
     m = json.loads((out / "metrics.json").read_text())
     assert m["labels"] == ["happy", "sad"] and m["trained_with"] == ["happy", "sad", "neutral"]
     assert m["output"] == "sigmoid" and np.array(m["confusion_matrix"]).shape == (2, 2)
+    # Early stopping watched the shipped two-class loss, not the seven-way one.
+    assert "val_shipped_loss" in (out / "history.csv").read_text().splitlines()[0]
     aux = json.loads((out / "split.json").read_text())["auxiliary"]
     # The neutral copy of a happy face is left out; the happy one stays with
     # its label. (Drawn faces are alike: some others are near-copies too.)

@@ -80,7 +80,7 @@ def test_metadata_that_misstates_the_input_is_refused(export_dir, tmp_path, caps
     """A file whose manifest matches but whose metadata disagrees with its own tensors."""
     import hashlib
 
-    from export.convert import embed
+    from export.ship import embed
 
     meta = read_metadata(export_dir / "model_int8.tflite")
     wrong = dataclasses.replace(meta, input_dtype="uint8", input_zero_point=0)

@@ -264,6 +264,24 @@ def image_dataset(
     return ds.map(to_float).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def _shipped_loss_callback(keras, model, val_ds, y_val: np.ndarray, n_own: int):
+    """A Keras callback adding ``val_shipped_loss`` and ``val_shipped_accuracy``
+    to each epoch's logs: the cross-entropy and accuracy, on the validation
+    images, of ``model`` (the network being trained) restricted to its first ``n_own`` classes (the
+    softmax renormalised over them, as :func:`train.models.restrict_head`
+    ships it)."""
+
+    class ShippedLoss(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            p = model.predict(val_ds, verbose=0)[:, :n_own].astype(np.float64)
+            p = np.clip(p / np.maximum(p.sum(axis=1, keepdims=True), 1e-12), 1e-7, 1.0)
+            if logs is not None:
+                logs["val_shipped_loss"] = float(-np.mean(np.log(p[np.arange(len(y_val)), y_val])))
+                logs["val_shipped_accuracy"] = float(np.mean(np.argmax(p, axis=1) == y_val))
+
+    return ShippedLoss()
+
+
 def _eta_callback(keras, epochs: int):
     """A Keras callback logging, after each epoch, the time so far and an
     estimate of the time left (the mean epoch so far times the epochs left;
@@ -440,8 +458,16 @@ def train(opts: TrainOptions) -> dict:
             )
     class_weight = balanced_class_weights(train_y, n_classes)
     monitor = "val_loss" if len(va) else "loss"
-    callbacks = [
-        keras.callbacks.EarlyStopping(monitor=monitor, patience=opts.patience, restore_best_weights=True),
+    callbacks = []
+    if n_classes > len(s.labels) and len(va):
+        # With auxiliary classes the validation loss is a loss over all the
+        # classes, on faces of the model's own: it rises as the model learns
+        # that a sad face also looks fearful, while the shipped choice
+        # between its own classes improves. Stop on the shipped model's loss.
+        callbacks.append(_shipped_loss_callback(keras, model, val_ds, s.y[va], len(s.labels)))
+        monitor = "val_shipped_loss"
+    callbacks += [
+        keras.callbacks.EarlyStopping(monitor=monitor, mode="min", patience=opts.patience, restore_best_weights=True),
         keras.callbacks.TensorBoard(log_dir=str(out / "logs")),
         _eta_callback(keras, opts.epochs),
     ]
