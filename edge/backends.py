@@ -8,6 +8,7 @@ handled here, from the scale and zero point stored in the model.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import time
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import HappysadError, UsageError
+
+_log = logging.getLogger(__name__)
 
 BACKENDS = ("litert", "tflite-runtime", "onnxruntime")
 _TFLITE_MODULES = {"litert": "ai_edge_litert.interpreter", "tflite-runtime": "tflite_runtime.interpreter"}
@@ -341,11 +344,8 @@ def load_backend(path: str | os.PathLike, threads: int | None = None, backend: s
     if threads is not None and threads > cores:
         # onnxruntime spins up every thread asked for (10,000 hang the
         # process); more threads than cores never run faster.
-        import sys
-
-        print(
-            f"happysad: warning: --threads {threads} is more than this machine's {cores} cores; using {cores}",
-            file=sys.stderr,
+        _log.warning(
+            "happysad: warning: --threads %d is more than this machine's %d cores; using %d", threads, cores, cores
         )
         threads = cores
     if backend is not None and backend not in BACKENDS:

@@ -134,6 +134,41 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+#: The packages whose loggers a command's stderr shows.
+LOGGERS = ("edge", "train", "export", "benchmarks")
+
+
+def install_log_handler(stream=None) -> None:
+    """Show the packages' log records on stderr as bare lines (``%(message)s``),
+    INFO and above: what a command-line user sees. Library code logs through
+    :mod:`logging` (``logging.getLogger(__name__)``), so a program using the
+    API routes or silences it; only the commands install this handler.
+    Installing twice does not duplicate lines."""
+    import logging
+
+    class StderrHandler(logging.StreamHandler):
+        """Writes to whatever ``sys.stderr`` is at the time (a test may swap it)."""
+
+        _happysad = True
+
+        @property
+        def stream(self):
+            return stream or sys.stderr
+
+        @stream.setter
+        def stream(self, value):
+            pass
+
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(getattr(h, "_happysad", False) for h in logger.handlers):
+            handler = StderrHandler()
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def run_main(prog: str, body: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Run a command's body, turning known failures into one-line errors.
 
@@ -143,6 +178,7 @@ def run_main(prog: str, body: Callable[[Sequence[str] | None], int], argv: Seque
         Ctrl-C or SIGTERM, which unwind the same way, so temporary files are
         removed and nothing is left half-written under a final name.
     """
+    install_log_handler()
     terminated = []
 
     def terminate(signum, frame):

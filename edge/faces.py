@@ -9,6 +9,7 @@ which :func:`face_crop` uses to level the face before cropping.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ import cv2
 import numpy as np
 
 from .errors import HappysadError, UsageError
+
+_log = logging.getLogger(__name__)
 
 CASCADE = "haarcascade_frontalface_default.xml"
 #: Folder of the vendored detector models (see ``assets/NOTICE``).
@@ -242,9 +245,7 @@ def make_detector(
     except HappysadError as exc:
         if not fallback:
             raise
-        import sys
-
-        print(f"happysad: warning: {exc}; falling back to --detector haar", file=sys.stderr)
+        _log.warning("happysad: warning: %s; falling back to --detector haar", exc)
     return HaarDetector(max(min_size, 32), detect_width)
 
 

@@ -8,8 +8,8 @@ file is read frame by frame, every frame, and its end is the end of the run.
 
 from __future__ import annotations
 
+import logging
 import queue
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,6 +19,8 @@ import numpy as np
 
 from .errors import HappysadError, UsageError
 from .images import opencv_errors_only
+
+_log = logging.getLogger(__name__)
 
 #: Frames of a video file decoded ahead of the loop.
 PREFETCH = 4
@@ -218,11 +220,12 @@ class Capture:
         self._source.release()
         for k in range(1, self.reconnect_tries + 1):
             wait = BACKOFF_S[min(k - 1, len(BACKOFF_S) - 1)]
-            print(
-                f"source {self.spec} stopped giving frames; reconnecting in {wait:g} s "
-                f"(try {k}/{self.reconnect_tries})",
-                file=sys.stderr,
-                flush=True,
+            _log.warning(
+                "source %s stopped giving frames; reconnecting in %g s (try %d/%d)",
+                self.spec,
+                wait,
+                k,
+                self.reconnect_tries,
             )
             if self._stop.wait(wait):
                 return False
@@ -233,7 +236,7 @@ class Capture:
             frame = self._source.read()
             if frame is not None:
                 self.reconnects += 1
-                print(f"source {self.spec} is back", file=sys.stderr, flush=True)
+                _log.warning("source %s is back", self.spec)
                 self._publish(frame)
                 return True
             self._source.release()

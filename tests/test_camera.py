@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.camera import annotate
 from edge.classifier import Prediction
+from edge.outputs import annotate
 from edge.smoothing import ScoreSmoother
 
 from helpers import REPO, camera_cmd, run_camera, write_video
@@ -418,3 +418,19 @@ def test_prometheus_metrics_move_with_the_loop(export_dir, long_video):
     assert second["happysad_stage_seconds_count[('stage', 'inference')]"].value > 0
     info = next(s for k, s in second.items() if k.startswith("happysad_model_info"))
     assert info.labels["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+
+
+def test_headless_json_shape_is_pinned(export_dir, drawn_video):
+    """The JSON line's keys, their order and their value types: what scripts
+    reading the camera's output rely on."""
+    res = run_camera(export_dir / "model_int8.tflite", drawn_video, "--max-frames", "3", "--detector", "haar")
+    assert res.returncode == 0, res.stderr
+    for line in res.stdout.splitlines():
+        record = json.loads(line)
+        assert list(record) == ["frame", "faces", "fps", "dropped", "ms"]
+        assert list(record["ms"]) == ["capture", "detect", "crop", "preprocess", "inference", "total"]
+        assert all(isinstance(v, float | int) for v in record["ms"].values())
+        assert isinstance(record["frame"], int) and isinstance(record["dropped"], int)
+        for face in record["faces"]:
+            assert list(face) == ["label", "confidence", "scores", "basis", "face", "face_score", "keypoints", "ms"]
+            assert list(face["scores"]) == ["happy", "sad"]

@@ -6,7 +6,8 @@ import pytest
 
 from edge import HappysadError
 from edge.metrics import classification_metrics
-from train.data import make_split, parse_ratios, scan
+from train.data import scan
+from train.split import make_split, parse_ratios
 
 
 def test_split_is_stratified_grouped_and_seeded():
@@ -81,7 +82,7 @@ def test_metrics_from_confusion_counts():
 
 
 def test_near_duplicates_blank_and_color_are_reported(tmp_path):
-    from train.data import data_report, report_summary
+    from train.report import data_report, report_summary
 
     from synth import make_dataset
 

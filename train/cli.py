@@ -8,7 +8,7 @@ import sys
 from edge.cli_util import ArgumentParser, positive_int, require_workstation, run_main
 
 from . import ARCHS, DEFAULT_ARCH
-from .data import parse_ratios
+from .split import parse_ratios
 
 PROG = "happysad-train"
 
@@ -159,7 +159,7 @@ def _body(argv) -> int:
     if args.check:
         from pathlib import Path
 
-        from .trainer import check_data
+        from .report import check_data
 
         report = Path(args.out or ".") / "data_report.json"
         check_data(_dirs(args.data_dir), report, (args.img_size, args.img_size), args.color, args.classes)

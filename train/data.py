@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from edge import HappysadError, preprocess
 from edge.dataset import class_folders
-from edge.images import IMAGE_SUFFIXES, decode_image, display_path, is_image_path, read_image_bytes
+from edge.images import IMAGE_SUFFIXES, decode_image, is_image_path, read_image_bytes
 
 #: Hamming distance at or below which two 64-bit pHashes mark a
 #: near-duplicate. Chosen by looking at random FER2013 pairs: at distance 2
@@ -284,181 +284,3 @@ def _assemble(data_dir, labels, rows, skipped) -> Scan:
         if count == 0:
             raise HappysadError(f"{data_dir / name}: no usable images; add .jpg/.png photos of {name!r} faces")
     return s
-
-
-def data_report(s: Scan) -> dict:
-    """Everything :func:`scan` found, as a JSON-ready dict.
-
-    Keys: data_dir, labels, files_per_class and images (kept files),
-    skipped, skipped_by_reason, sizes ("HxW": count) and color_modes (of
-    kept files), exact_duplicates and near_duplicates (method, groups,
-    files, list of path groups, over all decoded files), conflicts
-    (byte-identical files under more than one label, left out),
-    near_duplicates_across_labels (pairs, kept), near_blank (path and pixel
-    standard deviation).
-    """
-    return {
-        "data_dir": str(Path(s.data_dir).resolve()),
-        "labels": s.labels,
-        "files_per_class": {name: int(n) for name, n in zip(s.labels, np.bincount(s.y, minlength=len(s.labels)))},
-        "images": len(s.paths),
-        "skipped": s.skipped,
-        "skipped_by_reason": dict(Counter(x["reason"] for x in s.skipped).most_common()),
-        "sizes": dict(Counter(f"{h}x{w}" for h, w in s.sizes).most_common()),
-        "color_modes": dict(Counter(s.colors).most_common()),
-        "exact_duplicates": {
-            "method": "sha256 of the file bytes",
-            "groups": len(s.exact_groups),
-            "files": sum(len(g) for g in s.exact_groups),
-            "list": s.exact_groups,
-        },
-        "near_duplicates": {
-            "method": f"64-bit pHash, Hamming distance <= {NEAR_DUPLICATE_DISTANCE}",
-            "groups": len(s.near_groups),
-            "files": sum(len(g) for g in s.near_groups),
-            "list": s.near_groups,
-        },
-        "conflicts": s.conflicts,
-        "near_duplicates_across_labels": {
-            "note": "kept; check whether one label is wrong",
-            "list": [list(p) for p in s.near_conflicts],
-        },
-        "near_blank": {"method": f"gray pixel standard deviation < {NEAR_BLANK_STD}", "list": s.near_blank},
-    }
-
-
-def report_summary(r: dict) -> str:
-    """A few lines of :func:`data_report` for the terminal."""
-    per_class = ", ".join(f"{n} {name}" for name, n in r["files_per_class"].items())
-    lines = [f"data: {r['data_dir']}: {per_class} ({r['images']} images kept)"]
-    if r["skipped"]:
-        lines.append(
-            f"skipped {len(r['skipped'])} files: "
-            + "; ".join(f"{n} {why}" for why, n in r["skipped_by_reason"].items())
-        )
-    sizes = ", ".join(f"{k} ({v})" for k, v in list(r["sizes"].items())[:3])
-    modes = ", ".join(f"{k} ({v})" for k, v in r["color_modes"].items())
-    lines.append(f"sizes: {sizes}{', ...' if len(r['sizes']) > 3 else ''}; color modes: {modes}")
-    e, n = r["exact_duplicates"], r["near_duplicates"]
-    lines.append(
-        f"exact duplicates: {e['groups']} groups ({e['files']} files); near-duplicates: "
-        f"{n['groups']} more groups ({n['files']} files); each group stays within one part "
-        "of the split"
-    )
-    for c in r["conflicts"]:
-        lines.append(
-            f"left out, same file under labels {'/'.join(c['labels'])}: " + ", ".join(map(display_path, c["paths"]))
-        )
-    across = r["near_duplicates_across_labels"]["list"]
-    if across:
-        lines.append(
-            f"{len(across)} near-duplicate pairs under different labels (kept; check them): "
-            + "; ".join(" ~ ".join(map(display_path, p)) for p in across[:3])
-            + (" ..." if len(across) > 3 else "")
-        )
-    if r["near_blank"]["list"]:
-        lines.append(
-            "near-blank images: "
-            + ", ".join(display_path(x["path"]) for x in r["near_blank"]["list"][:5])
-            + (" ..." if len(r["near_blank"]["list"]) > 5 else "")
-        )
-    return "\n".join(lines)
-
-
-def make_split(y: np.ndarray, groups: list, ratios=(0.7, 0.2, 0.1), seed: int = 0) -> np.ndarray:
-    """Assign each image to train (0), validation (1) or test (2).
-
-    Stratified: each class is divided in the given ratios on its own. Grouped:
-    images with the same group key (exact or near duplicates) always land in
-    the same part, so no test image has a copy in training. Seeded: the same
-    inputs and seed give the same assignment.
-
-    Args:
-        y: int (N,) class index per image.
-        groups: group key per image.
-        ratios: train, validation, test fractions, summing to 1.
-        seed: seed of ``numpy.random.default_rng``.
-
-    Returns:
-        int8 (N,) part index per image.
-    """
-    rng = np.random.default_rng(seed)
-    part = np.zeros(len(y), dtype=np.int8)
-    members = defaultdict(list)
-    for i, g in enumerate(groups):
-        members[g].append(i)
-    bounds = np.cumsum(ratios)[:2]
-    for cls in np.unique(y):
-        keys = sorted({groups[i] for i in np.flatnonzero(y == cls)})
-        keys = [keys[i] for i in rng.permutation(len(keys))]
-        total = sum(len(members[k]) for k in keys)
-        done = 0
-        for k in keys:
-            # A group goes to the part in which its first image would fall.
-            p = int(np.searchsorted(bounds, done / total, side="right"))
-            part[members[k]] = p
-            done += len(members[k])
-    return part
-
-
-def parse_ratios(text: str) -> tuple[float, float, float]:
-    """Parse "0.7,0.2,0.1" into three fractions that sum to 1.
-
-    Raises:
-        ValueError: not three non-negative numbers summing to 1 with train
-            and test above zero.
-    """
-    try:
-        parts = [float(x) for x in text.split(",")]
-    except ValueError:
-        parts = []
-    if len(parts) != 3 or any(p < 0 for p in parts) or abs(sum(parts) - 1) > 1e-6 or parts[0] <= 0 or parts[2] <= 0:
-        raise ValueError("give three fractions train,val,test summing to 1, e.g. 0.7,0.2,0.1")
-    return tuple(parts)
-
-
-def auxiliary(main: Scan, aux_dirs, size=(48, 48), color="gray", progress: bool = False) -> tuple[Scan, list]:
-    """Scan auxiliary class folders and drop what would leak or double-count.
-
-    An auxiliary image that is byte-identical to an image of ``main``, or a
-    near-duplicate of one (pHash within :data:`NEAR_DUPLICATE_DISTANCE`
-    bits), is left out: the copy under ``main``'s label is the one used, on
-    whichever side of the split it fell, so no face is counted under two
-    labels and none reaches training through the back door.
-
-    Args:
-        main: the scan of the model's own classes.
-        aux_dirs: labelled folders (see :func:`scan`).
-
-    Returns:
-        (the auxiliary scan, kept files only; [{"path", "copy_of"}] left out).
-    """
-    aux = scan(list(aux_dirs), size, color, progress, min_classes=1)
-    main_digests = {d: p for d, p in zip(main.sha256, main.paths)}
-    dropped, keep = [], []
-    near = {}
-    if len(aux.paths) and len(main.paths):
-        both = np.concatenate([main.phash, aux.phash])
-        for a, b in hamming_pairs(both, NEAR_DUPLICATE_DISTANCE):
-            if a < len(main.paths) <= b:
-                near.setdefault(b - len(main.paths), main.paths[a])
-    for i, (path, digest) in enumerate(zip(aux.paths, aux.sha256)):
-        copy = main_digests.get(digest) or near.get(i)
-        if copy is not None:
-            dropped.append({"path": path, "copy_of": copy})
-        else:
-            keep.append(i)
-    kept = Scan(
-        aux.data_dir,
-        aux.labels,
-        paths=[aux.paths[i] for i in keep],
-        y=aux.y[keep],
-        sha256=[aux.sha256[i] for i in keep],
-        phash=aux.phash[keep],
-        sizes=[aux.sizes[i] for i in keep],
-        colors=[aux.colors[i] for i in keep],
-        skipped=aux.skipped,
-        conflicts=aux.conflicts,
-        groups=[aux.groups[i] for i in keep],
-    )
-    return kept, dropped

@@ -1,0 +1,333 @@
+"""What the camera loop gives out, frame by frame: each output takes a
+:class:`FrameResult` (``emit``) and is closed at the end (``close``).
+
+JSON lines (``--headless``), the window, the MJPEG preview (``--serve``),
+the recorded video (``--record``), the CSV log (``--log``) and the
+Prometheus metrics (``--metrics``) all sit behind that one interface, so
+the loop itself only captures, classifies and hands the result on.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .classifier import Prediction
+from .errors import HappysadError
+from .fileio import output_target, temp_name
+from .metadata import UNCERTAIN
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class FrameResult:
+    """One frame, classified.
+
+    Attributes:
+        number: 1 for the first frame.
+        image: the uint8 BGR frame (drawn on by :func:`annotate` for the
+            outputs that show it).
+        predictions: the faces' (or the whole frame's) :class:`Prediction`.
+        fps: frames per second over the last few frames, Hz.
+        dropped, reconnects: the capture's counts so far.
+        ms: per-stage times in ms (capture, detect, crop, preprocess,
+            inference, total); empty when no output reads them.
+        source_fps: the source's own frame rate, Hz (0 when unknown).
+    """
+
+    number: int
+    image: np.ndarray
+    predictions: list
+    fps: float
+    dropped: int = 0
+    reconnects: int = 0
+    ms: dict = field(default_factory=dict)
+    source_fps: float = 0.0
+
+
+class Output:
+    """An output of the camera loop."""
+
+    #: Draws on the frame: :func:`annotate` runs before it is given the frame.
+    shows_frame = False
+    #: Reads :attr:`FrameResult.ms`.
+    needs_timings = False
+
+    def emit(self, result: FrameResult) -> bool:
+        """Take one frame's result; True asks the loop to stop (a key in the window)."""
+        raise NotImplementedError  # pragma: no cover
+
+    def close(self) -> None:
+        """Flush and release; called once, however the loop ended."""
+
+
+class JsonLines(Output):
+    """One JSON object per frame: ``{"frame", "faces", "fps", "dropped", "ms"}``."""
+
+    needs_timings = True
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def emit(self, result: FrameResult) -> bool:
+        record = {
+            "frame": result.number,
+            "faces": [r.to_dict() for r in result.predictions],
+            "fps": round(result.fps, 2),
+            "dropped": result.dropped,
+            "ms": result.ms,
+        }
+        self.stream.write(json.dumps(record) + "\n")
+        self.stream.flush()
+        return False
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+class Window(Output):
+    """The annotated frames in a window; Esc or q stops the loop."""
+
+    shows_frame = True
+
+    def emit(self, result: FrameResult) -> bool:
+        cv2.imshow("happysad", result.image)
+        return cv2.waitKey(1) & 0xFF in (27, ord("q"))
+
+    def close(self) -> None:
+        cv2.destroyAllWindows()
+
+
+class Preview(Output):
+    """The annotated frames on the MJPEG preview page (:class:`edge.preview.PreviewServer`)."""
+
+    shows_frame = True
+
+    def __init__(self, server):
+        self.server = server
+
+    def emit(self, result: FrameResult) -> bool:
+        self.server.publish(result.image)
+        return False
+
+    def close(self) -> None:
+        self.server.close()
+
+
+class Metrics(Output):
+    """Counters and stage latencies for Prometheus (:class:`edge.metrics_server.MetricsServer`)."""
+
+    needs_timings = True
+
+    def __init__(self, server):
+        self.server = server
+
+    def emit(self, result: FrameResult) -> bool:
+        self.server.observe(result.predictions, result.ms, result.dropped, result.reconnects)
+        return False
+
+    def close(self) -> None:
+        self.server.close()
+
+
+class Recording(Output):
+    """The annotated video (:class:`Recorder`), opened at the first frame's size."""
+
+    shows_frame = True
+
+    def __init__(self, path: str):
+        self.path = path
+        self.recorder = None
+
+    def emit(self, result: FrameResult) -> bool:
+        if self.recorder is None:
+            size = (result.image.shape[1], result.image.shape[0])
+            self.recorder = Recorder(self.path, result.source_fps, size)
+        self.recorder.write(result.image)
+        return False
+
+    def close(self) -> None:
+        if self.recorder is not None:
+            self.recorder.close()
+
+
+def _label(frame: np.ndarray, text: str, org: tuple[int, int], color, scale: float) -> None:
+    """``text`` in white on a filled box of ``color``, its bottom-left at ``org``:
+    readable on any background, at any frame size."""
+    thickness = max(1, round(scale * 2))
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    x, y = org
+    y = max(th + base + 2, y)
+    cv2.rectangle(frame, (x, y - th - base - 4), (x + tw + 6, y + 2), color, cv2.FILLED)
+    cv2.putText(
+        frame, text, (x + 3, y - base), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA
+    )
+
+
+#: BGR colours of the preview's labels; other labels take :data:`PALETTE` in turn.
+LABEL_COLORS = {"happy": (0, 160, 0), "sad": (0, 0, 200), UNCERTAIN: (110, 110, 110)}
+
+
+PALETTE = ((200, 120, 0), (0, 140, 200), (160, 0, 160), (0, 160, 160), (120, 60, 0))
+
+
+def label_color(label: str) -> tuple[int, int, int]:
+    """The BGR colour a label is drawn in: fixed for happy, sad and
+    uncertain, else one of :data:`PALETTE` chosen by the label's name (the
+    same colour in every frame and run)."""
+    if label in LABEL_COLORS:
+        return LABEL_COLORS[label]
+    return PALETTE[sum(label.encode()) % len(PALETTE)]
+
+
+def annotate(frame: np.ndarray, results: list[Prediction], fps: float) -> np.ndarray:
+    """Draw face boxes, label, confidence and FPS onto ``frame`` in place.
+
+    Text is drawn white on a filled box in the label's colour, its size
+    scaled to the frame (0.6 at 640 px wide, never under 0.45), so it reads
+    on a 1080p preview as on a 320 px one."""
+    scale = max(0.45, frame.shape[1] / 640 * 0.6)
+    for r in results:
+        color = label_color(r.label)
+        text = f"{r.label} {r.confidence:.0%}"
+        if r.face is None:
+            _label(frame, text, (8, int(50 * scale / 0.6)), color, scale)
+            continue
+        x, y, w, h = r.face
+        cv2.rectangle(frame, (x, y), (x + w, y + h), color, max(2, round(scale * 3)))
+        _label(frame, text, (x, y - 4), color, scale)
+    _label(frame, f"{fps:.1f} FPS", (8, int(24 * scale / 0.6)), (60, 60, 60), scale)
+    return frame
+
+
+def display_available() -> str | None:
+    """None when a window can be shown, else why not (one line): no display,
+    or an OpenCV built without a GUI (opencv-python-headless, the edge extra's)."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return "no display ($DISPLAY and $WAYLAND_DISPLAY are unset)"
+    try:
+        cv2.namedWindow("happysad")
+        return None
+    except cv2.error:
+        return "this OpenCV has no GUI (opencv-python-headless); use --serve PORT to watch in a browser"
+
+
+class Recorder:
+    """The annotated video, written under a temporary name and renamed on close.
+
+    Raises:
+        HappysadError: the writer cannot be opened.
+    """
+
+    def __init__(self, path: str, fps: float, size: tuple[int, int]):
+        self.path, direct = output_target(path)
+        fourcc = "mp4v" if self.path.suffix.lower() in (".mp4", ".m4v", ".mov") else "MJPG"
+        # A FIFO or device is written as it is (a pipe to a streaming program), never replaced.
+        self._tmp = self.path if direct else temp_name(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*fourcc), fps or 15.0, size)
+        if not self._writer.isOpened():
+            raise HappysadError(
+                f"--record {path}: cannot write video here; use a .avi or .mp4 file in a writable folder"
+            )
+
+    def write(self, frame: np.ndarray) -> None:
+        self._writer.write(frame)
+
+    def close(self) -> None:
+        self._writer.release()
+        if self._tmp != self.path:
+            os.replace(self._tmp, self.path)
+
+
+class FaceLog(Output):
+    """Appends one CSV row per classified face; writes the header to a new file.
+
+    Columns: time (UTC, ISO 8601), frame, label, confidence, one score per
+    label, x, y, w, h (empty when the whole frame was classified).
+    """
+
+    def __init__(self, path: str, labels):
+        self.labels = tuple(labels)
+        new = not Path(path).exists() or Path(path).stat().st_size == 0
+        try:
+            self._fh = open(path, "a", newline="", buffering=1)
+        except OSError as exc:
+            raise HappysadError(f"--log {path}: cannot open for appending ({exc.strerror or exc})") from None
+        self._csv = csv.writer(self._fh)
+        self.failing = False
+        if new:
+            self._guarded(
+                lambda: self._csv.writerow(
+                    [
+                        "time",
+                        "frame",
+                        "label",
+                        "confidence",
+                        *(f"score_{name}" for name in self.labels),
+                        "x",
+                        "y",
+                        "w",
+                        "h",
+                    ]
+                )
+            )
+
+    def emit(self, result: FrameResult) -> bool:
+        """:meth:`write` of the frame's predictions."""
+        self.write(result.number, result.predictions)
+        return False
+
+    def write(self, frame_no: int, results: list[Prediction]) -> None:
+        """Append the rows; a full disk or an I/O error is reported once on
+        stderr (and again when it clears), and the camera loop goes on."""
+        now = _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
+
+        def rows():
+            for r in results:
+                box = list(r.face) if r.face else ["", "", "", ""]
+                self._csv.writerow(
+                    [
+                        now,
+                        frame_no,
+                        r.label,
+                        f"{r.confidence:.4f}",
+                        *(f"{r.scores.get(name, 0.0):.4f}" for name in self.labels),
+                        *box,
+                    ]
+                )
+
+        if results:  # a frame with no face writes nothing, and proves nothing about the disk
+            self._guarded(rows)
+
+    def _guarded(self, write) -> None:
+        """Run ``write``; an OSError is reported on stderr once (and again
+        when writing works again), never raised."""
+        try:
+            write()
+        except OSError as exc:
+            if not self.failing:
+                _log.warning(
+                    "--log: cannot write (%s); rows are lost until it can, the camera goes on", exc.strerror or exc
+                )
+            self.failing = True
+        else:
+            if self.failing:
+                _log.warning("--log: writing again")
+            self.failing = False
+
+    def close(self) -> None:
+        try:
+            self._fh.close()
+        except OSError:  # the last buffered row on a full disk: already reported
+            pass

@@ -1,0 +1,220 @@
+"""The leak-free, stratified, grouped split of a run's images, the auxiliary
+classes' images beside it, and the record of both in ``split.json``."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.cli_util import log as _log
+from edge.fileio import write_json
+
+from .data import NEAR_DUPLICATE_DISTANCE, Scan, hamming_pairs, scan
+from .report import check_data
+
+
+def make_split(y: np.ndarray, groups: list, ratios=(0.7, 0.2, 0.1), seed: int = 0) -> np.ndarray:
+    """Assign each image to train (0), validation (1) or test (2).
+
+    Stratified: each class is divided in the given ratios on its own. Grouped:
+    images with the same group key (exact or near duplicates) always land in
+    the same part, so no test image has a copy in training. Seeded: the same
+    inputs and seed give the same assignment.
+
+    Args:
+        y: int (N,) class index per image.
+        groups: group key per image.
+        ratios: train, validation, test fractions, summing to 1.
+        seed: seed of ``numpy.random.default_rng``.
+
+    Returns:
+        int8 (N,) part index per image.
+    """
+    rng = np.random.default_rng(seed)
+    part = np.zeros(len(y), dtype=np.int8)
+    members = defaultdict(list)
+    for i, g in enumerate(groups):
+        members[g].append(i)
+    bounds = np.cumsum(ratios)[:2]
+    for cls in np.unique(y):
+        keys = sorted({groups[i] for i in np.flatnonzero(y == cls)})
+        keys = [keys[i] for i in rng.permutation(len(keys))]
+        total = sum(len(members[k]) for k in keys)
+        done = 0
+        for k in keys:
+            # A group goes to the part in which its first image would fall.
+            p = int(np.searchsorted(bounds, done / total, side="right"))
+            part[members[k]] = p
+            done += len(members[k])
+    return part
+
+
+def parse_ratios(text: str) -> tuple[float, float, float]:
+    """Parse "0.7,0.2,0.1" into three fractions that sum to 1.
+
+    Raises:
+        ValueError: not three non-negative numbers summing to 1 with train
+            and test above zero.
+    """
+    try:
+        parts = [float(x) for x in text.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) != 3 or any(p < 0 for p in parts) or abs(sum(parts) - 1) > 1e-6 or parts[0] <= 0 or parts[2] <= 0:
+        raise ValueError("give three fractions train,val,test summing to 1, e.g. 0.7,0.2,0.1")
+    return tuple(parts)
+
+
+def auxiliary(main: Scan, aux_dirs, size=(48, 48), color="gray", progress: bool = False) -> tuple[Scan, list]:
+    """Scan auxiliary class folders and drop what would leak or double-count.
+
+    An auxiliary image that is byte-identical to an image of ``main``, or a
+    near-duplicate of one (pHash within :data:`NEAR_DUPLICATE_DISTANCE`
+    bits), is left out: the copy under ``main``'s label is the one used, on
+    whichever side of the split it fell, so no face is counted under two
+    labels and none reaches training through the back door.
+
+    Args:
+        main: the scan of the model's own classes.
+        aux_dirs: labelled folders (see :func:`scan`).
+
+    Returns:
+        (the auxiliary scan, kept files only; [{"path", "copy_of"}] left out).
+    """
+    aux = scan(list(aux_dirs), size, color, progress, min_classes=1)
+    main_digests = {d: p for d, p in zip(main.sha256, main.paths)}
+    dropped, keep = [], []
+    near = {}
+    if len(aux.paths) and len(main.paths):
+        both = np.concatenate([main.phash, aux.phash])
+        for a, b in hamming_pairs(both, NEAR_DUPLICATE_DISTANCE):
+            if a < len(main.paths) <= b:
+                near.setdefault(b - len(main.paths), main.paths[a])
+    for i, (path, digest) in enumerate(zip(aux.paths, aux.sha256)):
+        copy = main_digests.get(digest) or near.get(i)
+        if copy is not None:
+            dropped.append({"path": path, "copy_of": copy})
+        else:
+            keep.append(i)
+    kept = Scan(
+        aux.data_dir,
+        aux.labels,
+        paths=[aux.paths[i] for i in keep],
+        y=aux.y[keep],
+        sha256=[aux.sha256[i] for i in keep],
+        phash=aux.phash[keep],
+        sizes=[aux.sizes[i] for i in keep],
+        colors=[aux.colors[i] for i in keep],
+        skipped=aux.skipped,
+        conflicts=aux.conflicts,
+        groups=[aux.groups[i] for i in keep],
+    )
+    return kept, dropped
+
+
+def split_record(s: Scan, part: np.ndarray, opts) -> dict:
+    """The contents of ``split.json``: every kept file's part, label and sha256."""
+    entries = {name: [] for name in ("train", "val", "test")}
+    for i, p in enumerate(part):
+        entries[("train", "val", "test")[p]].append(
+            {"path": s.paths[i], "label": s.labels[s.y[i]], "sha256": s.sha256[i]}
+        )
+    data_dir = Path(s.data_dir).resolve()
+    return {
+        "data_dir": os.path.relpath(data_dir, Path(opts.out).resolve()),
+        "data_dir_absolute": str(data_dir),
+        "labels": s.labels,
+        "seed": opts.seed,
+        "ratios": list(opts.ratios),
+        "image": {"size": [opts.img_size, opts.img_size], "color": opts.color},
+        "grouped_by": "exact (sha256) and near (pHash) duplicates",
+        **entries,
+        "skipped": s.skipped,
+        "excluded": s.conflicts,
+    }
+
+
+def auxiliary_part(s: Scan, opts, size, split: dict) -> tuple[Scan, np.ndarray]:
+    """Scan and split the auxiliary folders; record them in ``split``.
+
+    Split like the model's own classes: only the train part is trained on;
+    the test part measures, unseen, how the shipped model treats faces of
+    the auxiliary classes (benchmarks/neither.py).
+    """
+    aux, dropped = auxiliary(s, opts.aux_dirs, size, opts.color, progress=True)
+    aux_part = make_split(aux.y, aux.groups, opts.ratios, opts.seed)
+    parts = {
+        name: [
+            {"path": aux.paths[i], "label": aux.labels[aux.y[i]], "sha256": aux.sha256[i]}
+            for i in np.flatnonzero(aux_part == k)
+        ]
+        for k, name in enumerate(("train", "val", "test"))
+    }
+    root = Path(aux.data_dir).resolve()
+    split["auxiliary"] = {
+        "data_dir": os.path.relpath(root, Path(opts.out).resolve()),
+        "data_dir_absolute": str(root),
+        "labels": aux.labels,
+        **parts,
+        "left_out_as_copies": dropped,
+    }
+    _log(
+        f"auxiliary classes {', '.join(aux.labels)}: {len(aux.paths)} images, "
+        f"{int(np.sum(aux_part == 0))} in the train part (trained on); {len(dropped)} left out as copies "
+        f"or near-copies of {', '.join(s.labels)} images"
+    )
+    return aux, aux_part
+
+
+@dataclass
+class RunData:
+    """A run's images: the model's own classes split, and what it trains on.
+
+    Attributes:
+        scan: the model's own classes. part: int8 (N,) part per image (0
+        train, 1 val, 2 test). paths: absolute path per image. labels:
+        every class trained on (own first, then auxiliary). train_paths,
+        train_y: the training images (own train part, then the auxiliary
+        train part) and their class indices into ``labels``.
+    """
+
+    scan: Scan
+    part: np.ndarray
+    paths: np.ndarray
+    labels: list
+    train_paths: np.ndarray
+    train_y: np.ndarray
+
+    def indices(self, p: int) -> np.ndarray:
+        """Image indices of part ``p`` (0 train, 1 validation, 2 test)."""
+        return np.flatnonzero(self.part == p)
+
+
+def prepare_data(opts, out: Path, size) -> RunData:
+    """Scan, report and split the data (and the auxiliary folders); write ``split.json``."""
+    s, _ = check_data(opts.data_dir, out / "data_report.json", size, opts.color, opts.classes)
+    part = make_split(s.y, s.groups, opts.ratios, opts.seed)
+    split = split_record(s, part, opts)
+    aux = aux_part = None
+    if opts.aux_dirs:
+        aux, aux_part = auxiliary_part(s, opts, size, split)
+    write_json(out / "split.json", split)
+    _log(
+        "split: "
+        + ", ".join(f"{name} {len(split[name])}" for name in ("train", "val", "test"))
+        + f" (seed {opts.seed}) -> {out / 'split.json'}"
+    )
+    paths = np.array([Path(s.data_dir) / p for p in s.paths])
+    tr = np.flatnonzero(part == 0)
+    labels = list(s.labels) + ([c for c in aux.labels if c not in s.labels] if aux else [])
+    train_paths, train_y = paths[tr], s.y[tr]
+    if aux is not None and np.any(aux_part == 0):
+        aux_tr = np.flatnonzero(aux_part == 0)
+        aux_y = np.array([labels.index(aux.labels[c]) for c in aux.y[aux_tr]], np.int64)
+        train_paths = np.concatenate([train_paths, [Path(aux.data_dir) / aux.paths[i] for i in aux_tr]])
+        train_y = np.concatenate([train_y, aux_y])
+    return RunData(s, part, paths, labels, train_paths, train_y)
