@@ -32,7 +32,7 @@ from .runners import import_keras, is_keras_path, load_runner
 from .timing import STAGES, fps, percentiles, time_once, time_stages
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BenchOptions:
     """Settings of :func:`run_bench`.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from edge.cli_util import ArgumentParser, non_negative_int, positive_int, run_main
+from edge.cli_util import ArgumentParser, float_range, non_negative_int, positive_int, run_main
 from edge.errors import HappysadError
 from edge.faces import DEFAULT_DETECTOR, DETECTORS
 from edge.fileio import write_json
@@ -28,23 +28,10 @@ def thread_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc}; give counts like 1,2,4") from None
 
 
-def non_negative_float(text: str) -> float:
-    """argparse type: a number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{value:g} must be 0 or more")
-    return value
-
-
-def fraction(text: str) -> float:
-    """argparse type: a number in 0..1 (an accuracy, not a percentage)."""
-    value = non_negative_float(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"{value:g} must be between 0 and 1 (0.9 for 90%)")
-    return value
+non_negative_float = float_range(0.0)
+fraction = float_range(0.0, 1.0, hint="0.9 for 90%")
+#: --max-drop, as happysad-export takes it: negative asks a model to beat its reference.
+percentage_points = float_range(-100.0, 100.0, unit="percentage points")
 
 
 def build_parser() -> ArgumentParser:
@@ -124,7 +111,7 @@ def build_parser() -> ArgumentParser:
     g = p.add_argument_group("gates (exit status 3 when a model misses one)")
     g.add_argument(
         "--max-drop",
-        type=non_negative_float,
+        type=percentage_points,
         default=None,
         metavar="PP",
         help="most accuracy drop against the float reference, percentage points",
@@ -196,7 +183,7 @@ def _latency_only(args, detector: str) -> int:
     if args.max_drop is not None or args.min_accuracy is not None:
         raise HappysadError("--max-drop and --min-accuracy need labelled data: give --data DIR or --split FILE")
     opts = BenchOptions(
-        args.models,
+        models=args.models,
         threads=args.threads or [None],
         runs=args.runs,
         warmup=args.warmup,
@@ -251,18 +238,18 @@ def _body(argv) -> int:
     old = read_report(args.compare) if args.compare else None
     report = run_bench(
         BenchOptions(
-            args.models,
-            args.data,
-            args.split,
-            args.part,
-            args.data_root,
-            args.threads or [None],
-            args.runs,
-            args.warmup,
-            args.min_seconds,
-            args.cold_runs,
-            detector[0],
-            None if args.tta == "none" else args.tta,
+            models=args.models,
+            data=args.data,
+            split=args.split,
+            part=args.part,
+            data_root=args.data_root,
+            threads=args.threads or [None],
+            runs=args.runs,
+            warmup=args.warmup,
+            min_seconds=args.min_seconds,
+            cold_runs=args.cold_runs,
+            detector=detector[0],
+            tta=None if args.tta == "none" else args.tta,
         )
     )
     print(format_table(report), flush=True)

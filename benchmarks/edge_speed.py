@@ -194,8 +194,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument(
         "--data",
         metavar="DIR",
-        default="../shared/data/fer2013-happy-sad",
-        help="labelled face photos to build the video from",
+        required=True,
+        help="labelled face photos to build the video from (make passes ../shared/data/fer2013-happy-sad)",
     )
     p.add_argument("--frames", type=positive_int, default=300, help="frames in the test video")
     p.add_argument("--runs", type=positive_int, default=2000, help="timed runs for the per-face ratio")

@@ -25,7 +25,7 @@ import numpy as np
 
 from edge import Classifier, HappysadError, preprocess
 from edge.errors import UsageError
-from edge.faces import DEFAULT_DETECTOR, face_crop, make_detector
+from edge.faces import DEFAULT_DETECTOR, face_region, make_detector
 from edge.metadata import ModelMetadata
 from edge.metrics import class_probabilities, decide
 
@@ -95,7 +95,7 @@ class EdgeRunner:
             if self.clf.backend.name == "onnxruntime":
                 self._cost = onnx_cost(self.path)
             else:  # the TFLite interpreter edge's backend holds
-                self._cost = tflite_cost(getattr(self.clf.backend, "_interp", None))
+                self._cost = tflite_cost(getattr(self.clf.backend, "interpreter", None))
         return self._cost
 
     def stages(self, image: np.ndarray) -> tuple:
@@ -202,17 +202,10 @@ class KerasRunner:
         return pre, invoke, post
 
     def _face_or_whole(self, image: np.ndarray) -> np.ndarray:
-        # The choice Classifier.classify_image makes, so every model sees
-        # the same pixels.
-        height, width = self.size
-        if image.shape[0] <= height and image.shape[1] <= width:
-            return image
+        """The pixels :func:`edge.faces.face_region` chooses, as the edge runtime does."""
         if isinstance(self._detector, str):
             self._detector = make_detector(self._detector)
-        faces = self._detector.detect(image)
-        if not faces:
-            return image
-        return face_crop(image, faces[0], self.size, self.meta.face_margin, self.meta.face_shift)
+        return face_region(image, self._detector, self.size, self.meta.face_margin, self.meta.face_shift)[0]
 
     def predict(self, images: list, batch_size: int = 256) -> np.ndarray:
         """Class indices (int64 (N,)), in batches of ``batch_size``."""

@@ -61,8 +61,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument(
         "--data",
         metavar="DIR",
-        default="../shared/data/fer2013-happy-sad",
-        help="labelled face photos to build the video from",
+        required=True,
+        help="labelled face photos to build the video from (make passes ../shared/data/fer2013-happy-sad)",
     )
     p.add_argument("--frames", type=positive_int, default=10000, help="frames in the video")
     p.add_argument("--workdir", metavar="DIR", default="runs/soak", help="where the video goes")

@@ -252,6 +252,11 @@ class TFLiteBackend(Backend):
         )
         self._buffer_bytes = self._buffer.view(np.uint8)
 
+    @property
+    def interpreter(self):
+        """The TFLite interpreter itself (for reading the graph: tensors, ops)."""
+        return self._interp
+
     def set_input(self, pixels: np.ndarray) -> None:
         if self._xor128:
             np.bitwise_xor(pixels, 0x80, out=self._buffer_bytes[0])

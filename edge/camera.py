@@ -58,7 +58,7 @@ DETECT_EVERY = 2
 CAMERA_DETECTOR = "blazeface"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CameraOptions:
     """Settings of :func:`run`.
 

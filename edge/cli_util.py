@@ -8,6 +8,7 @@ Exit codes: 0 success, 1 a problem with an input (message names it),
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -132,6 +133,46 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
     return value
+
+
+def float_range(
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    open_lo: bool = False,
+    open_hi: bool = False,
+    unit: str = "",
+    hint: str = "",
+):
+    """An argparse type: a finite number within [lo, hi] (an end that is
+    None is unbounded; ``open_lo``/``open_hi`` exclude that end). The one
+    validator of every float flag, so all say alike what is wrong.
+
+    Args:
+        unit: what the number counts ("percentage points"), named in messages.
+        hint: an example shown after a range error ("0.9 for 90%").
+
+    Returns:
+        a function str -> float raising ``argparse.ArgumentTypeError`` with
+        a one-line reason.
+    """
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number" + (f" of {unit}" if unit else "")) from None
+        low_ok = lo is None or (value > lo if open_lo else value >= lo)
+        high_ok = hi is None or (value < hi if open_hi else value <= hi)
+        if math.isfinite(value) and low_ok and high_ok:
+            return value
+        if hi is None:
+            reason = f"more than {lo:g}" if open_lo else f"{lo:g} or more"
+        else:
+            reason = f"between {lo:g} and {hi:g}" + (f" {unit}" if unit else "")
+        raise argparse.ArgumentTypeError(f"{value:g} must be {reason}" + (f" ({hint})" if hint else ""))
+
+    return parse
 
 
 #: The packages whose loggers a command's stderr shows.

@@ -320,3 +320,37 @@ def face_crop(
     m[1, 2] += out_h / 2 - cy
     interp = cv2.INTER_LINEAR if out_w >= side * 0.75 else cv2.INTER_AREA
     return cv2.warpAffine(image, m, (out_w, out_h), flags=interp, borderMode=cv2.BORDER_REPLICATE)
+
+
+def face_region(
+    image: np.ndarray,
+    detector,
+    input_size: tuple[int, int],
+    margin: float = DEFAULT_FACE_MARGIN,
+    shift: float = DEFAULT_FACE_SHIFT,
+) -> tuple[np.ndarray, Face | None]:
+    """The pixels a photo is classified by, as ``happysad-edge classify`` chooses them.
+
+    An image no larger than the model input is a face crop already and is
+    used whole. A larger one is searched with ``detector``: the largest
+    face, levelled and framed by :func:`face_crop`; with no face found, the
+    whole image. The edge runtime (:meth:`edge.Classifier.classify_photo`)
+    and the benchmark's Keras model both go through this, so they always
+    see the same pixels.
+
+    Args:
+        image: uint8 (H, W) gray or (H, W, 3) BGR.
+        detector: anything with ``detect(image) -> list[Face]``, largest first.
+        input_size: the model input (height, width), pixels.
+
+    Returns:
+        (uint8 region, the face it came from or None when the image is used whole).
+    """
+    height, width = input_size
+    if image.shape[0] <= height and image.shape[1] <= width:
+        return image, None
+    faces = detector.detect(image)
+    if not faces:
+        return image, None
+    face = Face.of(faces[0])
+    return face_crop(image, face, input_size, margin, shift), face

@@ -18,3 +18,9 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 #: ahead (``--min-accuracy``): a two-class model near chance (a 3-epoch run,
 #: shuffled labels) is not worth shipping, whatever its files lose against it.
 MIN_ACCURACY = 0.6
+#: Default size of the representative dataset (``--calib-samples``).
+#: TFLite's post-training quantization guide suggests "around 100-500" samples.
+CALIB_SAMPLES = 300
+#: Default largest accuracy drop (percentage points) a file may have on the
+#: validation split against the Keras model and still be written (``--max-drop``).
+MAX_DROP_PP = 1.0

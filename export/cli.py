@@ -8,10 +8,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from edge.cli_util import ArgumentParser, positive_int, require_workstation, run_main
+from edge.cli_util import ArgumentParser, float_range, positive_int, require_workstation, run_main
 from edge.errors import HappysadError
 
-from . import CALIBRATIONS, FORMATS, IO_TYPES, MIN_ACCURACY
+from . import CALIB_SAMPLES, CALIBRATIONS, FORMATS, IO_TYPES, MAX_DROP_PP, MIN_ACCURACY
 
 PROG = "happysad-export"
 
@@ -25,24 +25,9 @@ def _formats(text: str) -> tuple:
     return names
 
 
-def _percentage_points(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of percentage points") from None
-    if not -100.0 <= value <= 100.0:
-        raise argparse.ArgumentTypeError(f"{value:g} must be between -100 and 100 percentage points")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{value:g} must be between 0 and 1 (0.6 for 60%)")
-    return value
+#: --max-drop: negative asks a file to beat the Keras model (a forced refusal, for trying the gate).
+_percentage_points = float_range(-100.0, 100.0, unit="percentage points")
+_fraction = float_range(0.0, 1.0, hint="0.6 for 60%")
 
 
 def build_parser() -> ArgumentParser:
@@ -59,9 +44,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument(
         "--calib-samples",
         type=positive_int,
-        default=300,
+        default=CALIB_SAMPLES,
         metavar="N",
-        help="representative dataset size, drawn from the train split only; below 300 warns",
+        help=f"representative dataset size, drawn from the train split only; below {CALIB_SAMPLES} warns",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration draw")
     p.add_argument(
@@ -87,7 +72,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument(
         "--max-drop",
         type=_percentage_points,
-        default=1.0,
+        default=MAX_DROP_PP,
         metavar="PP",
         help="largest accuracy drop against the Keras model on the validation split, in "
         "percentage points, for a file to be written",

@@ -23,7 +23,7 @@ from edge.dataset import read_split, split_items
 from edge.errors import UsageError
 from edge.fileio import read_json, write_bytes
 
-from . import CALIBRATIONS, FORMATS, IO_TYPES, MIN_ACCURACY
+from . import CALIB_SAMPLES, CALIBRATIONS, FORMATS, IO_TYPES, MAX_DROP_PP, MIN_ACCURACY
 from .describe import base_metadata, file_metadata, quantization_record
 from .ship import Manifest, file_record, ship
 from .to_onnx import onnx_float, onnx_int8_body
@@ -43,21 +43,11 @@ FILENAMES = {
 DEBUG_FILENAMES = {"tflite-int8": "quant_debug_tflite_int8.csv", "onnx-int8": "quant_debug_onnx_int8.csv"}
 
 
-#: Default size of the representative dataset. TFLite's post-training
-#: quantization guide suggests "around 100-500" samples.
-CALIB_SAMPLES = 300
-
-
 #: Below this many calibration images (the default) the export warns: with
 #: fewer, the activation ranges depend more on which faces were drawn, and
 #: a 1-image calibration cost the demo run's int8 ONNX file 32 points on the
 #: validation split (measured; its int8 TFLite file, 0.1).
-CALIB_WARN_BELOW = 300
-
-
-#: Default largest accuracy drop (percentage points) a file may have on the
-#: validation split against the Keras model and still be written.
-MAX_DROP_PP = 1.0
+CALIB_WARN_BELOW = CALIB_SAMPLES
 
 
 #: Validation images the per-layer error reports run on. onnxruntime's
@@ -67,7 +57,7 @@ MAX_DROP_PP = 1.0
 DEBUG_IMAGES = 200
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ExportOptions:
     """Settings of :func:`export_run`.
 

@@ -219,7 +219,7 @@ def bench_report(export_dir, run_dir):
 
     return run_bench(
         BenchOptions(
-            [str(export_dir / "model_int8.tflite"), str(export_dir / "model_int8.onnx")],
+            models=[str(export_dir / "model_int8.tflite"), str(export_dir / "model_int8.onnx")],
             split=str(run_dir / "split.json"),
             threads=[1, 2],
             runs=10,

@@ -99,6 +99,8 @@ def test_missing_keras_model_is_a_usage_error_before_any_work(export_dir, tmp_pa
             str(export_dir / "model_int8.tflite"),
             "--keras",
             str(tmp_path / "none.keras"),
+            "--data",
+            str(tmp_path),
             "--workdir",
             str(tmp_path / "work"),
         ],

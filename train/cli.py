@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from edge.cli_util import ArgumentParser, positive_int, require_workstation, run_main
+from edge.cli_util import ArgumentParser, float_range, positive_int, require_workstation, run_main
 
-from . import ARCHS, DEFAULT_ARCH
+from . import ARCHS, DEFAULT_ARCH, STRATEGIES
 from .split import parse_ratios
 
 PROG = "happysad-train"
@@ -20,24 +20,8 @@ def _ratios(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _lr(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be between 0 and 1")
-    return value
-
-
-def _unit(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{value} must be in 0..1")
-    return value
+_lr = float_range(0.0, 1.0, open_lo=True, open_hi=True)
+_unit = float_range(0.0, 1.0)
 
 
 def _classes(text: str) -> tuple:
@@ -110,7 +94,7 @@ def build_parser() -> ArgumentParser:
     )
     p.add_argument(
         "--strategy",
-        choices=("default", "mirrored"),
+        choices=STRATEGIES,
         default="default",
         help="mirrored: tf.distribute.MirroredStrategy over this machine's GPUs",
     )
@@ -171,27 +155,27 @@ def _body(argv) -> int:
 
     train(
         TrainOptions(
-            _dirs(args.data_dir),
-            args.out,
-            args.arch,
-            args.epochs,
-            args.seed,
-            args.img_size,
-            args.color,
-            args.split_ratios,
-            args.batch_size,
-            args.lr,
-            args.patience,
-            args.tune_threshold,
-            args.strategy,
-            args.cache,
-            args.deterministic,
-            args.augment,
-            args.overwrite,
-            args.classes,
-            tuple(args.aux),
-            args.teacher,
-            args.distill_alpha,
+            data_dir=_dirs(args.data_dir),
+            out=args.out,
+            arch=args.arch,
+            epochs=args.epochs,
+            seed=args.seed,
+            img_size=args.img_size,
+            color=args.color,
+            ratios=args.split_ratios,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            patience=args.patience,
+            tune_threshold=args.tune_threshold,
+            strategy=args.strategy,
+            cache=args.cache,
+            deterministic=args.deterministic,
+            augment=args.augment,
+            overwrite=args.overwrite,
+            classes=args.classes,
+            aux_dirs=tuple(args.aux),
+            teacher=args.teacher,
+            distill_alpha=args.distill_alpha,
             verbose=1 if sys.stdout.isatty() else 2,
         )
     )

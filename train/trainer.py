@@ -30,10 +30,8 @@ from .pipeline import (
 )
 from .split import RunData, prepare_data
 
-STRATEGIES = ("default", "mirrored")
 
-
-@dataclass
+@dataclass(kw_only=True)
 class TrainOptions:
     """Settings of one training run (all written to ``config.json``).
 

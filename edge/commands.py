@@ -1,0 +1,225 @@
+"""The bodies of ``happysad-edge``'s commands: classify, camera, info, verify."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .camera import CameraOptions
+from .camera import run as run_camera
+from .classifier import Classifier
+from .cli_util import Progress
+from .errors import HappysadError
+from .images import IMAGE_SUFFIXES, display_path, find_images, load_image
+
+PROG = "happysad-edge"
+
+
+def _usage_error(message: str):
+    """Exit 2 with argparse's usage line and ``message``, as a bad flag does."""
+    from .cli import build_parser
+
+    build_parser().error(message)
+
+
+def classify(args) -> int:
+    """``happysad-edge classify``; returns the exit code."""
+    from .faces import make_detector
+
+    clf = Classifier(
+        args.model,
+        args.threads,
+        args.backend,
+        detector=make_detector(args.detector, threads=args.threads),
+        min_confidence=args.min_confidence,
+        tta=args.tta,
+    )
+    status = 0  # the worst exit code met: 1 for a bad file, 2 for a missing path
+    for root in args.paths:
+        try:
+            paths = find_images(root)
+        except HappysadError as exc:
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            status = max(status, exc.exit_code)
+            continue
+        if not paths:
+            print(
+                f"{PROG}: error: {display_path(root)}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this "
+                "folder or below it",
+                file=sys.stderr,
+            )
+            status = max(status, 1)
+            continue
+        # Drawn only when stdout goes elsewhere (a file, a pipe): on one
+        # terminal the results themselves show the progress.
+        progress = Progress(len(paths), "classified") if not sys.stdout.isatty() else None
+        for path in paths:
+            if progress:
+                progress.update()
+            try:
+                preds = clf.classify_photo(load_image(path), args.faces, args.no_face)
+            except HappysadError as exc:
+                if progress:
+                    progress.close()  # the error starts its own line; the counter redraws after it
+                print(f"{PROG}: error: {exc}", file=sys.stderr)
+                status = max(status, exc.exit_code)
+                continue
+            _print_photo(path, preds, args)
+        if progress:
+            progress.close()
+    return status
+
+
+def _print_photo(path, preds, args) -> None:
+    """One JSON line per image, or one text line per face (a line saying
+    "no face" when ``--no-face skip`` left the image without a label)."""
+    if args.json:
+        record = {"path": os.fsdecode(path)}  # JSON escapes control characters and undecodable bytes
+        if args.faces == "all":
+            record["faces"] = [p.to_dict() for p in preds]
+        else:
+            record.update(
+                preds[0].to_dict() if preds else {"label": None, "confidence": None, "basis": "no-face", "face": None}
+            )
+        print(json.dumps(record), flush=True)
+        return
+    shown = display_path(path)  # a newline or an escape in a name must not reach the terminal raw
+    if not preds:
+        print(f"{shown}\t-\t-\tno face", flush=True)
+    for pred in preds:
+        face = "face " + ",".join(map(str, pred.face)) if pred.face else "whole image"
+        print(f"{shown}\t{pred.label}\t{pred.confidence:.3f}\t{face}\t{pred.timings['total']:.2f} ms", flush=True)
+
+
+def _listen_host(flag: str, value: str) -> str:
+    """The host of a ``--serve`` or ``--metrics`` HOST:PORT (usage error exit 2 when malformed)."""
+    from .preview import parse_address
+
+    try:
+        return parse_address(value)[0]
+    except ValueError:
+        _usage_error(f"argument {flag}: {value!r} is not HOST:PORT")
+
+
+def camera(args) -> int:
+    """``happysad-edge camera``; returns the exit code."""
+    from .faces import make_detector
+    from .preview import is_loopback
+
+    token = _serve_token(args.serve_token)
+    if args.serve and not is_loopback(host := _listen_host("--serve", args.serve)):
+        if token is None and not args.serve_insecure:
+            _usage_error(
+                f"argument --serve: {host} is reachable from the network; pass "
+                "--serve-token TOKEN (or @FILE), or --serve-insecure to publish the "
+                "camera to anyone who can reach this machine"
+            )
+        print(
+            "warning: the camera preview is reachable from the network"
+            + (" (token required)" if token else " WITHOUT authentication (--serve-insecure)"),
+            file=sys.stderr,
+        )
+    if args.metrics and not is_loopback(_listen_host("--metrics", args.metrics)):
+        print("warning: the metrics are reachable from the network (no authentication)", file=sys.stderr)
+    clf = Classifier(
+        args.model,
+        args.threads,
+        args.backend,
+        detector=None if args.no_face else make_detector(args.detector, args.min_face, args.detect_width, args.threads),
+        min_confidence=args.min_confidence,
+        tta=args.tta,
+    )
+    options = CameraOptions(
+        source=args.source,
+        headless=args.headless,
+        max_frames=args.max_frames,
+        faces=args.faces,
+        no_face=args.no_face,
+        smooth=args.smooth,
+        serve=args.serve,
+        serve_token=token,
+        metrics=args.metrics,
+        record=args.record,
+        log=args.log,
+        reconnect_tries=args.reconnect_tries,
+        pace=args.pace,
+        detect_every=args.detect_every,
+        width=args.width,
+        height=args.height,
+        fps=args.fps,
+    )
+    summary = run_camera(clf, options, threads=args.threads, backend=args.backend)
+    print(
+        f"{PROG}: {summary['frames']} frames, {summary['frames_with_face']} with a face, "
+        f"{summary['dropped']} dropped, {summary['reconnects']} reconnects, {summary['fps']} FPS",
+        file=sys.stderr,
+    )
+    # Stopped by a signal: outputs are closed and whole, and the exit status
+    # says it was interrupted (130), as for every other command.
+    return 130 if summary.get("stopped_by_signal") else 0
+
+
+def _serve_token(text: str | None) -> str | None:
+    """The --serve-token value: TOKEN, or the first line of FILE for @FILE.
+
+    Raises:
+        HappysadError: the file cannot be read or holds no token.
+    """
+    if text is None or not text.startswith("@"):
+        return text or None
+    path = Path(text[1:])
+    try:
+        token = path.read_text().strip().splitlines()[0].strip() if path.read_text().strip() else ""
+    except OSError as exc:
+        raise HappysadError(f"--serve-token {path}: cannot read ({exc.strerror or exc})") from None
+    if not token:
+        raise HappysadError(f"--serve-token {path}: the file holds no token")
+    return token
+
+
+def info(args) -> int:
+    """``happysad-edge info``; returns the exit code."""
+    clf = Classifier(args.model, args.threads, args.backend)
+    data = Path(args.model).read_bytes()
+    b = clf.backend
+    info = {
+        "path": str(args.model),
+        "size_bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "backend": b.name,
+        "input": {
+            "shape": list(b.input_shape),
+            "layout": "NHWC",
+            "dtype": np.dtype(b.input_dtype).name,
+            "scale": b.input_quant[0] if b.input_quant else None,
+            "zero_point": b.input_quant[1] if b.input_quant else None,
+        },
+        "output": {
+            "shape": list(b.output_shape),
+            "dtype": np.dtype(b.output_dtype).name,
+            "scale": b.output_quant[0] if b.output_quant else None,
+            "zero_point": b.output_quant[1] if b.output_quant else None,
+        },
+        "metadata": clf.metadata.to_dict(),
+    }
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def verify(args) -> int:
+    """``happysad-edge verify``; returns the exit code."""
+    from .verify import summary_line, verify
+
+    try:
+        report = verify(args.model, args.manifest, args.backend, args.threads)
+    except HappysadError as exc:
+        if args.json:  # a script reading stdout gets an answer too, not silence
+            print(json.dumps({"ok": False, "path": os.fsdecode(args.model), "error": str(exc)}))
+        raise
+    print(json.dumps({"ok": True, **report}) if args.json else summary_line(report))
+    return 0
