@@ -9,11 +9,8 @@ and memory ratios.
 
 from __future__ import annotations
 
-import os
-import platform
 import time
 from dataclasses import dataclass, field
-from importlib import metadata as md
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +25,7 @@ from edge.faces import DEFAULT_DETECTOR
 from edge.metrics import classification_metrics
 
 from .coldstart import cold_start
+from .machine import machine_info
 from .runners import import_keras, is_keras_path, load_runner
 from .timing import STAGES, fps, percentiles, time_once, time_stages
 
@@ -277,48 +275,6 @@ def add_comparisons(results: list[dict]) -> None:
                 r["memory_ratio"] = keras_row["cold_start"]["peak_rss_mb"] / r["cold_start"]["peak_rss_mb"]
 
 
-def _cpu_model() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        fields = {}
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip().lower(), value.strip())
-        # x86: "model name"; Raspberry Pi OS: "Model" (the board) or "Hardware".
-        cpu = fields.get("model name") or fields.get("model") or fields.get("hardware") or cpu
-    except OSError:
-        pass
-    return cpu
-
-
-def machine_info() -> dict:
-    """CPU model, cores, OS, Python and the installed runtimes' versions."""
-    versions = {}
-    for name in (
-        "ai-edge-litert",
-        "tflite-runtime",
-        "onnxruntime",
-        "numpy",
-        "opencv-python-headless",
-        "tensorflow-cpu",
-        "tensorflow",
-        "keras",
-        "onnx",
-    ):
-        try:
-            versions[name] = md.version(name)
-        except md.PackageNotFoundError:
-            continue
-    return {
-        "cpu": _cpu_model(),
-        "machine": platform.machine(),
-        "cores": os.cpu_count(),
-        "os": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "versions": versions,
-    }
-
-
 def run_bench(opts: BenchOptions) -> dict:
     """Measure every model on the same images.
 
@@ -358,116 +314,3 @@ def run_bench(opts: BenchOptions) -> dict:
         "seconds": time.perf_counter() - start,
     }
     return {"machine": machine_info(), "settings": settings, "results": results}
-
-
-def run_latency_only(opts: BenchOptions, workdir: Path) -> dict:
-    """Latency, load time and peak memory with no labelled data, as TFLite's
-    ``benchmark_model`` and ``onnxruntime_perf_test`` measure a bare model
-    file: the input is a synthetic image of the model's own size (seeded
-    uniform noise, 0..255), written to ``workdir`` for the cold-start processes.
-
-    Returns:
-        {"machine", "settings", "results"}: per model and thread count the
-        :func:`latency_row` figures, load_ms, size_mb, and cold_start ({ms,
-        peak_rss_mb}, None with ``cold_runs`` 0); no accuracy.
-
-    Raises:
-        HappysadError: a model cannot be loaded.
-    """
-    import cv2
-
-    check_models(opts.models)
-    results = []
-    start = time.perf_counter()
-    rng = np.random.default_rng(0)
-    for i, path in enumerate(opts.models, 1):
-        _log(f"[{i}/{len(opts.models)}] {path} (no data: a synthetic input of the model's size)")
-        name = Path(path).name
-        sweep = [None] if is_keras_path(path) else list(opts.threads)
-        image_path = None
-        for threads in sweep:
-            runner = load_runner(path, None, threads, opts.detector)
-            image = rng.integers(0, 256, (*runner.size, 3), dtype=np.uint8)
-            if image_path is None:
-                image_path = workdir / f"synthetic-{i}.png"
-                cv2.imwrite(str(image_path), image)
-            lat = latency_row(runner, image, opts)
-            _log(f"  {name}, threads {threads or 'default'}: p50 {lat['latency_ms']['p50']:.3f} ms")
-            results.append(
-                {
-                    "model": str(path),
-                    "name": name,
-                    "format": runner.format,
-                    "backend": runner.backend,
-                    "threads": threads,
-                    "size_mb": runner.size_mb,
-                    "load_ms": runner.load_ms,
-                    **lat,
-                }
-            )
-            del runner
-        cold = cold_start(path, image_path, opts.cold_runs)
-        for row in results:
-            if row["model"] == str(path):
-                row["cold_start"] = cold
-    settings = {
-        "images": 0,
-        "source": None,
-        "accuracy": "no accuracy: no data",
-        "threads": opts.threads,
-        "runs": opts.runs,
-        "warmup": opts.warmup,
-        "min_seconds": opts.min_seconds,
-        "cold_runs": opts.cold_runs,
-        "date": time.strftime("%Y-%m-%d", time.gmtime()),
-        "seconds": time.perf_counter() - start,
-    }
-    return {"machine": machine_info(), "settings": settings, "results": results}
-
-
-def format_latency_only(report: dict) -> str:
-    """The latency table of :func:`run_latency_only`, plain text."""
-    head = (
-        "model",
-        "runtime",
-        "threads",
-        "size MB",
-        "load ms",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        "FPS",
-        "cold start ms",
-        "peak RSS MB",
-    )
-    rows = [head]
-    for r in report["results"]:
-        lat, cold = r["latency_ms"], r.get("cold_start")
-        rows.append(
-            (
-                r["name"],
-                r["backend"],
-                str(r["threads"] or "default"),
-                f"{r['size_mb']:.3f}",
-                f"{r['load_ms']:.1f}",
-                f"{lat['p50']:.3f}",
-                f"{lat['p90']:.3f}",
-                f"{lat['p99']:.3f}",
-                f"{r['fps']:.0f}",
-                f"{cold['ms']:.0f}" if cold else "n/a",
-                f"{cold['peak_rss_mb']:.1f}" if cold else "n/a",
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = [
-        "  ".join(c.ljust(w) if j < 3 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))) for row in rows
-    ]
-    s = report["settings"]
-    lines.append(
-        f"no accuracy: no data (give --data DIR or --split FILE for it); latency: one synthetic image of "
-        f"the model's size, {s['warmup']} warm-up runs excluded, at least {s['runs']} timed runs; "
-        f"cold start and peak RSS: median of {s['cold_runs']} fresh processes"
-        if s["cold_runs"]
-        else "no accuracy: no data; cold start: not measured (--cold-runs 0)"
-    )
-    return "\n".join(lines)

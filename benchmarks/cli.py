@@ -49,6 +49,12 @@ def build_parser() -> ArgumentParser:
     p.add_argument(
         "--data-root", metavar="DIR", default=None, help="where the split's images are now, if the folder moved"
     )
+    _photo_and_latency_args(p)
+    _output_and_gate_args(p)
+    return p
+
+
+def _photo_and_latency_args(p) -> None:
     f = p.add_argument_group("whole photos (--pipeline)")
     f.add_argument(
         "--pipeline",
@@ -98,6 +104,9 @@ def build_parser() -> ArgumentParser:
         metavar="N",
         help="fresh processes per model for cold start and peak memory, after one untimed (0: skip)",
     )
+
+
+def _output_and_gate_args(p) -> None:
     o = p.add_argument_group("output")
     o.add_argument("--json", metavar="FILE", default=None, help="every figure, the machine and the settings")
     o.add_argument("--csv", metavar="FILE", default=None, help="every scalar figure, one row per model and threads")
@@ -140,7 +149,6 @@ def build_parser() -> ArgumentParser:
         metavar="PP",
         help="--compare: accuracy fall allowed, percentage points",
     )
-    return p
 
 
 def _detectors(text: str, parser) -> list[str]:
@@ -178,7 +186,8 @@ def _latency_only(args, detector: str) -> int:
     import tempfile
     from pathlib import Path
 
-    from .bench import BenchOptions, format_latency_only, run_latency_only
+    from .bench import BenchOptions
+    from .latency_only import format_latency_only, run_latency_only
 
     if args.max_drop is not None or args.min_accuracy is not None:
         raise HappysadError("--max-drop and --min-accuracy need labelled data: give --data DIR or --split FILE")
@@ -219,18 +228,13 @@ def _body(argv) -> int:
         parser.error("argument --detector: one detector, unless --pipeline compares several")
     if not args.data and not args.split:
         return _latency_only(args, detector[0])
+    return _labelled(args, detector[0])
+
+
+def _labelled(args, detector: str) -> int:
+    """Accuracy and latency on labelled images, the gates and the comparison; returns the exit code."""
     from .bench import BenchOptions, run_bench
-    from .report import (
-        check_gates,
-        compare_reports,
-        format_csv,
-        format_markdown,
-        format_table,
-        import_pyplot,
-        read_report,
-        write_plot,
-        write_text,
-    )
+    from .report import check_gates, compare_reports, format_table, import_pyplot, read_report
 
     # Fail on a missing tool or file before minutes of measuring, not after.
     if args.plot:
@@ -248,7 +252,7 @@ def _body(argv) -> int:
             warmup=args.warmup,
             min_seconds=args.min_seconds,
             cold_runs=args.cold_runs,
-            detector=detector[0],
+            detector=detector,
             tta=None if args.tta == "none" else args.tta,
         )
     )
@@ -268,6 +272,14 @@ def _body(argv) -> int:
             "tolerance_pp": args.tolerance_pp,
             "regressions": regressions,
         }
+    _write_outputs(args, report)
+    return _verdict(args, report, old, reasons, regressions)
+
+
+def _write_outputs(args, report: dict) -> None:
+    """The --json, --csv, --markdown and --plot files asked for."""
+    from .report import format_csv, format_markdown, write_plot, write_text
+
     for path, write in (
         (args.json, lambda p: write_json(p, report)),
         (args.csv, lambda p: write_text(p, format_csv(report))),
@@ -277,6 +289,10 @@ def _body(argv) -> int:
         if path:
             write(path)
             print(f"wrote {path}", file=sys.stderr)
+
+
+def _verdict(args, report: dict, old, reasons: list, regressions: list) -> int:
+    """Say what failed (gates, regressions) on stderr; the exit code."""
     if old is not None and old.get("machine", {}).get("cpu") != report["machine"]["cpu"]:
         print(
             f"note: {args.compare} was measured on {old.get('machine', {}).get('cpu')}, this run on "

@@ -205,25 +205,8 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-def _body(argv) -> int:
-    args = build_parser().parse_args(argv)
-    if args.keras and not Path(args.keras).is_file():
-        raise UsageError(f"{args.keras}: no such Keras model; check --keras")
-    clf = Classifier(args.model, detector=camera_detector(CAMERA_DETECTOR))
-    frames = face_frames(args.data, args.frames)
-    work = Path(args.workdir)
-    video = write_video(work / "faces.avi", frames)
-    still = work / "face.png"
-    import cv2
-
-    cv2.imwrite(str(still), frames[0])
-    figures = {
-        **per_face_ratio(clf, frames, args.runs),
-        **loop_ratio(clf, frames, video),
-        **detector_race(args.model, frames, video),
-    }
-    if args.keras:
-        figures.update(cold_ratio(args.model, args.keras, still, args.cold_runs))
+def _report_lines(figures: dict, keras: bool) -> list[str]:
+    """The printed report: per-face and loop ratios, each detector, and the cold start when measured."""
     lines = [
         f"per-face path p50 {figures['per_face_p50_ms']:.3f} ms, invoke alone {figures['invoke_p50_ms']:.3f} ms: "
         f"{figures['per_face_over_invoke']:.2f}x (goal <= {GOALS['per_face_over_invoke']}x)",
@@ -243,7 +226,7 @@ def _body(argv) -> int:
         f"detection (goal >= {GOALS['detect_speedup_vs_haar']:g}x), loop "
         f"{figures['loop_speedup_vs_haar']:.2f}x Haar's (goal >= {GOALS['loop_speedup_vs_haar']:g}x)"
     )
-    if args.keras:
+    if keras:
         lines += [
             f"cold start to first prediction: edge {figures['edge_ms']:.0f} ms, {figures['edge_peak_rss_mb']:.1f} MB; "
             f"Keras {figures['keras_ms']:.0f} ms, {figures['keras_peak_rss_mb']:.1f} MB: "
@@ -256,6 +239,29 @@ def _body(argv) -> int:
             f"{figures['floor_ms']:.0f} ms, {figures['floor_peak_rss_mb']:.1f} MB, at best "
             f"{figures['floor_speedup']:.1f}x faster and {figures['floor_memory']:.1f}x less memory than Keras",
         ]
+    return lines
+
+
+def _body(argv) -> int:
+    args = build_parser().parse_args(argv)
+    if args.keras and not Path(args.keras).is_file():
+        raise UsageError(f"{args.keras}: no such Keras model; check --keras")
+    clf = Classifier(args.model, detector=camera_detector(CAMERA_DETECTOR))
+    frames = face_frames(args.data, args.frames)
+    work = Path(args.workdir)
+    video = write_video(work / "faces.avi", frames)
+    still = work / "face.png"
+    import cv2
+
+    cv2.imwrite(str(still), frames[0])
+    figures = {
+        **per_face_ratio(clf, frames, args.runs),
+        **loop_ratio(clf, frames, video),
+        **detector_race(args.model, frames, video),
+    }
+    if args.keras:
+        figures.update(cold_ratio(args.model, args.keras, still, args.cold_runs))
+    lines = _report_lines(figures, bool(args.keras))
     print("\n".join(lines))
     if args.json:
         write_json(args.json, {"model": str(args.model), "keras": args.keras, "goals": GOALS, **figures})

@@ -3,7 +3,7 @@
 For a folder of labelled photos of any size (one sub-folder per class), each
 detector in turn runs the path ``happysad-edge classify`` runs
 (:meth:`edge.Classifier.classify_photo`): detect, crop the largest face
-(:func:`edge.faces.face_crop`), classify; with no face, the whole photo.
+(:func:`edge.crop.face_crop`), classify; with no face, the whole photo.
 Per detector it reports the share of photos with a face found, the accuracy
 where one was found, the accuracy over all photos (whole-photo fallback),
 the accuracy when photos without a face abstain (``--no-face skip``: the

@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from edge import Classifier, HappysadError, preprocess
+from edge.crop import face_region
 from edge.errors import UsageError
-from edge.faces import DEFAULT_DETECTOR, face_region, make_detector
+from edge.faces import DEFAULT_DETECTOR, make_detector
 from edge.metadata import ModelMetadata
 from edge.metrics import class_probabilities, decide
 
@@ -202,7 +203,7 @@ class KerasRunner:
         return pre, invoke, post
 
     def _face_or_whole(self, image: np.ndarray) -> np.ndarray:
-        """The pixels :func:`edge.faces.face_region` chooses, as the edge runtime does."""
+        """The pixels :func:`edge.crop.face_region` chooses, as the edge runtime does."""
         if isinstance(self._detector, str):
             self._detector = make_detector(self._detector)
         return face_region(image, self._detector, self.size, self.meta.face_margin, self.meta.face_shift)[0]

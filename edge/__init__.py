@@ -18,10 +18,11 @@ import os as _os
 # imported cv2 before edge keeps OpenCV's default (2^30 pixels).
 _os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", "50000000")
 
-from .classifier import Classifier, Prediction, read_metadata  # noqa: E402
+from .classifier import Classifier, read_metadata  # noqa: E402
 from .errors import HappysadError  # noqa: E402
 from .images import IMAGE_SUFFIXES, find_images, load_image  # noqa: E402
 from .metadata import ModelMetadata  # noqa: E402
+from .prediction import Prediction  # noqa: E402
 from .preprocess import preprocess  # noqa: E402
 
 __version__ = "0.1.0"

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .classifier import Classifier, Prediction
+from .classifier import Classifier
 from .errors import HappysadError
 from .hotswap import ModelWatcher
 from .outputs import (
@@ -36,6 +36,7 @@ from .outputs import (
     annotate,
     display_available,
 )
+from .prediction import Prediction
 from .smoothing import ScoreSmoother
 from .sources import Capture, open_source
 
@@ -275,15 +276,8 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
     if why:
         _log.warning("note: no window: %s; printing one JSON line per frame (use --headless to say so)", why)
         headless = True
-    stop = []
-
-    def on_signal(*_):
-        stop.append(True)
-        capture.request_stop()
-
-    # SIGHUP too: a closed terminal or a service manager's reload ends the
-    # loop like Ctrl-C, the recording renamed into place and the log closed.
-    handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    stop: list = []
+    handlers = _stop_on_signals(stop, capture)
     outputs: list[Output] = []
     start = time.perf_counter()
     loop = None
@@ -303,14 +297,7 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
             result = FrameResult(
                 loop.frames, frame, results, fps, capture.dropped, capture.reconnects, ms, capture.fps or 0.0
             )
-            drawn = False
-            quit_asked = False
-            for output in outputs:
-                if output.shows_frame and not drawn:
-                    annotate(frame, results, fps)
-                    drawn = True
-                quit_asked |= output.emit(result)
-            if quit_asked:
+            if _emit(outputs, result):
                 break
     finally:
         capture.close()
@@ -319,14 +306,43 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
         for output in outputs:
             output.close()
         out.flush()
-    seconds = time.perf_counter() - start
+    return _summary(loop, capture, bool(stop), time.perf_counter() - start)
+
+
+def _stop_on_signals(stop: list, capture) -> dict:
+    """SIGTERM, SIGINT and SIGHUP append to ``stop`` and wake the capture;
+    returns the previous handlers. SIGHUP too: a closed terminal or a
+    service manager's reload ends the loop like Ctrl-C, the recording
+    renamed into place and the log closed."""
+
+    def on_signal(*_):
+        stop.append(True)
+        capture.request_stop()
+
+    return {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+
+
+def _emit(outputs: list[Output], result: FrameResult) -> bool:
+    """Hand one frame's result to every output, the frame annotated once
+    before the first that shows it; True when an output asks to stop."""
+    drawn = quit_asked = False
+    for output in outputs:
+        if output.shows_frame and not drawn:
+            annotate(result.image, result.predictions, result.fps)
+            drawn = True
+        quit_asked |= output.emit(result)
+    return quit_asked
+
+
+def _summary(loop, capture, stopped_by_signal: bool, seconds: float) -> dict:
+    """What :func:`run` returns (see there)."""
     frames = loop.frames if loop else 0
     return {
         "frames": frames,
         "frames_with_face": loop.with_face if loop else 0,
         "errors": loop.errors if loop else 0,
         "dropped": capture.dropped,
-        "stopped_by_signal": bool(stop),
+        "stopped_by_signal": stopped_by_signal,
         "reconnects": capture.reconnects,
         "seconds": round(seconds, 3),
         "fps": round(frames / seconds, 2) if seconds > 0 else 0.0,

@@ -4,68 +4,22 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .backends import Backend, load_backend, model_format
+from .crop import face_crop
+from .embedding import read_onnx_metadata, read_tflite_metadata
 from .errors import HappysadError
-from .faces import DEFAULT_DETECTOR, Box, Face, face_crop, make_detector
-from .metadata import UNCERTAIN, ModelMetadata, read_onnx_metadata, read_tflite_metadata
+from .faces import DEFAULT_DETECTOR, Box, Face, make_detector
+from .metadata import UNCERTAIN, ModelMetadata
 from .metrics import class_probabilities, decide
+from .prediction import Prediction
 from .preprocess import channels_of, preprocess
 
 #: ``tta`` choices: none, or the face and its mirror image averaged (two inferences).
 TTA_MODES = ("none", "flip")
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One classified image or face.
-
-    Attributes:
-        label: the predicted class name, or ``"uncertain"`` when the
-            classifier has a minimum confidence and the best class's score
-            is under it.
-        confidence: the best class's score, 0..1 (also when uncertain).
-        scores: {label: probability} for every class, summing to 1.
-        face: (x, y, w, h) of the detected face in the input image's pixels,
-            or None when the whole image was classified.
-        timings: per stage, in ms: ``detect`` (when faces were searched),
-            ``crop`` (for a face), ``preprocess``, ``inference``, ``total``.
-        keypoints: float32 (K, 2) of the face in image pixels (eyes first),
-            or None (whole image, or a detector without keypoints).
-        face_score: the detector's score of the face, 0..1, or None.
-    """
-
-    label: str
-    confidence: float
-    scores: dict
-    face: Box | None = None
-    timings: dict = field(default_factory=dict)
-    keypoints: np.ndarray | None = None
-    face_score: float | None = None
-
-    @property
-    def basis(self) -> str:
-        """``"face"`` when a detected face was classified, else ``"whole-image"``."""
-        return "face" if self.face is not None else "whole-image"
-
-    def to_dict(self) -> dict:
-        """JSON-ready dict: label, confidence, scores, basis, face (list or
-        null), face_score, keypoints (list of [x, y] or null), ms."""
-        kp = None if self.keypoints is None else [[round(float(x), 1), round(float(y), 1)] for x, y in self.keypoints]
-        return {
-            "label": self.label,
-            "confidence": round(self.confidence, 6),
-            "scores": {k: round(v, 6) for k, v in self.scores.items()},
-            "basis": self.basis,
-            "face": list(self.face) if self.face is not None else None,
-            "face_score": None if self.face_score is None else round(self.face_score, 4),
-            "keypoints": kp,
-            "ms": round(self.timings.get("total", 0.0), 3),
-        }
 
 
 def read_metadata(path: str | os.PathLike) -> ModelMetadata:
@@ -296,7 +250,7 @@ class Classifier:
 
     def crop_face(self, frame: np.ndarray, face: Face | Box) -> np.ndarray:
         """The face cut out, levelled and framed as this model's metadata
-        says (``face_margin``, ``face_shift``): :func:`edge.faces.face_crop`."""
+        says (``face_margin``, ``face_shift``): :func:`edge.crop.face_crop`."""
         return face_crop(
             frame, Face.of(face), self.metadata.image_size, self.metadata.face_margin, self.metadata.face_shift
         )

@@ -44,26 +44,10 @@ def cpu_flags() -> set[str]:
     return flags
 
 
-def checks(source: str = "0") -> list[tuple[str, str, str]]:
-    """Run every check.
-
-    Returns:
-        (status, what, detail) per line; status is "ok", "note" or "FAIL",
-        and a FAIL's detail ends with the fix.
-    """
+def _interpreter_lines() -> list[tuple[str, str, str]]:
+    """One line per interpreter (usable or not, with the fix), and a FAIL
+    when none imports."""
     lines = []
-    bits = struct.calcsize("P") * 8
-    lines.append(
-        (
-            "ok",
-            "python",
-            f"{platform.python_version()} on {platform.machine()} ({bits}-bit), "
-            f"{platform.system()} {platform.release()}",
-        )
-    )
-    import numpy as np
-
-    lines.append(("ok", "numpy", np.__version__))
     interpreters = []
     for module, dist, fix in (
         ("ai_edge_litert.interpreter", "ai-edge-litert", "pip install ai-edge-litert==2.3.0 (64-bit OS)"),
@@ -94,6 +78,30 @@ def checks(source: str = "0") -> list[tuple[str, str, str]]:
         )
     elif not {"ai-edge-litert", "tflite-runtime"} & set(interpreters):
         lines.append(("note", "interpreter", "only onnxruntime: .tflite models will not run"))
+    return lines
+
+
+def checks(source: str = "0") -> list[tuple[str, str, str]]:
+    """Run every check.
+
+    Returns:
+        (status, what, detail) per line; status is "ok", "note" or "FAIL",
+        and a FAIL's detail ends with the fix.
+    """
+    lines = []
+    bits = struct.calcsize("P") * 8
+    lines.append(
+        (
+            "ok",
+            "python",
+            f"{platform.python_version()} on {platform.machine()} ({bits}-bit), "
+            f"{platform.system()} {platform.release()}",
+        )
+    )
+    import numpy as np
+
+    lines.append(("ok", "numpy", np.__version__))
+    lines += _interpreter_lines()
     flags = cpu_flags()
     found = [f"{flag} ({meaning})" for flag, meaning in INT8_FLAGS.items() if flag in flags]
     lines.append(

@@ -19,14 +19,11 @@ all three; files of versions 1 and 2 are sigmoid models.
 
 from __future__ import annotations
 
-import io
 import json
-import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from .crop import DEFAULT_FACE_MARGIN, DEFAULT_FACE_SHIFT
 from .errors import HappysadError
-from .faces import DEFAULT_FACE_MARGIN, DEFAULT_FACE_SHIFT
 from .preprocess import COLOR_MODES, channels_of
 
 SCHEMA = "happysad.model-metadata"
@@ -65,7 +62,7 @@ class ModelMetadata:
             faces).
         face_shift: the square crop's centre moved down from the face
             box's centre by this fraction of the crop side
-            (:func:`edge.faces.face_crop`).
+            (:func:`edge.crop.face_crop`).
         extra: every other field of the JSON (run, format, quantization...).
         input_dtype: the model input's dtype, one of :data:`INPUT_DTYPES`;
             None in a version-1 file, which did not record it.
@@ -146,32 +143,8 @@ class ModelMetadata:
                 schema version is newer than this reader knows.
         """
         try:
-            if d.get("schema") != SCHEMA:
-                raise ValueError(f"schema is {d.get('schema')!r}, expected {SCHEMA!r}")
-            version = d.get("schema_version")
-            if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
-                raise ValueError(
-                    f"schema_version {version!r} is not supported "
-                    f"(this reader knows 1..{SCHEMA_VERSION}); upgrade happysad"
-                )
-            output = d.get("output", "sigmoid") if version >= 3 else "sigmoid"
-            if output not in OUTPUTS:
-                raise ValueError(f"output {output!r} is not one of {', '.join(OUTPUTS)}")
-            labels = d["labels"]
-            if (
-                not isinstance(labels, list)
-                or not 2 <= len(labels) <= 1000
-                or not all(isinstance(x, str) and x for x in labels)
-                or len(set(labels)) != len(labels)
-            ):
-                raise ValueError("labels must be a list of 2 to 1000 distinct names")
-            if output == "sigmoid" and len(labels) != 2:
-                raise ValueError(f"a sigmoid model has two labels, not {len(labels)}")
-            if UNCERTAIN in labels:
-                raise ValueError(f"{UNCERTAIN!r} is reserved and cannot be a label")
-            min_conf = float(d.get("min_confidence", 0.0))
-            if not 0.0 <= min_conf <= 1.0:
-                raise ValueError(f"min_confidence {min_conf} is outside 0..1")
+            version = _version(d)
+            output, labels = _output_and_labels(d, version)
             inp = d["input"]
             size = (int(inp["height"]), int(inp["width"]))
             if min(size) < 1 or max(size) > 4096:
@@ -179,15 +152,10 @@ class ModelMetadata:
             color = inp["color"]
             if color not in COLOR_MODES:
                 raise ValueError(f"unknown color mode {color!r}")
-            threshold = float(d.get("threshold", 0.5))
-            if not 0.0 <= threshold <= 1.0:
-                raise ValueError(f"threshold {threshold} is outside 0..1")
-            margin = float(d.get("face_margin", 0.1))  # version 1 and 2 files: 0.1
-            if not 0.0 <= margin <= 1.0:
-                raise ValueError(f"face_margin {margin} is outside 0..1")
-            shift = float(d.get("face_shift", 0.0))
-            if not -0.5 <= shift <= 0.5:
-                raise ValueError(f"face_shift {shift} is outside -0.5..0.5")
+            threshold = _within(d, "threshold", 0.5, 0.0, 1.0)
+            margin = _within(d, "face_margin", 0.1, 0.0, 1.0)  # version 1 and 2 files: 0.1
+            shift = _within(d, "face_shift", 0.0, -0.5, 0.5)
+            min_conf = _within(d, "min_confidence", 0.0, 0.0, 1.0)
             dtype, scale, zero_point = _input_quantization(inp, version)
             verification = _verification(d.get("verification"))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -208,6 +176,59 @@ class ModelMetadata:
             output=output,
             min_confidence=min_conf,
         )
+
+
+def _version(d: dict) -> int:
+    """The schema version, checked against what this reader knows.
+
+    Raises:
+        ValueError: another schema, or a version outside 1..:data:`SCHEMA_VERSION`.
+    """
+    if d.get("schema") != SCHEMA:
+        raise ValueError(f"schema is {d.get('schema')!r}, expected {SCHEMA!r}")
+    version = d.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
+        raise ValueError(
+            f"schema_version {version!r} is not supported (this reader knows 1..{SCHEMA_VERSION}); upgrade happysad"
+        )
+    return version
+
+
+def _output_and_labels(d: dict, version: int) -> tuple[str, list]:
+    """(output kind, labels), checked: 2 to 1000 distinct names (two for a
+    sigmoid), none of them ``uncertain``.
+
+    Raises:
+        ValueError, KeyError: a bad or missing field.
+    """
+    output = d.get("output", "sigmoid") if version >= 3 else "sigmoid"
+    if output not in OUTPUTS:
+        raise ValueError(f"output {output!r} is not one of {', '.join(OUTPUTS)}")
+    labels = d["labels"]
+    if (
+        not isinstance(labels, list)
+        or not 2 <= len(labels) <= 1000
+        or not all(isinstance(x, str) and x for x in labels)
+        or len(set(labels)) != len(labels)
+    ):
+        raise ValueError("labels must be a list of 2 to 1000 distinct names")
+    if output == "sigmoid" and len(labels) != 2:
+        raise ValueError(f"a sigmoid model has two labels, not {len(labels)}")
+    if UNCERTAIN in labels:
+        raise ValueError(f"{UNCERTAIN!r} is reserved and cannot be a label")
+    return output, labels
+
+
+def _within(d: dict, key: str, default: float, lo: float, hi: float) -> float:
+    """``d[key]`` (``default`` when absent) as a float in lo..hi.
+
+    Raises:
+        ValueError, TypeError: not a number, or out of range.
+    """
+    value = float(d.get(key, default))
+    if not lo <= value <= hi:
+        raise ValueError(f"{key} {value:g} is outside {lo:g}..{hi:g}")
+    return value
 
 
 def _input_quantization(inp: dict, version: int) -> tuple:
@@ -280,85 +301,3 @@ def decode(raw: bytes, source: str) -> ModelMetadata:
     if not isinstance(d, dict):
         raise HappysadError(f"{source}: model metadata is not a JSON object; re-export the model")
     return ModelMetadata.from_dict(d, source)
-
-
-def append_to_tflite(model: bytes, meta: ModelMetadata) -> bytes:
-    """Return the TFLite flatbuffer ``model`` with the metadata zip appended.
-
-    ``model`` must be the bare flatbuffer; to replace the metadata of a file
-    that has some, pass :func:`strip_tflite_metadata` of it.
-    """
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr(TFLITE_MEMBER, encode(meta))
-    return model + buf.getvalue()
-
-
-def strip_tflite_metadata(data: bytes) -> bytes:
-    """The flatbuffer of a TFLite file without the zip :func:`append_to_tflite` added.
-
-    The zip begins with a local file header (``PK\\x03\\x04``); its offset is
-    read from the archive's own central directory, so bytes of the
-    flatbuffer that happen to look like a header are never mistaken for it.
-    A file with no archive is returned unchanged.
-    """
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            infos = zf.infolist()
-    except zipfile.BadZipFile:
-        return data
-    if not infos:
-        return data
-    # ZipFile shifts header offsets by the bytes before the archive
-    # (``concat``), so they are offsets from the start of ``data``.
-    start = min(i.header_offset for i in infos)
-    return data[:start]
-
-
-def read_tflite_metadata(path: str | Path) -> ModelMetadata:
-    """Read the metadata appended to a TFLite file.
-
-    Only the member :data:`TFLITE_MEMBER` is read, and only up to
-    :data:`MAX_METADATA_BYTES`.
-
-    Raises:
-        HappysadError: the file cannot be read or carries no valid metadata.
-    """
-    path = Path(path)
-    try:
-        with zipfile.ZipFile(path) as zf:
-            info = zf.getinfo(TFLITE_MEMBER)
-            if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-                raise HappysadError(
-                    f"{path}: model metadata is encrypted or compressed with an unsupported method; re-export the model"
-                )
-            if info.file_size > MAX_METADATA_BYTES:
-                raise HappysadError(
-                    f"{path}: model metadata is {info.file_size} bytes, over the "
-                    f"{MAX_METADATA_BYTES}-byte limit; re-export the model"
-                )
-            with zf.open(info) as fh:
-                raw = fh.read(MAX_METADATA_BYTES + 1)
-    except (zipfile.BadZipFile, KeyError, EOFError, zipfile.LargeZipFile, NotImplementedError, RuntimeError):
-        raise HappysadError(
-            f"{path}: no happysad metadata in this model file (truncated, or not exported by happysad-export)"
-        ) from None
-    except OSError as exc:
-        raise HappysadError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    return decode(raw, str(path))
-
-
-def read_onnx_metadata(custom_map: dict, source: str) -> ModelMetadata:
-    """Parse the metadata from an ONNX model's ``metadata_props`` map.
-
-    Args:
-        custom_map: ``onnxruntime.InferenceSession.get_modelmeta().custom_metadata_map``.
-        source: file name for messages.
-
-    Raises:
-        HappysadError: the key is missing or the metadata is invalid.
-    """
-    raw = custom_map.get(ONNX_KEY)
-    if raw is None:
-        raise HappysadError(f"{source}: no happysad metadata in this model file (not exported by happysad-export)")
-    return decode(raw.encode(), source)

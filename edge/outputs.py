@@ -21,10 +21,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .classifier import Prediction
 from .errors import HappysadError
 from .fileio import output_target, temp_name
 from .metadata import UNCERTAIN
+from .prediction import Prediction
 
 _log = logging.getLogger(__name__)
 

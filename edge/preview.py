@@ -9,8 +9,10 @@ Routes: ``/`` (a page showing the stream), ``/stream.mjpg`` (the frames as
 
 from __future__ import annotations
 
+import hmac
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, quote
 
 import cv2
 import numpy as np
@@ -54,6 +56,85 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class _Handler(BaseHTTPRequestHandler):
+    """Answers the page, the snapshot and the stream of ``server`` (a class
+    attribute set by :class:`PreviewServer`)."""
+
+    server_: PreviewServer
+
+    def log_message(self, *args):  # keep the terminal for the loop's own output
+        pass
+
+    def _authorized(self) -> bool:
+        token = self.server_.token
+        if token is None:
+            return True
+        query = parse_qs(self.path.split("?", 1)[1] if "?" in self.path else "")
+        given = (query.get("token") or [""])[0]
+        header = self.headers.get("Authorization", "")
+        if header.startswith("Bearer "):
+            given = header[7:]
+        return hmac.compare_digest(given.encode(), token.encode())
+
+    def do_GET(self):
+        token = self.server_.token
+        path = self.path.split("?", 1)[0]
+        if not self._authorized():
+            self._send(401, "text/plain", b"token required\n")
+        elif path in ("/", "/index.html"):
+            page = (
+                PAGE
+                if token is None
+                else PAGE.replace(b'"/stream.mjpg"', f'"/stream.mjpg?token={quote(token)}"'.encode())
+            )
+            self._send(200, "text/html; charset=utf-8", page)
+        elif path == "/snapshot.jpg":
+            jpeg = self.server_.wait_frame(0, timeout=5.0)[0]
+            if jpeg is None:
+                self._send(503, "text/plain", b"no frame yet\n")
+            else:
+                self._send(200, "image/jpeg", jpeg)
+        elif path == "/stream.mjpg":
+            self._stream()
+        else:
+            self._send(404, "text/plain", b"not found\n")
+
+    def _send(self, code, ctype, body):
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _stream(self):
+        self.send_response(200)
+        self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY.decode()}")
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        with self.server_._cond:
+            self.server_.clients += 1
+        seq = 0
+        try:
+            while True:
+                jpeg, seq = self.server_.wait_frame(seq, timeout=10.0)
+                if jpeg is None:
+                    return
+                self.wfile.write(
+                    b"--"
+                    + BOUNDARY
+                    + b"\r\nContent-Type: image/jpeg\r\n"
+                    + f"Content-Length: {len(jpeg)}\r\n\r\n".encode()
+                    + jpeg
+                    + b"\r\n"
+                )
+        except (BrokenPipeError, ConnectionResetError):
+            return
+        finally:
+            with self.server_._cond:
+                self.server_.clients -= 1
+
+
 class PreviewServer:
     """Serve the newest published frame as MJPEG.
 
@@ -68,90 +149,16 @@ class PreviewServer:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8080, token: str | None = None):
-        import hmac
-        from urllib.parse import parse_qs, quote
-
         self.token = token
         self._cond = threading.Condition()
         self._jpeg: bytes | None = None
         self._seq = 0
         self._closed = False
         self.clients = 0
-        server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep the terminal for the loop's own output
-                pass
-
-            def _authorized(self) -> bool:
-                if token is None:
-                    return True
-                query = parse_qs(self.path.split("?", 1)[1] if "?" in self.path else "")
-                given = (query.get("token") or [""])[0]
-                header = self.headers.get("Authorization", "")
-                if header.startswith("Bearer "):
-                    given = header[7:]
-                return hmac.compare_digest(given.encode(), token.encode())
-
-            def do_GET(self):
-                path = self.path.split("?", 1)[0]
-                if not self._authorized():
-                    self._send(401, "text/plain", b"token required\n")
-                elif path in ("/", "/index.html"):
-                    page = (
-                        PAGE
-                        if token is None
-                        else PAGE.replace(b'"/stream.mjpg"', f'"/stream.mjpg?token={quote(token)}"'.encode())
-                    )
-                    self._send(200, "text/html; charset=utf-8", page)
-                elif path == "/snapshot.jpg":
-                    jpeg = server.wait_frame(0, timeout=5.0)[0]
-                    if jpeg is None:
-                        self._send(503, "text/plain", b"no frame yet\n")
-                    else:
-                        self._send(200, "image/jpeg", jpeg)
-                elif path == "/stream.mjpg":
-                    self._stream()
-                else:
-                    self._send(404, "text/plain", b"not found\n")
-
-            def _send(self, code, ctype, body):
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Cache-Control", "no-store")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def _stream(self):
-                self.send_response(200)
-                self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY.decode()}")
-                self.send_header("Cache-Control", "no-store")
-                self.end_headers()
-                with server._cond:
-                    server.clients += 1
-                seq = 0
-                try:
-                    while True:
-                        jpeg, seq = server.wait_frame(seq, timeout=10.0)
-                        if jpeg is None:
-                            return
-                        self.wfile.write(
-                            b"--"
-                            + BOUNDARY
-                            + b"\r\nContent-Type: image/jpeg\r\n"
-                            + f"Content-Length: {len(jpeg)}\r\n\r\n".encode()
-                            + jpeg
-                            + b"\r\n"
-                        )
-                except (BrokenPipeError, ConnectionResetError):
-                    return
-                finally:
-                    with server._cond:
-                        server.clients -= 1
-
+        handler = type("Handler", (_Handler,), {"server_": self})
         try:
-            self._httpd = ThreadingHTTPServer((host, port), Handler)
+            self._httpd = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
             raise HappysadError(
                 f"--serve {host}:{port}: cannot listen ({exc.strerror or exc}); pick another port"

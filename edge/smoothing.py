@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from .classifier import Prediction
 from .faces import Box
 from .metadata import UNCERTAIN
 from .metrics import decide
+from .prediction import Prediction
 
 #: Two boxes in consecutive frames are the same face when their
 #: intersection-over-union is at least this (the PASCAL VOC match criterion).

@@ -8,7 +8,7 @@ import hashlib
 from pathlib import Path
 
 from edge import __version__
-from edge.faces import DEFAULT_FACE_MARGIN, DEFAULT_FACE_SHIFT
+from edge.crop import DEFAULT_FACE_MARGIN, DEFAULT_FACE_SHIFT
 from edge.metadata import ModelMetadata
 
 from .to_onnx import CALIBRATION_NAMES

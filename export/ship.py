@@ -11,8 +11,9 @@ import numpy as np
 
 from edge import HappysadError
 from edge.backends import is_tflite_bytes, load_backend
+from edge.embedding import append_to_tflite, strip_tflite_metadata
 from edge.fileio import atomic_path, read_json, write_json
-from edge.metadata import ONNX_KEY, ModelMetadata, append_to_tflite, encode, strip_tflite_metadata
+from edge.metadata import ONNX_KEY, ModelMetadata, encode
 from edge.verify import MANIFEST_NAME, file_digest
 
 from .validate import compare, file_probabilities, missed_by

@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.classifier import Prediction
 from edge.outputs import annotate
+from edge.prediction import Prediction
 from edge.smoothing import ScoreSmoother
 
 from helpers import REPO, camera_cmd, run_camera, write_video

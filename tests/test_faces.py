@@ -13,8 +13,9 @@ import pytest
 
 from edge import Classifier
 from edge.blazeface import BLAZEFACE, decode_blazeface, ssd_anchors, weighted_nms
+from edge.crop import eye_angle, face_crop
 from edge.errors import HappysadError
-from edge.faces import DETECTORS, Face, HaarDetector, YuNetDetector, eye_angle, face_crop, make_detector
+from edge.faces import DETECTORS, Face, HaarDetector, YuNetDetector, make_detector
 
 from helpers import REPO
 

@@ -234,7 +234,7 @@ def test_models_that_lie_are_refused_at_load(export_dir, tmp_path):
     import zipfile
 
     from edge import Classifier
-    from edge.metadata import strip_tflite_metadata
+    from edge.embedding import strip_tflite_metadata
 
     body = strip_tflite_metadata((export_dir / "model_float32.tflite").read_bytes())
     # Metadata stored with an unsupported compression method (bzip2).

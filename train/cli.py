@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import MISSING, fields
 
 from edge.cli_util import ArgumentParser, float_range, positive_int, require_workstation, run_main
 
 from . import ARCHS, DEFAULT_ARCH, STRATEGIES
 from .split import parse_ratios
+from .trainer import TrainOptions
 
 PROG = "happysad-train"
+#: Every setting's default, as :class:`train.trainer.TrainOptions` defines it.
+DEFAULTS = {f.name: f.default for f in fields(TrainOptions) if f.default is not MISSING}
 
 
 def _ratios(text: str):
@@ -63,6 +67,13 @@ def build_parser() -> ArgumentParser:
         "left out of the shipped model; split like DATA_DIR, its train part trained on, copies of "
         "DATA_DIR images left out (repeatable)",
     )
+    _run_args(p)
+    _model_args(p)
+    _training_args(p)
+    return p
+
+
+def _run_args(p) -> None:
     p.add_argument("-o", "--out", metavar="RUN_DIR", default=None, help="run folder to write (required unless --check)")
     p.add_argument(
         "--check",
@@ -70,23 +81,38 @@ def build_parser() -> ArgumentParser:
         help="only scan DATA_DIR and write its data report (RUN_DIR/data_report.json, "
         "or ./data_report.json without --out); no training",
     )
+
+
+def _model_args(p) -> None:
     p.add_argument("-a", "--arch", choices=ARCHS, default=DEFAULT_ARCH, help="model architecture")
-    p.add_argument("-e", "--epochs", type=positive_int, default=30, help="most epochs (early stopping may end sooner)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split, weights and augmentation")
-    p.add_argument("--img-size", type=positive_int, default=48, help="input height and width, pixels")
-    p.add_argument("--color", choices=("gray", "rgb"), default="gray", help="input color mode")
+    p.add_argument(
+        "-e",
+        "--epochs",
+        type=positive_int,
+        default=DEFAULTS["epochs"],
+        help="most epochs (early stopping may end sooner)",
+    )
+    p.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="seed of the split, weights and augmentation")
+    p.add_argument("--img-size", type=positive_int, default=DEFAULTS["img_size"], help="input height and width, pixels")
+    p.add_argument("--color", choices=("gray", "rgb"), default=DEFAULTS["color"], help="input color mode")
     p.add_argument(
         "--split-ratios",
         type=_ratios,
-        default=(0.7, 0.2, 0.1),
+        default=DEFAULTS["ratios"],
         metavar="TRAIN,VAL,TEST",
         help="fractions of the stratified split",
     )
-    p.add_argument("--batch-size", type=positive_int, default=64, help="images per training step")
-    p.add_argument("--lr", type=_lr, default=2e-3, help="peak learning rate (warm-up, then cosine decay)")
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULTS["batch_size"], help="images per training step")
+    p.add_argument("--lr", type=_lr, default=DEFAULTS["lr"], help="peak learning rate (warm-up, then cosine decay)")
     p.add_argument(
-        "--patience", type=positive_int, default=8, help="epochs without a better validation loss before early stopping"
+        "--patience",
+        type=positive_int,
+        default=DEFAULTS["patience"],
+        help="epochs without a better validation loss before early stopping",
     )
+
+
+def _training_args(p) -> None:
     p.add_argument(
         "--tune-threshold",
         action="store_true",
@@ -95,16 +121,19 @@ def build_parser() -> ArgumentParser:
     p.add_argument(
         "--strategy",
         choices=STRATEGIES,
-        default="default",
+        default=DEFAULTS["strategy"],
         help="mirrored: tf.distribute.MirroredStrategy over this machine's GPUs",
     )
     p.add_argument(
-        "--cache", choices=("disk", "memory"), default="disk", help="where decoded images are cached between epochs"
+        "--cache",
+        choices=("disk", "memory"),
+        default=DEFAULTS["cache"],
+        help="where decoded images are cached between epochs",
     )
     p.add_argument(
         "--augment",
         choices=("basic", "camera"),
-        default="camera",
+        default=DEFAULTS["augment"],
         help="training augmentation: basic (flip, rotation, shift, zoom, brightness, contrast) or "
         "camera (basic with more crop jitter, plus low resolution, blur, noise, gamma, JPEG)",
     )
@@ -119,7 +148,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument(
         "--distill-alpha",
         type=_unit,
-        default=0.5,
+        default=DEFAULTS["distill_alpha"],
         metavar="A",
         help="weight of the true labels in the distillation targets, 0..1 (the teacher's: 1 - A)",
     )
@@ -129,7 +158,6 @@ def build_parser() -> ArgumentParser:
         help="bit-identical weights from two runs with the same seed on the same machine "
         "(TensorFlow's op determinism; training may run slower)",
     )
-    return p
 
 
 def _dirs(dirs: list):

@@ -179,6 +179,19 @@ def scan(data_dir, size=(48, 48), color="gray", progress: bool = False, classes=
         )
     if len(labels) < min_classes:
         raise HappysadError(f"{', '.join(map(str, roots))}: {len(labels)} class {labels}, need at least {min_classes}")
+    candidates, skipped = _candidates(roots, labels, found, base)
+    rows = _read_rows(candidates, skipped, size, progress)
+    return _assemble(base, labels, rows, skipped)
+
+
+def _candidates(roots: list[Path], labels: list[str], found: dict, base: Path) -> tuple[list, list]:
+    """([(path, path relative to ``base``, class index)], skipped entries) of
+    the class folders ``found`` in each root; files without an image suffix,
+    and files beside the class folders, are skipped with a reason."""
+
+    def rel_of(path: Path) -> str:
+        return Path(os.path.relpath(path.resolve() if len(roots) > 1 else path, base)).as_posix()
+
     candidates, skipped = [], []
     for root in roots:
         for idx, name in enumerate(labels):
@@ -188,20 +201,21 @@ def scan(data_dir, size=(48, 48), color="gray", progress: bool = False, classes=
                 dirs.sort()
                 for fname in sorted(files):
                     path = Path(folder) / fname
-                    rel = os.path.relpath(path.resolve() if len(roots) > 1 else path, base)
-                    rel = Path(rel).as_posix()
+                    rel = rel_of(path)
                     if is_image_path(path):
                         candidates.append((path, rel, idx))
                     else:
                         skipped.append({"path": rel, "reason": "not an image file (" + ", ".join(IMAGE_SUFFIXES) + ")"})
         for entry in sorted(root.iterdir()):
             if entry.is_file():
-                skipped.append(
-                    {
-                        "path": Path(os.path.relpath(entry.resolve() if len(roots) > 1 else entry, base)).as_posix(),
-                        "reason": "not inside a class folder",
-                    }
-                )
+                skipped.append({"path": rel_of(entry), "reason": "not inside a class folder"})
+    return candidates, skipped
+
+
+def _read_rows(candidates: list, skipped: list, size, progress: bool) -> list[tuple]:
+    """One row per candidate that decodes: (relative path, class, sha256,
+    pHash, (height, width), "gray" or "color", gray standard deviation);
+    the others are appended to ``skipped`` with the reason."""
     rows = []
     bar = _progress(len(candidates), progress)
     for path, rel, idx in candidates:
@@ -231,7 +245,7 @@ def scan(data_dir, size=(48, 48), color="gray", progress: bool = False, classes=
         )
     if bar is not None:
         bar.close()
-    return _assemble(base, labels, rows, skipped)
+    return rows
 
 
 def _assemble(data_dir, labels, rows, skipped) -> Scan:

@@ -280,18 +280,31 @@ def distillation_trainer(
     both = layers.Concatenate()([student(x), Teacher()(x)])
     model = keras.Model(inp, both, name="distillation")
 
-    def split(y_true, y_pred):
+    return model, _distillation_loss(units, alpha), [_student_accuracy(units)]
+
+
+def _distillation_loss(units: int, alpha: float):
+    """The cross-entropy of the student's output (the first ``units``
+    columns) against alpha x the true label + (1 - alpha) x the teacher's
+    output (the last ``units``)."""
+    import tensorflow as tf
+
+    def loss(y_true, y_pred):
         s, t = y_pred[:, :units], y_pred[:, units:]
         y = tf.reshape(tf.cast(y_true, tf.float32), [-1])
         hard = y[:, None] if units == 1 else tf.one_hot(tf.cast(y, tf.int32), units)
-        return alpha * hard + (1.0 - alpha) * t, s
-
-    def loss(y_true, y_pred):
-        target, s = split(y_true, y_pred)
+        target = alpha * hard + (1.0 - alpha) * t
         s = tf.clip_by_value(s, 1e-7, 1.0 - 1e-7)
         if units == 1:
             return -tf.reduce_mean(target * tf.math.log(s) + (1 - target) * tf.math.log(1 - s), axis=-1)
         return -tf.reduce_sum(target * tf.math.log(s), axis=-1)
+
+    return loss
+
+
+def _student_accuracy(units: int):
+    """The student's accuracy on the true labels (a Keras metric function)."""
+    import tensorflow as tf
 
     def accuracy(y_true, y_pred):
         s = y_pred[:, :units]
@@ -299,4 +312,4 @@ def distillation_trainer(
         pred = tf.cast(s[:, 0] >= 0.5, tf.float32) if units == 1 else tf.cast(tf.argmax(s, axis=-1), tf.float32)
         return tf.cast(tf.equal(pred, y), tf.float32)
 
-    return model, loss, [accuracy]
+    return accuracy
