@@ -18,7 +18,7 @@ BENCH_OUT ?= $(RUN)/bench
 BENCH_MODELS = $(RUN)/export/model_float32.tflite $(RUN)/export/model_int8.tflite \
 	$(RUN)/export/model_float32.onnx $(RUN)/export/model_int8.onnx
 
-.PHONY: demo test fuzz bench bench-wild quant-check edge-speed soak venv clean
+.PHONY: demo test wheel fuzz bench bench-wild quant-check edge-speed soak venv clean
 
 venv: $(VENV)/.installed
 
@@ -33,11 +33,11 @@ $(VENV)/.installed: pyproject.toml
 
 demo: venv
 	@test -d "$(DATA)" || { echo "make demo: no photos at $(DATA). Lay out your own as DIR/happy/*.jpg and DIR/sad/*.jpg and run: make demo DATA=DIR" >&2; exit 1; }
-	$(PY) -m train "$(DATA)" --out $(RUN) --epochs $(EPOCHS) --seed $(SEED) --deterministic --overwrite
+	$(PY) -m happysad.train "$(DATA)" --out $(RUN) --epochs $(EPOCHS) --seed $(SEED) --deterministic --overwrite
 	@# A refused file does not stop the demo: the files that passed are
 	@# benchmarked and used, and the demo exits 1 at the end naming it.
-	@status=0; $(PY) -m export $(RUN) --max-drop $(MAX_DROP) || status=$$?; \
-	rc=0; $(PY) -m benchmarks.demo $(RUN) $$status || rc=$$?; \
+	@status=0; $(PY) -m happysad.export $(RUN) --max-drop $(MAX_DROP) || status=$$?; \
+	rc=0; $(PY) -m happysad.benchmarks.demo $(RUN) $$status || rc=$$?; \
 	echo; \
 	echo "make demo: done. Artifacts:"; \
 	echo "  $(RUN)/model.keras, metrics.json, data_report.json, split.json, config.json   (training)"; \
@@ -53,6 +53,11 @@ test: venv
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q
 
+# The sdist and the wheel (dist/): happysad/edge, /train, /export, /benchmarks
+# and the vendored detector models; no tests, no data.
+wheel: venv
+	$(PY) -m build --outdir dist .
+
 # The property-based tests of hostile inputs (image bytes, arrays, manifest
 # records) with far more examples than make test: 300,000 per test, about 13 minutes on 2 cores.
 FUZZ_EXAMPLES ?= 300000
@@ -67,16 +72,16 @@ bench: venv
 	@for f in $(BENCH_MODELS) $(RUN)/model.keras $(RUN)/split.json; do \
 	    test -f "$$f" || { echo "make bench: $$f is missing; run make demo first (or make bench RUN=DIR for another run)" >&2; exit 1; }; \
 	done
-	$(PY) -m benchmarks $(BENCH_MODELS) $(RUN)/model.keras --split $(RUN)/split.json \
+	$(PY) -m happysad.benchmarks $(BENCH_MODELS) $(RUN)/model.keras --split $(RUN)/split.json \
 	    --threads $(BENCH_THREADS) --runs 1000 --min-seconds 2 --warmup 50 --cold-runs 5 \
 	    --json $(BENCH_OUT)/bench.json --csv $(BENCH_OUT)/bench.csv \
 	    --markdown $(BENCH_OUT)/bench.md --plot $(BENCH_OUT)/bench.png
-	$(PY) -m benchmarks.readme $(BENCH_OUT)/bench.md README.md
+	$(PY) -m happysad.benchmarks.readme $(BENCH_OUT)/bench.md README.md
 
 # int8 against float32 for models trained with 10 seeds (short runs): the
 # README's quantization table. Slow: about 3 minutes a seed on 2 cores.
 quant-check: venv
-	$(PY) -m benchmarks.quant_check "$(DATA)" --out runs/quant-check --seeds 10 --epochs 8
+	$(PY) -m happysad.benchmarks.quant_check "$(DATA)" --out runs/quant-check --seeds 10 --epochs 8
 
 # The photo path per face detector on ordinary photos: the README's
 # "Faces in ordinary photos" table.
@@ -84,19 +89,19 @@ WILD ?= ../shared/data/wild-dev
 bench-wild: venv
 	@test -f $(RUN)/export/model_int8.tflite || { echo "make bench-wild: run make demo first" >&2; exit 1; }
 	@test -d "$(WILD)" || { echo "make bench-wild: no photos at $(WILD); pass WILD=DIR (one sub-folder per class)" >&2; exit 1; }
-	$(PY) -m benchmarks $(RUN)/export/model_int8.tflite --pipeline --data "$(WILD)" \
+	$(PY) -m happysad.benchmarks $(RUN)/export/model_int8.tflite --pipeline --data "$(WILD)" \
 	    --json $(RUN)/bench-wild.json --markdown $(RUN)/bench-wild.md
 
 # The edge runtime's speed goals (per-face path vs invoke, camera loop vs
 # detection + classification, cold start vs TensorFlow) on the demo run.
 edge-speed: venv
 	@test -f $(RUN)/export/model_int8.tflite || { echo "make edge-speed: run make demo first" >&2; exit 1; }
-	$(PY) -m benchmarks.edge_speed $(RUN)/export/model_int8.tflite --keras $(RUN)/model.keras --data "$(DATA)"
+	$(PY) -m happysad.benchmarks.edge_speed $(RUN)/export/model_int8.tflite --keras $(RUN)/model.keras --data "$(DATA)"
 
 # The camera loop over a 10,000-frame video: frames, errors, memory growth.
 soak: venv
 	@test -f $(RUN)/export/model_int8.tflite || { echo "make soak: run make demo first" >&2; exit 1; }
-	$(PY) -m benchmarks.soak $(RUN)/export/model_int8.tflite --data "$(DATA)"
+	$(PY) -m happysad.benchmarks.soak $(RUN)/export/model_int8.tflite --data "$(DATA)"
 
 clean:
 	rm -rf $(VENV) runs

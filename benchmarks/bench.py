@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edge import HappysadError, load_image, read_metadata
-from edge.backends import default_backend, model_format
-from edge.cli_util import Progress
-from edge.cli_util import log as _log
-from edge.dataset import labelled_images, read_split, split_items
-from edge.errors import UsageError
-from edge.faces import DEFAULT_DETECTOR
-from edge.metrics import classification_metrics
+from happysad.edge import HappysadError, load_image, read_metadata
+from happysad.edge.backends import default_backend, model_format
+from happysad.edge.cli_util import Progress
+from happysad.edge.cli_util import log as _log
+from happysad.edge.dataset import labelled_images, read_split, split_items
+from happysad.edge.errors import UsageError
+from happysad.edge.faces import DEFAULT_DETECTOR
+from happysad.edge.metrics import classification_metrics
 
 from .coldstart import cold_start
 from .machine import machine_info

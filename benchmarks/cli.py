@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from edge.cli_util import ArgumentParser, float_range, non_negative_int, positive_int, run_main
-from edge.errors import HappysadError
-from edge.faces import DEFAULT_DETECTOR, DETECTORS
-from edge.fileio import write_json
+from happysad.edge.cli_util import ArgumentParser, float_range, non_negative_int, positive_int, run_main
+from happysad.edge.errors import HappysadError
+from happysad.edge.faces import DEFAULT_DETECTOR, DETECTORS
+from happysad.edge.fileio import write_json
 
 PROG = "happysad-bench"
 #: Exit status when a model misses a gate or regressed against --compare.

@@ -27,12 +27,10 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-import edge
-from edge import HappysadError
+from happysad.edge import HappysadError
 
 from .runners import is_keras_path
 
@@ -67,8 +65,8 @@ mark("opencv")
 _CHILD_EDGE = (
     _CHILD_COMMON
     + """
-from edge import Classifier, load_image
-from edge.backends import default_backend, model_format
+from happysad.edge import Classifier, load_image
+from happysad.edge.backends import default_backend, model_format
 mark("edge")
 if model_format(sys.argv[1]) == "onnx":
     import onnxruntime
@@ -90,7 +88,7 @@ _CHILD_KERAS = (
     + """
 import keras
 mark("tensorflow + keras")
-from edge import load_image, preprocess
+from happysad.edge import load_image, preprocess
 mark("edge")
 model = keras.saving.load_model(sys.argv[1], safe_mode=True, compile=False)
 _, h, w, c = model.input_shape
@@ -105,11 +103,10 @@ done(int(p >= 0.5))
 
 
 def child_env() -> dict:
-    """The child's environment: this ``edge`` first on the path, bytecode
-    caching on (as an installed package has it), TensorFlow's info logs off."""
+    """The child's environment: bytecode caching on (as an installed package
+    has it), TensorFlow's info logs off. The child imports ``happysad.edge``
+    as installed (a wheel, or the development checkout's editable install)."""
     env = dict(os.environ)
-    root = str(Path(edge.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return env

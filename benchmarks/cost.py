@@ -139,6 +139,6 @@ def keras_cost(model) -> tuple[int, int]:
     DepthwiseConv2D, SeparableConv2D and Dense layers. Only called where
     TensorFlow is installed, which is where ``train`` runs too.
     """
-    from train.models import count_macs
+    from happysad.train.models import count_macs
 
     return int(model.count_params()), count_macs(model)

@@ -1,7 +1,7 @@
 """The end of ``make demo``: benchmark and classify with every file the
 export wrote, then a summary naming any file it refused.
 
-Usage: ``python -m benchmarks.demo RUN_DIR EXPORT_STATUS``, where
+Usage: ``python -m happysad.benchmarks.demo RUN_DIR EXPORT_STATUS``, where
 EXPORT_STATUS is ``happysad-export``'s exit status. A refused file (one
 that lost more than ``--max-drop`` on the validation split) does not stop
 the demo: the files that passed are still benchmarked and used, and the
@@ -13,10 +13,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from edge.dataset import read_split, split_items
-from edge.errors import HappysadError
-from edge.fileio import read_json
-from edge.verify import MANIFEST_NAME
+from happysad.edge.dataset import read_split, split_items
+from happysad.edge.errors import HappysadError
+from happysad.edge.fileio import read_json
+from happysad.edge.verify import MANIFEST_NAME
 
 PROG = "make demo"
 #: The files the demo benchmarks, in the order of the table.
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     """Entry point; returns 0, or 1 when the export failed or refused a file."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2 or not argv[1].lstrip("-").isdigit():
-        print("usage: python -m benchmarks.demo RUN_DIR EXPORT_STATUS", file=sys.stderr)
+        print("usage: python -m happysad.benchmarks.demo RUN_DIR EXPORT_STATUS", file=sys.stderr)
         return 2
     run, status = Path(argv[0]), int(argv[1])
     export_dir = run / "export"
@@ -45,8 +45,8 @@ def main(argv=None) -> int:
         print(f"{PROG}: the export wrote no manifest ({exc}); nothing to benchmark", file=sys.stderr)
         return 1
     models = [str(export_dir / n) for n in BENCH_FILES if n in written]
-    from benchmarks.cli import main as bench
-    from edge.cli import main as edge
+    from happysad.benchmarks.cli import main as bench
+    from happysad.edge.cli import main as edge
 
     code = 0
     if models:

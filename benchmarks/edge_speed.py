@@ -1,4 +1,4 @@
-"""``python -m benchmarks.edge_speed``: the edge runtime's own speed goals.
+"""``python -m happysad.benchmarks.edge_speed``: the edge runtime's own speed goals.
 
 Three figures, each a ratio taken within one run, so a noisy shared machine
 moves both sides alike:
@@ -25,19 +25,19 @@ from pathlib import Path
 
 import numpy as np
 
-from edge import Classifier, HappysadError
-from edge.camera import CAMERA_DETECTOR, DETECT_EVERY, DETECT_WIDTH, MIN_FACE, CameraOptions
-from edge.camera import run as run_camera
-from edge.cli_util import ArgumentParser, positive_int, run_main
-from edge.errors import UsageError
-from edge.faces import DETECTORS, make_detector
-from edge.fileio import write_json
+from happysad.edge import Classifier, HappysadError
+from happysad.edge.camera import CAMERA_DETECTOR, DETECT_EVERY, DETECT_WIDTH, MIN_FACE, CameraOptions
+from happysad.edge.camera import run as run_camera
+from happysad.edge.cli_util import ArgumentParser, positive_int, run_main
+from happysad.edge.errors import UsageError
+from happysad.edge.faces import DETECTORS, make_detector
+from happysad.edge.fileio import write_json
 
 from .coldstart import cold_starts
 from .timing import time_stages
 from .video import face_frames, write_video
 
-PROG = "python -m benchmarks.edge_speed"
+PROG = "python -m happysad.benchmarks.edge_speed"
 GOALS = {
     "per_face_over_invoke": 1.5,
     "loop_over_allowed": 0.9,

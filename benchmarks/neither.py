@@ -1,4 +1,4 @@
-"""How a model treats faces of classes it does not know (``python -m benchmarks.neither``).
+"""How a model treats faces of classes it does not know (``python -m happysad.benchmarks.neither``).
 
 A happy/sad model shown a neutral, angry, fearful or surprised face still
 answers happy or sad. This measures how: for each foreign class, the share
@@ -8,8 +8,8 @@ labelled folder (``--data``) or, for a model trained with ``--aux``, from
 the auxiliary classes' test part of its split (``--split``), which the
 model never trained on.
 
-    python -m benchmarks.neither MODEL --split RUN_DIR/split.json [--min-confidence auto]
-    python -m benchmarks.neither MODEL --data ../shared/data/fer2013-other
+    python -m happysad.benchmarks.neither MODEL --split RUN_DIR/split.json [--min-confidence auto]
+    python -m happysad.benchmarks.neither MODEL --data ../shared/data/fer2013-other
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edge import Classifier, load_image
-from edge.cli_util import ArgumentParser, Progress, run_main
-from edge.dataset import labelled_images
-from edge.errors import HappysadError
-from edge.fileio import read_json, write_json
-from edge.metadata import UNCERTAIN
+from happysad.edge import Classifier, load_image
+from happysad.edge.cli_util import ArgumentParser, Progress, run_main
+from happysad.edge.dataset import labelled_images
+from happysad.edge.errors import HappysadError
+from happysad.edge.fileio import read_json, write_json
+from happysad.edge.metadata import UNCERTAIN
 
 PROG = "benchmarks.neither"
 #: Confidence histogram bin edges: the best class's score, 0..1.

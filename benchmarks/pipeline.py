@@ -19,10 +19,10 @@ import time
 
 import numpy as np
 
-from edge import Classifier, load_image
-from edge.dataset import labelled_images
-from edge.errors import HappysadError
-from edge.faces import DETECTORS, make_detector
+from happysad.edge import Classifier, load_image
+from happysad.edge.dataset import labelled_images
+from happysad.edge.errors import HappysadError
+from happysad.edge.faces import DETECTORS, make_detector
 
 
 def _ms(values: list) -> dict:

@@ -2,7 +2,7 @@
 seed, export it, and measure each int8 file against its float32 twin on the
 validation and test splits.
 
-``make quant-check`` (or ``python -m benchmarks.quant_check DATA``) trains
+``make quant-check`` (or ``python -m happysad.benchmarks.quant_check DATA``) trains
 ``--seeds`` runs of ``--epochs`` epochs with ``--deterministic``, exports
 each with the gate opened (``--max-drop 100``: every file is written and
 measured here instead), and prints one row per seed: the float32 TFLite
@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edge import Classifier, load_image, preprocess
-from edge.cli_util import ArgumentParser, positive_int, run_main
-from edge.dataset import read_split, split_items
-from edge.fileio import write_bytes, write_json
-from edge.metrics import decide
+from happysad.edge import Classifier, load_image, preprocess
+from happysad.edge.cli_util import ArgumentParser, positive_int, run_main
+from happysad.edge.dataset import read_split, split_items
+from happysad.edge.fileio import write_bytes, write_json
+from happysad.edge.metrics import decide
 
-PROG = "python -m benchmarks.quant_check"
+PROG = "python -m happysad.benchmarks.quant_check"
 EXIT_GATE = 3
 #: The CPU model qemu emulates for the AVX2 column: AVX2 and FMA, no AVX-512, no VNNI.
 EMULATED_CPU = "Haswell"
@@ -58,7 +58,7 @@ def onnx_batch_accuracy(path: Path, pixels: np.ndarray, labels: np.ndarray, thre
     """The same figure as :func:`file_accuracy` for an ONNX file, batched
     (:func:`export.validate.onnx_probabilities`): under emulation one image
     per run would take an hour."""
-    from export.validate import onnx_probabilities
+    from happysad.export.validate import onnx_probabilities
 
     return float(np.mean(decide(onnx_probabilities(path, pixels), threshold) == labels))
 
@@ -75,7 +75,7 @@ def emulated_accuracy(path: Path, split_json: Path, part: str) -> float | None:
             EMULATED_CPU,
             sys.executable,
             "-m",
-            "benchmarks.quant_check",
+            "happysad.benchmarks.quant_check",
             "--eval",
             str(path),
             str(split_json),
@@ -108,7 +108,7 @@ def check_seed(data: str, out: Path, seed: int, epochs: int, emulate: bool) -> d
         [
             py,
             "-m",
-            "train",
+            "happysad.train",
             data,
             "--out",
             str(run),
@@ -125,7 +125,7 @@ def check_seed(data: str, out: Path, seed: int, epochs: int, emulate: bool) -> d
         [
             py,
             "-m",
-            "export",
+            "happysad.export",
             str(run),
             "--max-drop",
             "100",

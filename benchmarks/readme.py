@@ -4,7 +4,7 @@
 ``<!-- bench:start -->`` and ``<!-- bench:end -->``; the rest of the README
 is left byte for byte as it was.
 
-    python -m benchmarks.readme runs/demo/bench/bench.md README.md
+    python -m happysad.benchmarks.readme runs/demo/bench/bench.md README.md
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from edge import HappysadError
-from edge.cli_util import ArgumentParser, run_main
-from edge.errors import UsageError
-from edge.fileio import write_bytes
+from happysad.edge import HappysadError
+from happysad.edge.cli_util import ArgumentParser, run_main
+from happysad.edge.errors import UsageError
+from happysad.edge.fileio import write_bytes
 
-PROG = "python -m benchmarks.readme"
+PROG = "python -m happysad.benchmarks.readme"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 

@@ -12,8 +12,8 @@ import io
 import os
 from pathlib import Path
 
-from edge import HappysadError
-from edge.fileio import read_json, write_bytes
+from happysad.edge import HappysadError
+from happysad.edge.fileio import read_json, write_bytes
 
 from .timing import STAGES
 

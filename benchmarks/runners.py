@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edge import Classifier, HappysadError, preprocess
-from edge.crop import face_region
-from edge.errors import UsageError
-from edge.faces import DEFAULT_DETECTOR, make_detector
-from edge.metadata import ModelMetadata
-from edge.metrics import class_probabilities, decide
+from happysad.edge import Classifier, HappysadError, preprocess
+from happysad.edge.crop import face_region
+from happysad.edge.errors import UsageError
+from happysad.edge.faces import DEFAULT_DETECTOR, make_detector
+from happysad.edge.metadata import ModelMetadata
+from happysad.edge.metrics import class_probabilities, decide
 
 from .cost import file_size_mb, keras_cost, onnx_cost, tflite_cost
 from .timing import time_once

@@ -1,4 +1,4 @@
-"""``python -m benchmarks.soak``: the camera loop over a long recorded video.
+"""``python -m happysad.benchmarks.soak``: the camera loop over a long recorded video.
 
 Reports frames processed, frames whose classification failed, and the
 process's resident memory after warm-up and at the end. Goal: growth under
@@ -11,15 +11,15 @@ import sys
 import time
 from pathlib import Path
 
-from edge import Classifier
-from edge.camera import CAMERA_DETECTOR, DETECT_WIDTH, MIN_FACE, CameraOptions
-from edge.camera import run as run_camera
-from edge.cli_util import ArgumentParser, positive_int, run_main
-from edge.faces import make_detector
+from happysad.edge import Classifier
+from happysad.edge.camera import CAMERA_DETECTOR, DETECT_WIDTH, MIN_FACE, CameraOptions
+from happysad.edge.camera import run as run_camera
+from happysad.edge.cli_util import ArgumentParser, positive_int, run_main
+from happysad.edge.faces import make_detector
 
 from .video import face_frames, write_video
 
-PROG = "python -m benchmarks.soak"
+PROG = "python -m happysad.benchmarks.soak"
 #: Frames before the first memory reading: interpreter arenas, OpenCV's
 #: buffers and Python's caches have settled by then.
 WARMUP_FRAMES = 500

@@ -8,9 +8,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge import HappysadError, load_image
-from edge.dataset import labelled_images
-from edge.fileio import atomic_path
+from happysad.edge import HappysadError, load_image
+from happysad.edge.dataset import labelled_images
+from happysad.edge.fileio import atomic_path
 
 
 def face_frames(data_dir, count: int, size=(640, 480), face_px: int = 192, seed: int = 0) -> list[np.ndarray]:

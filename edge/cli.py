@@ -203,6 +203,7 @@ def _tool_parsers(sub) -> None:
         description="Check what this device has; print a fix for each problem.",
     )
     p.add_argument("-s", "--source", default="0", help="camera to try: index, URL or picamera")
+    p.add_argument("-m", "--model", default=None, help="also say whether this install can run this model file")
 
     p = sub.add_parser("info", help="show a model file's metadata and tensors")
     _model_args(p)
@@ -239,7 +240,7 @@ def _body(argv) -> int:
     if args.command == "doctor":
         from .doctor import report
 
-        return report(args.source)
+        return report(args.source, model=args.model)
     from . import commands
 
     run = {"classify": commands.classify, "camera": commands.camera, "info": commands.info, "verify": commands.verify}

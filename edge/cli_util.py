@@ -176,7 +176,7 @@ def float_range(
 
 
 #: The packages whose loggers a command's stderr shows.
-LOGGERS = ("edge", "train", "export", "benchmarks")
+LOGGERS = ("happysad",)
 
 
 def install_log_handler(stream=None) -> None:

@@ -81,8 +81,45 @@ def _interpreter_lines() -> list[tuple[str, str, str]]:
     return lines
 
 
-def checks(source: str = "0") -> list[tuple[str, str, str]]:
-    """Run every check.
+#: The extras of the package and a distribution each one installs that
+#: the others do not (``pip install 'happysad[NAME]'``).
+EXTRAS = {"edge": ("opencv-python-headless",), "edge-onnx": ("onnxruntime",), "train": ("tensorflow-cpu", "tensorflow")}
+
+
+def extras_line() -> tuple[str, str, str]:
+    """Which of the package's extras are installed (read from the installed
+    distributions' metadata; nothing is imported)."""
+    have = [name for name, dists in EXTRAS.items() if any(_version(d) for d in dists)]
+    tflite = _version("ai-edge-litert") or _version("tflite-runtime")
+    if not tflite and "edge" in have:
+        have.remove("edge")
+    return (
+        "ok" if have else "FAIL",
+        "extras",
+        (", ".join(have) or "none") + ("" if have else "; pip install 'happysad[edge]'"),
+    )
+
+
+def model_line(model: str) -> tuple[str, str, str]:
+    """Whether this install can run ``model``, and the install that is missing if not."""
+    from .backends import default_backend, model_format
+    from .errors import HappysadError
+
+    try:
+        fmt = model_format(model)
+        if fmt == "onnx":
+            importlib.import_module("onnxruntime")
+        else:
+            default_backend(fmt)
+    except ImportError:
+        return "FAIL", "model", f"{model}: an .onnx file needs onnxruntime: pip install 'happysad[edge-onnx]'"
+    except HappysadError as exc:
+        return "FAIL", "model", str(exc)
+    return "ok", "model", f"{model}: this install runs {fmt} files"
+
+
+def checks(source: str = "0", model: str | None = None) -> list[tuple[str, str, str]]:
+    """Run every check (and, given a model file, whether it can run here).
 
     Returns:
         (status, what, detail) per line; status is "ok", "note" or "FAIL",
@@ -101,7 +138,10 @@ def checks(source: str = "0") -> list[tuple[str, str, str]]:
     import numpy as np
 
     lines.append(("ok", "numpy", np.__version__))
+    lines.append(extras_line())
     lines += _interpreter_lines()
+    if model:
+        lines.append(model_line(model))
     flags = cpu_flags()
     found = [f"{flag} ({meaning})" for flag, meaning in INT8_FLAGS.items() if flag in flags]
     lines.append(
@@ -148,9 +188,9 @@ def _camera_line(source: str) -> tuple[str, str, str]:
     return "ok", f"camera {source}", f"gives {frame.shape[1]}x{frame.shape[0]} frames"
 
 
-def report(source: str = "0", out=sys.stdout) -> int:
+def report(source: str = "0", out=sys.stdout, model: str | None = None) -> int:
     """Print one line per check; returns 1 when any check failed, else 0."""
-    lines = checks(source)
+    lines = checks(source, model)
     for status, what, detail in lines:
         out.write(f"{status:4s}  {what:15s} {detail}\n")
     return 1 if any(status == "FAIL" for status, _, _ in lines) else 0

@@ -8,8 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from edge.cli_util import ArgumentParser, float_range, positive_int, require_workstation, run_main
-from edge.errors import HappysadError
+from happysad.edge.cli_util import ArgumentParser, float_range, positive_int, require_workstation, run_main
+from happysad.edge.errors import HappysadError
 
 from . import CALIB_SAMPLES, CALIBRATIONS, FORMATS, IO_TYPES, MAX_DROP_PP, MIN_ACCURACY
 

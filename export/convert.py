@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edge import HappysadError, __version__, load_image, preprocess
-from edge.cli_util import log as _log
-from edge.dataset import read_split, split_items
-from edge.errors import UsageError
-from edge.fileio import read_json, write_bytes
+from happysad.edge import HappysadError, __version__, load_image, preprocess
+from happysad.edge.cli_util import log as _log
+from happysad.edge.dataset import read_split, split_items
+from happysad.edge.errors import UsageError
+from happysad.edge.fileio import read_json, write_bytes
 
 from . import CALIB_SAMPLES, CALIBRATIONS, FORMATS, IO_TYPES, MAX_DROP_PP, MIN_ACCURACY
 from .describe import base_metadata, file_metadata, quantization_record

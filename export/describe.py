@@ -7,9 +7,9 @@ import datetime as _dt
 import hashlib
 from pathlib import Path
 
-from edge import __version__
-from edge.crop import DEFAULT_FACE_MARGIN, DEFAULT_FACE_SHIFT
-from edge.metadata import ModelMetadata
+from happysad.edge import __version__
+from happysad.edge.crop import DEFAULT_FACE_MARGIN, DEFAULT_FACE_SHIFT
+from happysad.edge.metadata import ModelMetadata
 
 from .to_onnx import CALIBRATION_NAMES
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edge import HappysadError
-from edge.backends import is_tflite_bytes, load_backend
-from edge.embedding import append_to_tflite, strip_tflite_metadata
-from edge.fileio import atomic_path, read_json, write_json
-from edge.metadata import ONNX_KEY, ModelMetadata, encode
-from edge.verify import MANIFEST_NAME, file_digest
+from happysad.edge import HappysadError
+from happysad.edge.backends import is_tflite_bytes, load_backend
+from happysad.edge.embedding import append_to_tflite, strip_tflite_metadata
+from happysad.edge.fileio import atomic_path, read_json, write_json
+from happysad.edge.metadata import ONNX_KEY, ModelMetadata, encode
+from happysad.edge.verify import MANIFEST_NAME, file_digest
 
 from .validate import compare, file_probabilities, missed_by
 
@@ -89,7 +89,7 @@ def ship(
         HappysadError: the file cannot be written, or the edge runtime
             cannot load what was converted.
     """
-    from edge import Classifier
+    from happysad.edge import Classifier
 
     try:
         with atomic_path(path) as tmp:

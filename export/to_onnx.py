@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.metrics import decide
+from happysad.edge.metrics import decide
 
 from . import CALIBRATION_METHODS
 from .validate import onnx_probabilities

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge import Classifier, HappysadError, load_image, preprocess
-from edge.cli_util import Progress
-from edge.dataset import split_items
-from edge.metrics import class_probabilities, decide, suggest_min_confidence
+from happysad.edge import Classifier, HappysadError, load_image, preprocess
+from happysad.edge.cli_util import Progress
+from happysad.edge.dataset import split_items
+from happysad.edge.metrics import class_probabilities, decide, suggest_min_confidence
 
 #: The split every file is verified on. The test split stays untouched by
 #: the export, so the benchmark's figures on it remain an independent check.

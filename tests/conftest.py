@@ -33,7 +33,7 @@ def dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def run_dir(dataset, tmp_path_factory) -> Path:
     """A training run on the synthetic faces (compact model, a few epochs)."""
-    from train.cli import main
+    from happysad.train.cli import main
 
     out = tmp_path_factory.mktemp("run") / "run"
     # basic augmentation: 8 epochs on 120 drawn faces are too few to learn
@@ -65,7 +65,7 @@ def run_dir(dataset, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def export_dir(run_dir) -> Path:
     """The four exported files of :func:`run_dir`."""
-    from export.cli import main
+    from happysad.export.cli import main
 
     # The gate is tested on its own (tests/test_export.py); here 24 validation images
     # would make one changed label a 4 pp drop, so it is opened wide.

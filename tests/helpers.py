@@ -50,7 +50,7 @@ def write_video(path, frames, fps=15):
 
 def camera_cmd(model, source, *extra):
     """The ``happysad-edge camera --headless`` command line."""
-    return [sys.executable, "-m", "edge", "camera", str(model), "--source", str(source), "--headless", *extra]
+    return [sys.executable, "-m", "happysad.edge", "camera", str(model), "--source", str(source), "--headless", *extra]
 
 
 def run_camera(model, video, *extra):

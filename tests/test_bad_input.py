@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from edge import HappysadError, load_image, preprocess
-from edge.images import MAX_PIXELS
-from edge.metadata import TFLITE_MEMBER
+from happysad.edge import HappysadError, load_image, preprocess
+from happysad.edge.images import MAX_PIXELS
+from happysad.edge.metadata import TFLITE_MEMBER
 
 from helpers import REPO, examples
 from synth import draw_face
@@ -33,7 +33,8 @@ AS_ROOT = os.geteuid() == 0
 # nobody before touching the files under test.
 DROP_ROOT = """
 import os, runpy, sys
-import edge.cli, edge.backends, ai_edge_litert.interpreter, train.cli, train.trainer, train.data, tqdm
+import happysad.edge.cli, happysad.edge.backends, ai_edge_litert.interpreter, tqdm
+import happysad.train.cli, happysad.train.trainer, happysad.train.data
 import encodings.idna, encodings.cp437, json, zipfile
 os.setgid(65534); os.setuid(65534)
 sys.argv = [sys.argv[1]] + sys.argv[2:]
@@ -43,8 +44,9 @@ runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 
 def cli(*args, other_user=False, env=None, preexec=None):
     prefix = ["-c", DROP_ROOT] if other_user and AS_ROOT else ["-m"]
+    module, *rest = map(str, args)
     return subprocess.run(
-        [sys.executable, *prefix, *map(str, args)],
+        [sys.executable, *prefix, f"happysad.{module}", *rest],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -136,7 +138,7 @@ def test_training_scan_skips_and_reports_each(bad_folder, tmp_path):
     rng = np.random.default_rng(1)
     for i in range(3):
         cv2.imwrite(str(data / "sad" / f"s{i}.png"), draw_face(rng, False))
-    from train.data import scan
+    from happysad.train.data import scan
 
     s = scan(data)
     reasons = {x["path"]: x["reason"] for x in s.skipped}

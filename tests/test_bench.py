@@ -8,14 +8,14 @@ import time
 import numpy as np
 import pytest
 
-from benchmarks.coldstart import cold_start
-from benchmarks.cost import layer_macs, onnx_cost
-from benchmarks.readme import END, START, replace_between_markers
-from benchmarks.report import compare_reports
-from benchmarks.runners import EdgeRunner, KerasRunner
-from benchmarks.timing import STAGES, fps, percentiles, time_stages
-from edge import Classifier, HappysadError, load_image, preprocess
-from edge.dataset import labelled_images
+from happysad.benchmarks.coldstart import cold_start
+from happysad.benchmarks.cost import layer_macs, onnx_cost
+from happysad.benchmarks.readme import END, START, replace_between_markers
+from happysad.benchmarks.report import compare_reports
+from happysad.benchmarks.runners import EdgeRunner, KerasRunner
+from happysad.benchmarks.timing import STAGES, fps, percentiles, time_stages
+from happysad.edge import Classifier, HappysadError, load_image, preprocess
+from happysad.edge.dataset import labelled_images
 
 MODELS = ("model_float32.tflite", "model_int8.tflite", "model_float32.onnx", "model_int8.onnx")
 
@@ -78,7 +78,7 @@ def test_stage_path_gives_the_scores_and_label_of_classifier(export_dir, dataset
 def test_every_format_counts_the_same_macs_as_training(export_dir, run_dir):
     import keras
 
-    from train.models import count_macs
+    from happysad.train.models import count_macs
 
     model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True, compile=False)
     costs = {name: EdgeRunner(export_dir / name).cost() for name in MODELS}
@@ -202,7 +202,7 @@ def test_readme_step_replaces_only_between_the_markers():
 
 
 def test_csv_has_one_row_per_model_and_thread_count(bench_report):
-    from benchmarks.report import format_csv
+    from happysad.benchmarks.report import format_csv
 
     text = format_csv(bench_report)
     lines = [line for line in text.splitlines() if not line.startswith("#")]
@@ -215,7 +215,7 @@ def test_csv_has_one_row_per_model_and_thread_count(bench_report):
 
 @pytest.fixture(scope="module")
 def bench_report(export_dir, run_dir):
-    from benchmarks.bench import BenchOptions, run_bench
+    from happysad.benchmarks.bench import BenchOptions, run_bench
 
     return run_bench(
         BenchOptions(

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge import Classifier, preprocess
+from happysad.edge import Classifier, preprocess
 
 from helpers import REPO, assert_one_line_error
 
@@ -392,7 +392,7 @@ def test_readme_step_copies_the_markdown_and_refuses_a_file_without_markers(full
     readme = tmp_path / "README.md"
     readme.write_text("# results\n\n<!-- bench:start -->\nSTALE-TABLE\n<!-- bench:end -->\n\nkept\n")
     res = subprocess.run(
-        [sys.executable, "-m", "benchmarks.readme", out / "b.md", readme],
+        [sys.executable, "-m", "happysad.benchmarks.readme", out / "b.md", readme],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -403,7 +403,7 @@ def test_readme_step_copies_the_markdown_and_refuses_a_file_without_markers(full
     assert "STALE-TABLE" not in text and (out / "b.md").read_text().strip() in text and text.endswith("\n\nkept\n")
     readme.write_text("# no markers\n")
     res = subprocess.run(
-        [sys.executable, "-m", "benchmarks.readme", out / "b.md", readme],
+        [sys.executable, "-m", "happysad.benchmarks.readme", out / "b.md", readme],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -420,7 +420,7 @@ def test_no_data_measures_latency_and_memory_only(export_dir, tmp_path):
         [
             sys.executable,
             "-m",
-            "benchmarks",
+            "happysad.benchmarks",
             str(export_dir / "model_int8.tflite"),
             "--runs",
             "50",
@@ -440,7 +440,7 @@ def test_no_data_measures_latency_and_memory_only(export_dir, tmp_path):
     assert "accuracy" not in row and row["latency_ms"]["p99"] >= row["latency_ms"]["p50"] > 0
     assert row["cold_start"]["peak_rss_mb"] > 20 and len(row["samples_ms"]) >= 50
     res = subprocess.run(
-        [sys.executable, "-m", "benchmarks", str(export_dir / "model_int8.tflite"), "--max-drop", "1"],
+        [sys.executable, "-m", "happysad.benchmarks", str(export_dir / "model_int8.tflite"), "--max-drop", "1"],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -456,7 +456,11 @@ def test_demo_end_benchmarks_what_passed_and_names_a_refusal(run_dir, export_dir
     shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("logs", "export"))
     shutil.copytree(export_dir, run / "export")
     res = subprocess.run(
-        [sys.executable, "-m", "benchmarks.demo", str(run), "0"], capture_output=True, text=True, cwd=REPO, timeout=300
+        [sys.executable, "-m", "happysad.benchmarks.demo", str(run), "0"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads((run / "bench.json").read_text())["results"]
@@ -466,7 +470,7 @@ def test_demo_end_benchmarks_what_passed_and_names_a_refusal(run_dir, export_dir
         [
             sys.executable,
             "-m",
-            "export",
+            "happysad.export",
             str(run),
             "--formats",
             "tflite-int8",
@@ -482,7 +486,11 @@ def test_demo_end_benchmarks_what_passed_and_names_a_refusal(run_dir, export_dir
     )
     assert res.returncode == 1
     res = subprocess.run(
-        [sys.executable, "-m", "benchmarks.demo", str(run), "1"], capture_output=True, text=True, cwd=REPO, timeout=300
+        [sys.executable, "-m", "happysad.benchmarks.demo", str(run), "1"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
     )
     assert res.returncode == 1
     assert "make demo: REFUSED model_int8.tflite" in res.stderr and "not written" in res.stderr

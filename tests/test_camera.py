@@ -18,9 +18,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.outputs import annotate
-from edge.prediction import Prediction
-from edge.smoothing import ScoreSmoother
+from happysad.edge.outputs import annotate
+from happysad.edge.prediction import Prediction
+from happysad.edge.smoothing import ScoreSmoother
 
 from helpers import REPO, camera_cmd, run_camera, write_video
 from synth import draw_face
@@ -310,7 +310,11 @@ def s_expected_history(value, alpha, n):
 
 def test_doctor_reports_each_check_and_fails_on_a_missing_camera(drawn_video):
     res = subprocess.run(
-        [sys.executable, "-m", "edge", "doctor", "--source", "57"], capture_output=True, text=True, cwd=REPO, timeout=60
+        [sys.executable, "-m", "happysad.edge", "doctor", "--source", "57"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
     )
     assert res.returncode == 1
     lines = {line.split()[1]: line for line in res.stdout.splitlines()}
@@ -319,7 +323,7 @@ def test_doctor_reports_each_check_and_fails_on_a_missing_camera(drawn_video):
     camera = [line for line in res.stdout.splitlines() if "camera 57" in line][0]
     assert camera.startswith("FAIL") and "ls /dev/video*" in camera
     res = subprocess.run(
-        [sys.executable, "-m", "edge", "doctor", "--source", str(drawn_video)],
+        [sys.executable, "-m", "happysad.edge", "doctor", "--source", str(drawn_video)],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge import Classifier, HappysadError, read_metadata
-from edge.metadata import UNCERTAIN, ModelMetadata, decode, encode
-from edge.metrics import class_probabilities, decide, suggest_min_confidence
+from happysad.edge import Classifier, HappysadError, read_metadata
+from happysad.edge.metadata import UNCERTAIN, ModelMetadata, decode, encode
+from happysad.edge.metrics import class_probabilities, decide, suggest_min_confidence
 
 from helpers import REPO, run_camera, write_video
 from synth import draw_face, make_dataset
@@ -77,7 +77,7 @@ def test_metadata_of_a_softmax_model_round_trips_and_bad_label_lists_are_refused
 
 
 def _train(args):
-    from train.cli import main
+    from happysad.train.cli import main
 
     assert (
         main(
@@ -115,7 +115,7 @@ def three_class(folders):
     """A happy/sad/neutral model trained from two folders, exported to int8 TFLite and float ONNX."""
     out = folders / "run3"
     _train([folders / "hs", folders / "other", "--classes", ",".join(THREE), "--out", out])
-    from export.cli import main
+    from happysad.export.cli import main
 
     assert (
         main(
@@ -160,7 +160,7 @@ def test_three_class_files_carry_labels_and_classify(three_class, tmp_path):
         cv2.imwrite(str(tmp_path / f"{i}_{kind}.png"), draw_face(rng, kind))
     model = three_class / "export" / "model_int8.tflite"
     res = subprocess.run(
-        [sys.executable, "-m", "edge", "classify", str(model), str(tmp_path), "--json"],
+        [sys.executable, "-m", "happysad.edge", "classify", str(model), str(tmp_path), "--json"],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -174,7 +174,17 @@ def test_three_class_files_carry_labels_and_classify(three_class, tmp_path):
         assert r["label"] == max(r["scores"], key=r["scores"].get)
     # At a minimum confidence of 1, nothing is certain enough.
     res = subprocess.run(
-        [sys.executable, "-m", "edge", "classify", str(model), str(tmp_path), "--json", "--min-confidence", "1"],
+        [
+            sys.executable,
+            "-m",
+            "happysad.edge",
+            "classify",
+            str(model),
+            str(tmp_path),
+            "--json",
+            "--min-confidence",
+            "1",
+        ],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -194,7 +204,7 @@ def test_three_class_model_benchmarks_and_runs_the_camera_loop(three_class, fold
         [
             sys.executable,
             "-m",
-            "benchmarks",
+            "happysad.benchmarks",
             str(model),
             "--data",
             str(data),
@@ -229,7 +239,7 @@ def aux_run(folders):
     """A happy/sad model trained beside the neutral faces of another folder, exported to int8 TFLite."""
     out = folders / "run-aux"
     _train([folders / "hs", "--aux", folders / "other", "--out", out])
-    from export.cli import main
+    from happysad.export.cli import main
 
     assert (
         main(
@@ -264,7 +274,7 @@ def test_auxiliary_classes_train_beside_and_ship_two(aux_run):
 def test_restricted_head_equals_the_softmax_renormalised_over_the_kept_classes():
     import keras
 
-    from train.models import build_model, restrict_head
+    from happysad.train.models import build_model, restrict_head
 
     model = build_model("compact", (48, 48), 1, classes=4)
     for layer in model.layers:  # non-trivial batch-norm statistics and logits
@@ -309,7 +319,7 @@ def test_min_confidence_in_the_api_auto_from_metadata_and_refused_out_of_range(e
 
 
 def test_flip_tta_averages_the_face_and_its_mirror(export_dir):
-    from edge import preprocess
+    from happysad.edge import preprocess
 
     model = export_dir / "model_float32.tflite"
     face = draw_face(np.random.default_rng(9), True)
@@ -328,7 +338,7 @@ def test_neither_report_counts_each_label_on_unseen_auxiliary_faces(aux_run, tmp
         [
             sys.executable,
             "-m",
-            "benchmarks.neither",
+            "happysad.benchmarks.neither",
             str(aux_run / "export" / "model_int8.tflite"),
             "--split",
             str(aux_run / "split.json"),
@@ -356,7 +366,7 @@ def test_neither_report_counts_each_label_on_unseen_auxiliary_faces(aux_run, tmp
         [
             sys.executable,
             "-m",
-            "benchmarks.neither",
+            "happysad.benchmarks.neither",
             str(aux_run / "export" / "model_int8.tflite"),
             "--split",
             str(tmp_path / "n.json"),
@@ -370,7 +380,7 @@ def test_neither_report_counts_each_label_on_unseen_auxiliary_faces(aux_run, tmp
 
 
 def test_distillation_from_a_teacher_and_a_teacher_of_other_classes_refused(folders, three_class, run_dir, tmp_path):
-    from train.cli import main
+    from happysad.train.cli import main
 
     out = tmp_path / "student"
     _train([folders / "hs", "--out", out, "--teacher", run_dir / "model.keras", "--distill-alpha", "0.3"])

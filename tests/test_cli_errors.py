@@ -8,9 +8,14 @@ import pytest
 from helpers import REPO, assert_one_line_error
 
 
-def cli(*args, timeout=120):
+def cli(module, *args, timeout=120):
+    """``python -m happysad.MODULE ARGS``, run to its end."""
     return subprocess.run(
-        [sys.executable, "-m", *map(str, args)], capture_output=True, text=True, cwd=REPO, timeout=timeout
+        [sys.executable, "-m", f"happysad.{module}", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=timeout,
     )
 
 
@@ -100,7 +105,7 @@ def test_bench_without_labelled_data(export_dir, tmp_path):
     ],
 )
 def test_every_tool_has_a_version(module, prog):
-    from edge import __version__
+    from happysad.edge import __version__
 
     res = cli(module, "--version")
     assert res.returncode == 0 and res.stdout.strip() == f"{prog} {__version__}"
@@ -179,7 +184,7 @@ def test_a_model_with_the_wrong_extension_says_rename_it(export_dir, tmp_path, d
 def test_progress_draws_only_on_a_terminal():
     import io
 
-    from edge.cli_util import Progress
+    from happysad.edge.cli_util import Progress
 
     class Tty(io.StringIO):
         def isatty(self):

@@ -4,10 +4,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edge import HappysadError
-from edge.metrics import classification_metrics
-from train.data import scan
-from train.split import make_split, parse_ratios
+from happysad.edge import HappysadError
+from happysad.edge.metrics import classification_metrics
+from happysad.train.data import scan
+from happysad.train.split import make_split, parse_ratios
 
 
 def test_split_is_stratified_grouped_and_seeded():
@@ -82,7 +82,7 @@ def test_metrics_from_confusion_counts():
 
 
 def test_near_duplicates_blank_and_color_are_reported(tmp_path):
-    from train.report import data_report, report_summary
+    from happysad.train.report import data_report, report_summary
 
     from synth import make_dataset
 
@@ -106,7 +106,7 @@ def test_near_duplicates_blank_and_color_are_reported(tmp_path):
 
 
 def test_phash_matches_re_encoded_and_differs_for_other_faces():
-    from train.data import hamming_pairs, phash
+    from happysad.train.data import hamming_pairs, phash
 
     from synth import draw_face
 
@@ -124,7 +124,7 @@ def test_phash_matches_re_encoded_and_differs_for_other_faces():
 
 
 def test_roc_auc_and_threshold_against_brute_force():
-    from edge.metrics import best_threshold, roc_auc
+    from happysad.edge.metrics import best_threshold, roc_auc
 
     rng = np.random.default_rng(2)
     y = rng.integers(0, 2, 300)

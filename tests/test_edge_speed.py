@@ -1,4 +1,4 @@
-"""``python -m benchmarks.edge_speed``: the edge runtime's goals, run as a user runs it."""
+"""``python -m happysad.benchmarks.edge_speed``: the edge runtime's goals, run as a user runs it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from helpers import REPO, assert_one_line_error
 
-PROG = [sys.executable, "-m", "benchmarks.edge_speed"]
+PROG = [sys.executable, "-m", "happysad.benchmarks.edge_speed"]
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_output_names_every_figure_and_exit_3_lists_the_missed_goals(speed):
     if missed:
         assert res.returncode == 3
         last = res.stderr.strip().splitlines()[-1]
-        assert last.startswith("python -m benchmarks.edge_speed: missed (exit 3, a goal, not a crash): ")
+        assert last.startswith("python -m happysad.benchmarks.edge_speed: missed (exit 3, a goal, not a crash): ")
         assert [part.split()[0] for part in last.split(": ", 2)[2].split("; ")] == missed
     else:
         assert res.returncode == 0

@@ -10,16 +10,16 @@ import shutil
 import numpy as np
 import pytest
 
-from edge import Classifier, load_image, preprocess, read_metadata
-from edge.crop import DEFAULT_FACE_MARGIN
-from edge.dataset import read_split, split_items
+from happysad.edge import Classifier, load_image, preprocess, read_metadata
+from happysad.edge.crop import DEFAULT_FACE_MARGIN
+from happysad.edge.dataset import read_split, split_items
 
 FIVE = ("model_float32.tflite", "model_float16.tflite", "model_int8.tflite", "model_float32.onnx", "model_int8.onnx")
 
 
 def export(*args):
     """Run happysad-export in this process; returns (exit code, stderr text)."""
-    from export.cli import main
+    from happysad.export.cli import main
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
@@ -245,7 +245,7 @@ def test_negative_max_drop_refuses_even_a_lossless_file(run_dir, export_dir, tmp
     ],
 )
 def test_bad_options_are_usage_errors(tmp_path, args, pattern, capsys):
-    from export.cli import main
+    from happysad.export.cli import main
 
     with pytest.raises(SystemExit) as exc:
         main([str(tmp_path), *args])
@@ -286,7 +286,7 @@ def test_onnx_int8_weights_fit_in_7_bits_and_auto_calibration_is_recorded(export
 def test_a_model_near_chance_is_not_exported(dataset, tmp_path):
     """One epoch at a tiny learning rate: the Keras model is near chance on validation, and
     the export says so in one line instead of shipping it (--min-accuracy 0 overrides)."""
-    from train.cli import main as train_main
+    from happysad.train.cli import main as train_main
 
     run = tmp_path / "weak"
     assert (

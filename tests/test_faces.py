@@ -11,11 +11,11 @@ import cv2
 import numpy as np
 import pytest
 
-from edge import Classifier
-from edge.blazeface import BLAZEFACE, decode_blazeface, ssd_anchors, weighted_nms
-from edge.crop import eye_angle, face_crop
-from edge.errors import HappysadError
-from edge.faces import DETECTORS, Face, HaarDetector, YuNetDetector, make_detector
+from happysad.edge import Classifier
+from happysad.edge.blazeface import BLAZEFACE, decode_blazeface, ssd_anchors, weighted_nms
+from happysad.edge.crop import eye_angle, face_crop
+from happysad.edge.errors import HappysadError
+from happysad.edge.faces import DETECTORS, Face, HaarDetector, YuNetDetector, make_detector
 
 from helpers import REPO
 
@@ -144,7 +144,7 @@ def test_face_crop_geometry_without_keypoints():
 
 
 def test_tampered_detector_model_is_refused_and_haar_takes_over(tmp_path, monkeypatch, capsys):
-    import edge.faces as faces
+    import happysad.edge.faces as faces
 
     for name in faces.ASSET_SHA256:
         shutil.copy(faces.ASSETS / name, tmp_path / name)
@@ -161,7 +161,7 @@ def test_tampered_detector_model_is_refused_and_haar_takes_over(tmp_path, monkey
 
 def _classify_json(model, *args):
     res = subprocess.run(
-        [sys.executable, "-m", "edge", "classify", str(model), "--json", *map(str, args)],
+        [sys.executable, "-m", "happysad.edge", "classify", str(model), "--json", *map(str, args)],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -210,7 +210,7 @@ def test_dnn_detectors_agree_on_clear_faces():
     the boxes match (IoU >= 0.6) in most: they frame the same face alike."""
     if not WILD.is_dir():
         pytest.skip(f"wild-dev photos not present at {WILD}")
-    from edge import find_images, load_image
+    from happysad.edge import find_images, load_image
 
     yunet, blaze = make_detector("yunet", fallback=False), make_detector("blazeface", fallback=False)
 
@@ -234,7 +234,7 @@ def test_dnn_detectors_agree_on_clear_faces():
 def test_bench_pipeline_per_detector(export_dir, real_data, tmp_path):
     """happysad-bench --pipeline: per detector, faces found, accuracy where found and over
     all photos (whole-photo fallback), abstentions, and ms per stage, on photos of any size."""
-    from edge import Classifier, load_image
+    from happysad.edge import Classifier, load_image
 
     root = tmp_path / "photos"
     for label in ("happy", "sad"):
@@ -250,7 +250,7 @@ def test_bench_pipeline_per_detector(export_dir, real_data, tmp_path):
         [
             sys.executable,
             "-m",
-            "benchmarks",
+            "happysad.benchmarks",
             str(export_dir / "model_int8.tflite"),
             "--pipeline",
             "--data",
@@ -296,7 +296,7 @@ def test_odd_image_shapes_never_crash_a_detector(export_dir, name):
 
 def test_keras_benchmark_row_crops_the_pixels_the_device_crops(run_dir, export_dir, real_faces):
     """happysad-bench's Keras row and the edge runtime see the same face pixels for a photo."""
-    from benchmarks.runners import KerasRunner
+    from happysad.benchmarks.runners import KerasRunner
 
     runner = KerasRunner(run_dir / "model.keras", ["happy", "sad"], "yunet")
     clf = Classifier(export_dir / "model_int8.tflite", detector="yunet")

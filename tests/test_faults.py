@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from edge import Classifier, read_metadata
+from happysad.edge import Classifier, read_metadata
 
 from helpers import REPO
 
@@ -37,7 +37,18 @@ def assert_every_final_file_whole(folder):
 
 def export_until_first_file_then(sig, run_dir, out):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "export", str(run_dir), "--out", str(out), "--calib-samples", "40", "--max-drop", "100"],
+        [
+            sys.executable,
+            "-m",
+            "happysad.export",
+            str(run_dir),
+            "--out",
+            str(out),
+            "--calib-samples",
+            "40",
+            "--max-drop",
+            "100",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

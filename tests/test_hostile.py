@@ -17,9 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.errors import HappysadError
-from edge.fileio import write_bytes, write_json
-from edge.images import display_path, image_dimensions, load_image
+from happysad.edge.errors import HappysadError
+from happysad.edge.fileio import write_bytes, write_json
+from happysad.edge.images import display_path, image_dimensions, load_image
 
 from helpers import REPO, examples
 
@@ -87,7 +87,7 @@ def test_each_hostile_image_is_one_line_and_the_good_ones_are_classified(export_
             PEAK_RSS,
             sys.executable,
             "-m",
-            "edge",
+            "happysad.edge",
             "classify",
             str(export_dir / "model_int8.tflite"),
             str(hostile),
@@ -123,7 +123,7 @@ def test_json_output_keeps_odd_names_as_valid_json(export_dir, hostile):
         [
             sys.executable,
             "-m",
-            "edge",
+            "happysad.edge",
             "classify",
             str(export_dir / "model_int8.tflite"),
             str(hostile / "new\nline.png"),
@@ -146,7 +146,7 @@ def test_too_long_name_is_one_line(export_dir, tmp_path):
         [
             sys.executable,
             "-m",
-            "edge",
+            "happysad.edge",
             "classify",
             str(export_dir / "model_int8.tflite"),
             str(tmp_path / ("x" * 300 + ".jpg")),
@@ -233,8 +233,8 @@ def test_arbitrary_bytes_are_an_image_or_one_error(tmp_path_factory, head, body)
 def test_models_that_lie_are_refused_at_load(export_dir, tmp_path):
     import zipfile
 
-    from edge import Classifier
-    from edge.embedding import strip_tflite_metadata
+    from happysad.edge import Classifier
+    from happysad.edge.embedding import strip_tflite_metadata
 
     body = strip_tflite_metadata((export_dir / "model_float32.tflite").read_bytes())
     # Metadata stored with an unsupported compression method (bzip2).
@@ -259,7 +259,7 @@ def test_onnx_with_two_inputs_or_uint8_input_is_one_line(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    from edge import Classifier
+    from happysad.edge import Classifier
 
     def save(name, inputs, outputs, nodes):
         graph = helper.make_graph(nodes, "g", inputs, outputs)
@@ -289,7 +289,7 @@ def test_onnx_with_two_inputs_or_uint8_input_is_one_line(tmp_path):
 
 def test_nan_weights_are_refused_at_load(export_dir, tmp_path):
     """A float TFLite file whose weights were overwritten with NaN loads but fails the self-test."""
-    from edge import Classifier
+    from happysad.edge import Classifier
 
     data = bytearray((export_dir / "model_float32.tflite").read_bytes())
     nan = np.float32(np.nan).tobytes()
@@ -316,7 +316,7 @@ def test_nan_weights_are_refused_at_load(export_dir, tmp_path):
 )
 def test_malformed_manifest_records_are_one_line(tmp_path_factory, size, digest):
     """verify on a manifest whose record holds the wrong types: a HappysadError, never a traceback."""
-    from edge.verify import verify
+    from happysad.edge.verify import verify
 
     folder = tmp_path_factory.mktemp("manifest")
     model = folder / "model_int8.tflite"
@@ -341,7 +341,7 @@ def test_training_scan_skips_a_fifo_and_odd_names(tmp_path, real_data):
     shutil.copy(first, tmp_path / "data" / "sad" / "new\nline.jpg")
     os.mkfifo(tmp_path / "data" / "sad" / "fifo.jpg")
     res = subprocess.run(
-        [sys.executable, "-m", "train", "--check", str(tmp_path / "data"), "--out", str(tmp_path / "run")],
+        [sys.executable, "-m", "happysad.train", "--check", str(tmp_path / "data"), "--out", str(tmp_path / "run")],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -379,7 +379,7 @@ def test_a_full_disk_under_log_is_reported_once_and_the_loop_goes_on(export_dir,
     """--log on /dev/full: every write fails with ENOSPC; one line says so, every frame is still classified."""
     import cv2 as _cv2
 
-    from benchmarks.video import write_video
+    from happysad.benchmarks.video import write_video
 
     frames = [np.full((120, 160, 3), 90, np.uint8) for _ in range(8)]
     for i, f in enumerate(frames):
@@ -389,7 +389,7 @@ def test_a_full_disk_under_log_is_reported_once_and_the_loop_goes_on(export_dir,
         [
             sys.executable,
             "-m",
-            "edge",
+            "happysad.edge",
             "camera",
             str(export_dir / "model_int8.tflite"),
             "--source",
@@ -417,7 +417,7 @@ def test_threads_beyond_the_cores_are_clamped(export_dir, tmp_path):
         [
             sys.executable,
             "-m",
-            "edge",
+            "happysad.edge",
             "classify",
             str(export_dir / "model_int8.onnx"),
             str(tmp_path / "a.png"),
@@ -441,9 +441,9 @@ def test_opencv_limit_is_the_second_gate(tmp_path):
     ok, data = _cv2.imencode(".png", np.zeros((8000, 7000), np.uint8))  # 56 MP, 66 kB
     (tmp_path / "big.png").write_bytes(data.tobytes())
     code = (
-        "import sys, edge, edge.images as im\n"
+        "import sys, happysad.edge, happysad.edge.images as im\n"
         "im.image_dimensions = lambda data: None  # as if the header could not be read\n"
-        "from edge.cli_util import run_main\n"
+        "from happysad.edge.cli_util import run_main\n"
         "sys.exit(run_main('probe', lambda argv: im.load_image(argv[0]) is None, [sys.argv[1]]))\n"
     )
     res = subprocess.run(

@@ -4,9 +4,9 @@ import zipfile
 
 import pytest
 
-from edge import HappysadError, ModelMetadata
-from edge.embedding import append_to_tflite, read_tflite_metadata, strip_tflite_metadata
-from edge.metadata import MAX_METADATA_BYTES, TFLITE_MEMBER, decode, encode
+from happysad.edge import HappysadError, ModelMetadata
+from happysad.edge.embedding import append_to_tflite, read_tflite_metadata, strip_tflite_metadata
+from happysad.edge.metadata import MAX_METADATA_BYTES, TFLITE_MEMBER, decode, encode
 
 META = ModelMetadata(("happy", "sad"), (48, 48), "gray", 0.5, 0.1, extra={"format": "tflite-int8"})
 

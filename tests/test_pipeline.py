@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge import Classifier, load_image, preprocess, read_metadata
-from edge.dataset import read_split, split_items
+from happysad.edge import Classifier, load_image, preprocess, read_metadata
+from happysad.edge.dataset import read_split, split_items
 
 from helpers import REPO
 
@@ -64,8 +64,8 @@ def test_threshold_tuned_on_validation_mirrored_memory_cache(dataset, run_dir, t
     seed gives the same split; --strategy mirrored and --cache memory train too."""
     import keras
 
-    from edge.metrics import best_threshold
-    from train.cli import main
+    from happysad.edge.metrics import best_threshold
+    from happysad.train.cli import main
 
     out = tmp_path / "tuned"
     assert (
@@ -163,7 +163,7 @@ def test_int8_tflite_takes_raw_pixels_with_scale_one(export_dir):
     assert clf.backend.input_dtype == np.int8
     assert clf.backend.input_quant == (1.0, -128)
     res = subprocess.run(
-        [sys.executable, "-m", "edge", "info", str(export_dir / "model_int8.tflite")],
+        [sys.executable, "-m", "happysad.edge", "info", str(export_dir / "model_int8.tflite")],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -185,7 +185,7 @@ def test_edge_runs_without_tensorflow(export_dir, dataset):
     """A fresh interpreter classifies with every exported file and never imports TensorFlow."""
     code = (
         "import sys, json\n"
-        "from edge import Classifier, load_image\n"
+        "from happysad.edge import Classifier, load_image\n"
         f"img = load_image({str(dataset / 'happy' / 'happy_005.png')!r})\n"
         "out = {}\n"
         f"for name in {list(MODELS)!r}:\n"
@@ -197,7 +197,8 @@ def test_edge_runs_without_tensorflow(export_dir, dataset):
         "for det in ('yunet', 'blazeface', 'blazeface-full', 'haar'):\n"
         f"    clf = Classifier({str(export_dir)!r} + '/model_int8.tflite', detector=det)\n"
         "    out[det] = clf.classify_image(big).label\n"
-        "bad = [m for m in ('tensorflow', 'keras', 'tf2onnx', 'train', 'export') if m in sys.modules]\n"
+        "heavy = ('tensorflow', 'keras', 'tf2onnx', 'happysad.train', 'happysad.export')\n"
+        "bad = [m for m in heavy if m in sys.modules]\n"
         "print(json.dumps({'labels': out, 'bad': bad}))\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
@@ -207,37 +208,42 @@ def test_edge_runs_without_tensorflow(export_dir, dataset):
     assert set(report["labels"].values()) <= {"happy", "sad"} and len(report["labels"]) == 8
 
 
-def test_installed_wheel_carries_the_detectors(export_dir, tmp_path):
-    """The wheel (not the source tree) holds the vendored detector models and
-    their NOTICE, and an install of it classifies a frame with the default detector."""
-    # Built from a copy of the tracked files, so setuptools' build/ folder is not left in the checkout.
+def _build_wheel(tmp_path) -> Path:
+    """The wheel, built from a copy of the tracked files (so setuptools' build/
+    folder is not left in the checkout)."""
     import shutil
-    import zipfile
 
     src = tmp_path / "src"
     tracked = subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=REPO).stdout.split("\n")
     for name in filter(None, tracked):
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, src / name)
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(tmp_path / "dist"),
-            str(src),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "-q",
+        "-w",
+        str(tmp_path / "dist"),
+    ]
+    res = subprocess.run([*cmd, str(src)], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     (wheel,) = (tmp_path / "dist").glob("happysad-*.whl")
+    return wheel
+
+
+def test_installed_wheel_has_one_namespace_and_carries_the_detectors(export_dir, tmp_path):
+    """The wheel holds happysad/edge, /train, /export, /benchmarks and the
+    vendored detector models, no tests; installed (not editable) into a fresh
+    venv, `import edge` and `import train` fail, the console scripts and
+    `python -m happysad.edge` work, and it classifies a frame with the default detector."""
+    import sysconfig
+    import zipfile
+
+    wheel = _build_wheel(tmp_path)
     names = set(zipfile.ZipFile(wheel).namelist())
     for asset in (
         "face_detection_yunet_2023mar.onnx",
@@ -246,30 +252,44 @@ def test_installed_wheel_carries_the_detectors(export_dir, tmp_path):
         "NOTICE",
         "LICENSE-yunet",
     ):
-        assert f"edge/assets/{asset}" in names, asset
-    res = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(tmp_path / "site"), str(wheel)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+        assert f"happysad/edge/assets/{asset}" in names, asset
+    top = {n.split("/")[0] for n in names if not n.startswith("happysad-")}
+    assert top == {"happysad"}, top
+    assert {n.split("/")[1] for n in names if n.startswith("happysad/")} == {"edge", "train", "export", "benchmarks"}
+    assert not any("test" in n.split("/")[-1] or "conftest" in n for n in names)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    site = Path(sysconfig.get_paths(vars={"base": str(venv), "platbase": str(venv)})["purelib"])
+    # The wheel's dependencies (numpy, OpenCV, LiteRT) from this environment,
+    # without its editable install of the project (a .pth adds the folder, not its own .pth files).
+    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python")]
+    res = subprocess.run([*pip, "install", "--no-deps", "-q", str(wheel)], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
+    py = str(venv / "bin" / "python")
+
+    def run(*cmd):
+        return subprocess.run(list(cmd), capture_output=True, text=True, cwd=tmp_path, timeout=120)
+
+    for name in ("edge", "train", "export", "benchmarks"):
+        res = run(py, "-c", f"import {name}")
+        assert res.returncode == 1 and "ModuleNotFoundError" in res.stderr, name
+    for cmd in (
+        [str(venv / "bin" / "happysad-edge"), "--help"],
+        [str(venv / "bin" / "happysad-bench"), "--help"],
+        [py, "-m", "happysad.edge", "--version"],
+    ):
+        res = run(*cmd)
+        assert res.returncode == 0 and "Traceback" not in res.stderr, (cmd, res.stderr)
     code = (
-        "import edge, numpy as np, cv2, sys\n"
-        "from edge import Classifier\n"
+        "import happysad.edge as edge, numpy as np, sys\n"
+        "from happysad.edge import Classifier\n"
         "assert edge.__file__.startswith(sys.argv[1]), edge.__file__\n"
         "frame = np.full((240, 320, 3), 90, np.uint8)\n"
         "clf = Classifier(sys.argv[2])\n"
         "print(clf.classify_photo(frame)[0].basis, type(clf.detector).__name__)\n"
     )
-    res = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path / "site"), str(export_dir / "model_int8.tflite")],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(tmp_path / "site")},
-    )
+    res = run(py, "-c", code, str(site), str(export_dir / "model_int8.tflite"))
     assert res.returncode == 0, res.stderr
     # YuNet loaded from the install (no fallback to Haar) and found no face in a blank frame.
     assert res.stdout.strip() == "whole-image YuNetDetector" and "falling back" not in res.stderr
@@ -280,7 +300,7 @@ def test_classify_json_schema(export_dir, dataset):
         [
             sys.executable,
             "-m",
-            "edge",
+            "happysad.edge",
             "classify",
             str(export_dir / "model_int8.tflite"),
             str(dataset / "sad"),
@@ -315,7 +335,7 @@ def test_bench_table_and_json(export_dir, run_dir, tmp_path):
         [
             sys.executable,
             "-m",
-            "benchmarks",
+            "happysad.benchmarks",
             *(str(export_dir / m) for m in MODELS),
             "--split",
             str(run_dir / "split.json"),
@@ -356,7 +376,7 @@ def test_tuned_threshold_travels_into_exported_files(run_dir, tmp_path):
     """A run trained with --tune-threshold exports files whose metadata carry that threshold."""
     import shutil
 
-    from export.cli import main
+    from happysad.export.cli import main
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("export"))
@@ -372,7 +392,7 @@ def test_tuned_threshold_travels_into_exported_files(run_dir, tmp_path):
 def test_deterministic_training_repeats_bit_for_bit(dataset, tmp_path):
     """--deterministic: two runs with one seed give the same weights hash and the same
     figures to the last digit; another seed gives other weights."""
-    from train.cli import main
+    from happysad.train.cli import main
 
     metrics = []
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
@@ -425,7 +445,7 @@ def test_moved_folders_still_read(run_dir, export_dir, dataset, tmp_path):
     device = tmp_path / "device"
     shutil.copytree(export_dir, device)
     res = subprocess.run(
-        [sys.executable, "-m", "edge", "verify", str(device / "model_int8.tflite")],
+        [sys.executable, "-m", "happysad.edge", "verify", str(device / "model_int8.tflite")],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -436,7 +456,7 @@ def test_moved_folders_still_read(run_dir, export_dir, dataset, tmp_path):
         [
             sys.executable,
             "-m",
-            "edge",
+            "happysad.edge",
             "classify",
             str(device / "model_int8.tflite"),
             str(dataset / "happy" / "happy_000.png"),

@@ -10,7 +10,7 @@ from helpers import REPO
 def test_check_finds_the_known_warts(real_data, tmp_path):
     """`happysad-train --check` reports what the data's README says is there."""
     res = subprocess.run(
-        [sys.executable, "-m", "train", "--check", str(real_data), "--out", str(tmp_path)],
+        [sys.executable, "-m", "happysad.train", "--check", str(real_data), "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from edge import read_metadata
-from edge.cli import main
+from happysad.edge import read_metadata
+from happysad.edge.cli import main
 
 from helpers import REPO
 
@@ -80,7 +80,7 @@ def test_metadata_that_misstates_the_input_is_refused(export_dir, tmp_path, caps
     """A file whose manifest matches but whose metadata disagrees with its own tensors."""
     import hashlib
 
-    from export.ship import embed
+    from happysad.export.ship import embed
 
     meta = read_metadata(export_dir / "model_int8.tflite")
     wrong = dataclasses.replace(meta, input_dtype="uint8", input_zero_point=0)
@@ -107,9 +107,10 @@ def test_verify_runs_without_tensorflow(export_dir, tmp_path):
     path = _copy(export_dir, tmp_path, "model_int8.tflite")
     code = (
         "import sys, json\n"
-        "from edge.cli import main\n"
+        "from happysad.edge.cli import main\n"
         f"rc = main(['verify', {str(path)!r}, '--json'])\n"
-        "bad = [m for m in ('tensorflow', 'keras', 'tf2onnx', 'onnx', 'train', 'export') if m in sys.modules]\n"
+        "heavy = ('tensorflow', 'keras', 'tf2onnx', 'onnx', 'happysad.train', 'happysad.export')\n"
+        "bad = [m for m in heavy if m in sys.modules]\n"
         "print(json.dumps({'rc': rc, 'bad': bad}))\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
@@ -121,7 +122,11 @@ def test_verify_runs_without_tensorflow(export_dir, tmp_path):
     data[-10] ^= 0xFF  # in the metadata zip at the end
     path.write_bytes(bytes(data))
     res = subprocess.run(
-        [sys.executable, "-m", "edge", "verify", str(path)], capture_output=True, text=True, cwd=REPO, timeout=120
+        [sys.executable, "-m", "happysad.edge", "verify", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
     )
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert "does not match manifest.json" in res.stderr

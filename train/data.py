@@ -16,9 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge import HappysadError, preprocess
-from edge.dataset import class_folders
-from edge.images import IMAGE_SUFFIXES, decode_image, is_image_path, read_image_bytes
+from happysad.edge import HappysadError, preprocess
+from happysad.edge.dataset import class_folders
+from happysad.edge.images import IMAGE_SUFFIXES, decode_image, is_image_path, read_image_bytes
 
 #: Hamming distance at or below which two 64-bit pHashes mark a
 #: near-duplicate. Chosen by looking at random FER2013 pairs: at distance 2

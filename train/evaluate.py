@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge import load_image, preprocess
-from edge.fileio import write_json
-from edge.metrics import best_threshold, class_probabilities, classification_metrics, decide, roc_auc
+from happysad.edge import load_image, preprocess
+from happysad.edge.fileio import write_json
+from happysad.edge.metrics import best_threshold, class_probabilities, classification_metrics, decide, roc_auc
 
 from . import plots
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge import load_image, preprocess
-from edge.cli_util import log as _log
-from edge.errors import HappysadError
-from edge.preprocess import channels_of
+from happysad.edge import load_image, preprocess
+from happysad.edge.cli_util import log as _log
+from happysad.edge.errors import HappysadError
+from happysad.edge.preprocess import channels_of
 
 
 def weights_sha256(model) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.fileio import atomic_path
+from happysad.edge.fileio import atomic_path
 
 
 def _pyplot():

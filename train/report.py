@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.fileio import write_json
-from edge.images import display_path
+from happysad.edge.fileio import write_json
+from happysad.edge.images import display_path
 
 from .data import NEAR_BLANK_STD, NEAR_DUPLICATE_DISTANCE, Scan, scan
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.cli_util import log as _log
-from edge.fileio import write_json
+from happysad.edge.cli_util import log as _log
+from happysad.edge.fileio import write_json
 
 from .data import NEAR_DUPLICATE_DISTANCE, Scan, hamming_pairs, scan
 from .report import check_data

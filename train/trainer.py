@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edge import __version__
-from edge.cli_util import log as _log
-from edge.errors import HappysadError, UsageError
-from edge.fileio import atomic_path, write_bytes, write_json
-from edge.preprocess import channels_of
+from happysad.edge import __version__
+from happysad.edge.cli_util import log as _log
+from happysad.edge.errors import HappysadError, UsageError
+from happysad.edge.fileio import atomic_path, write_bytes, write_json
+from happysad.edge.preprocess import channels_of
 
 from . import plots
 from .evaluate import evaluate_run, format_metrics, probabilities, write_report
