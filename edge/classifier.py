@@ -69,10 +69,14 @@ class Classifier:
             suggests (chosen on validation data at export); None or 0: off.
         tta: ``"none"`` or ``"flip"``: average the scores of the face and
             its mirror image (two inferences per face).
+        public_key: an Ed25519 public key (:func:`edge.signing.load_public_key`):
+            the file must carry a matching ``MODEL.sig``, checked before any
+            interpreter reads it; None: no signature asked for.
 
     Raises:
         HappysadError: the file is missing, not a model, carries no valid
-            metadata, or its input or output shape disagrees with its metadata.
+            metadata, its input or output shape disagrees with its metadata,
+            or a public key is given and the file is unsigned or wrongly signed.
         ValueError: ``min_confidence`` or ``tta`` is not one of the values above.
     """
 
@@ -84,14 +88,23 @@ class Classifier:
         detector=DEFAULT_DETECTOR,
         min_confidence: float | str | None = None,
         tta: str = "none",
+        public_key=None,
     ):
         if tta not in TTA_MODES:
             raise ValueError(f"tta={tta!r} is not one of {TTA_MODES}")
         self.path = Path(model_path)
         self.file_stamp = stat_stamp(self.path)  # which file was loaded, for noticing a replacement
-        fmt = model_format(self.path)
-        meta = read_tflite_metadata(self.path) if fmt == "tflite" else None
-        self.backend: Backend = load_backend(self.path, threads, backend)
+        self.public_key = public_key
+        # A link (an install's DIR/current) is read through once: the file
+        # checked is the file loaded, even if the link moves meanwhile.
+        real = self.path.resolve() if self.path.is_symlink() else self.path
+        if public_key is not None:
+            from .signing import verify_file
+
+            verify_file(real, public_key)
+        fmt = model_format(real)
+        meta = read_tflite_metadata(real) if fmt == "tflite" else None
+        self.backend: Backend = load_backend(real, threads, backend)
         self.metadata: ModelMetadata = meta or _onnx_metadata(self.backend, self.path)
         channels = channels_of(self.metadata.color)
         expected = (*self.metadata.image_size, channels)

@@ -48,6 +48,13 @@ def _model_args(p):
     p.add_argument(
         "-b", "--backend", choices=BACKENDS, default=None, help="force an interpreter (default: chosen from the file)"
     )
+    p.add_argument(
+        "--public-key",
+        metavar="FILE.pub",
+        default=None,
+        help="refuse a model file without a matching MODEL.sig (Ed25519), before any interpreter reads it "
+        "(default: $HAPPYSAD_PUBLIC_KEY, else no signature asked for)",
+    )
 
 
 def _decision_args(p):
@@ -205,6 +212,32 @@ def _tool_parsers(sub) -> None:
     p.add_argument("-s", "--source", default="0", help="camera to try: index, URL or picamera")
     p.add_argument("-m", "--model", default=None, help="also say whether this install can run this model file")
 
+    p = sub.add_parser(
+        "keygen",
+        help="make an Ed25519 key pair for signing model files",
+        description="Write NAME.key (private, mode 0600) and NAME.pub (public); never overwrites a key.",
+    )
+    p.add_argument("-o", "--out", default=".", metavar="DIR", help="folder to write the keys into")
+    p.add_argument("--name", default="happysad", help="file name of the keys, without suffix")
+
+    p = sub.add_parser(
+        "install",
+        help="verify a model file and make it DIR/current, keeping the one before",
+        description="Copy MODEL into DIR/models/, verify the copy (manifest size and sha256, signature, "
+        "metadata, a self-test inference), then point DIR/current at it by an atomic rename; the "
+        "model that was current becomes DIR/previous. A camera started on DIR/current switches to it.",
+    )
+    p.add_argument("model", metavar="MODEL", help="a .tflite or .onnx file from happysad-export")
+    p.add_argument("--to", required=True, metavar="DIR", help="the install folder (DIR/current, DIR/previous)")
+    p.add_argument(
+        "-m", "--manifest", default=None, metavar="FILE", help="the export's manifest.json, if not beside MODEL"
+    )
+    p.add_argument("--public-key", metavar="FILE.pub", default=None, help="the signature must match this key")
+    p = sub.add_parser(
+        "rollback", help="make DIR/previous current again", description="Swap DIR/current and DIR/previous."
+    )
+    p.add_argument("--to", required=True, metavar="DIR", help="the install folder")
+
     p = sub.add_parser("info", help="show a model file's metadata and tensors")
     _model_args(p)
 
@@ -243,7 +276,15 @@ def _body(argv) -> int:
         return report(args.source, model=args.model)
     from . import commands
 
-    run = {"classify": commands.classify, "camera": commands.camera, "info": commands.info, "verify": commands.verify}
+    run = {
+        "classify": commands.classify,
+        "camera": commands.camera,
+        "info": commands.info,
+        "verify": commands.verify,
+        "keygen": commands.keygen,
+        "install": commands.install,
+        "rollback": commands.rollback,
+    }
     return run[args.command](args)
 
 

@@ -38,6 +38,7 @@ def classify(args) -> int:
         detector=make_detector(args.detector, threads=args.threads),
         min_confidence=args.min_confidence,
         tta=args.tta,
+        public_key=_public_key(args),
     )
     status = 0  # the worst exit code met: 1 for a bad file, 2 for a missing path
     for root in args.paths:
@@ -133,6 +134,7 @@ def camera(args) -> int:
         detector=None if args.no_face else make_detector(args.detector, args.min_face, args.detect_width, args.threads),
         min_confidence=args.min_confidence,
         tta=args.tta,
+        public_key=_public_key(args),
     )
     options = CameraOptions(
         source=args.source,
@@ -184,7 +186,7 @@ def _serve_token(text: str | None) -> str | None:
 
 def info(args) -> int:
     """``happysad-edge info``; returns the exit code."""
-    clf = Classifier(args.model, args.threads, args.backend)
+    clf = Classifier(args.model, args.threads, args.backend, public_key=_public_key(args))
     data = Path(args.model).read_bytes()
     b = clf.backend
     info = {
@@ -211,12 +213,51 @@ def info(args) -> int:
     return 0
 
 
+def _public_key(args):
+    """The public key of --public-key or $HAPPYSAD_PUBLIC_KEY, or None."""
+    from .signing import configured_key
+
+    return configured_key(args.public_key)[0]
+
+
+def keygen(args) -> int:
+    """``happysad-edge keygen``: an Ed25519 key pair for signing model files."""
+    from .signing import key_fingerprint, keygen, load_public_key
+
+    private, public = keygen(args.out, args.name)
+    print(f"wrote {private} (private: keep it on the workstation, export --sign {private})")
+    fingerprint = key_fingerprint(load_public_key(public))
+    print(f"wrote {public} (public: give it to devices, --public-key {public}); key {fingerprint}")
+    return 0
+
+
+def install(args) -> int:
+    """``happysad-edge install``: verify MODEL, make it DIR/current."""
+    from .install import install
+
+    r = install(args.model, args.to, args.manifest, args.public_key)
+    was = f"; previous: {r['previous']}" if r["previous"] else ""
+    print(
+        f"installed {args.to}/current -> {r['current']} (sha256 {r['sha256'][:16]}…, signature {r['signature']}){was}"
+    )
+    return 0
+
+
+def rollback(args) -> int:
+    """``happysad-edge rollback``: DIR/previous current again."""
+    from .install import rollback
+
+    r = rollback(args.to)
+    print(f"rolled back: {args.to}/current -> {r['current']}; previous: {r['previous']}")
+    return 0
+
+
 def verify(args) -> int:
     """``happysad-edge verify``; returns the exit code."""
     from .verify import summary_line, verify
 
     try:
-        report = verify(args.model, args.manifest, args.backend, args.threads)
+        report = verify(args.model, args.manifest, args.backend, args.threads, public_key=args.public_key)
     except HappysadError as exc:
         if args.json:  # a script reading stdout gets an answer too, not silence
             print(json.dumps({"ok": False, "path": os.fsdecode(args.model), "error": str(exc)}))

@@ -76,10 +76,14 @@ def atomic_path(path: str | os.PathLike):
             tmp.unlink()
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (see :func:`atomic_path`)."""
+def write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = None) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_path`);
+    ``mode``: the file's permission bits, set before any byte is written
+    (0o600 for a private key)."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
+            if mode is not None:
+                os.fchmod(fh.fileno(), mode)
             fh.write(data)
             fh.flush()
             if stat.S_ISREG(os.fstat(fh.fileno()).st_mode):  # a pipe or device cannot be synced

@@ -55,6 +55,7 @@ class ModelWatcher:
                 detector=old._detector,
                 min_confidence=old.min_confidence,
                 tta=old.tta,
+                public_key=old.public_key,
             )
             h, w = new.metadata.image_size
             channels = channels_of(new.metadata.color)

@@ -17,6 +17,7 @@ from .classifier import Classifier
 from .errors import HappysadError, UsageError
 from .fileio import read_json
 from .preprocess import channels_of
+from .signing import configured_key, signature_path, verify_file
 
 MANIFEST_NAME = "manifest.json"
 
@@ -148,13 +149,17 @@ def verify(
     manifest: str | os.PathLike | None = None,
     backend: str | None = None,
     threads: int | None = None,
+    public_key: str | os.PathLike | None = None,
 ) -> dict:
-    """Verify a model file: bytes, then metadata, then that it loads and runs.
+    """Verify a model file: bytes, then its signature, then metadata, then that it loads and runs.
 
     Args:
         model: a .tflite or .onnx file.
         manifest: the export's manifest; default ``manifest.json`` next to the model.
         backend, threads: as for :class:`edge.Classifier`.
+        public_key: an Ed25519 public key file (else ``$HAPPYSAD_PUBLIC_KEY``):
+            ``MODEL.sig`` must match it. Without one, the report says whether
+            the file is signed, unchecked.
 
     Returns:
         dict: ``path``, ``manifest``, ``size_bytes``, ``sha256``, ``format``,
@@ -177,6 +182,7 @@ def verify(
         )
     rec = manifest_record(model, manifest)
     size, digest = check_bytes(model, rec, manifest)
+    signature = signature_status(model, public_key)
     clf = check_model(model, rec, backend, threads)
     b = clf.backend
     return {
@@ -193,7 +199,21 @@ def verify(
             "zero_point": int(b.input_quant[1]) if b.input_quant else None,
         },
         "verification": clf.metadata.verification,
+        "signature": signature,
     }
+
+
+def signature_status(model: Path, public_key=None) -> str:
+    """Check ``MODEL.sig`` when a public key is configured (the file, else
+    ``$HAPPYSAD_PUBLIC_KEY``); else say whether there is one.
+
+    Raises:
+        HappysadError: a key is configured and the file is unsigned or wrongly signed.
+    """
+    key, key_name = configured_key(public_key)
+    if key is not None:
+        return f"valid, key {verify_file(model, key, key_name)}"
+    return "present, not checked (no public key)" if signature_path(model).is_file() else "unsigned"
 
 
 def summary_line(report: dict) -> str:
@@ -211,4 +231,4 @@ def summary_line(report: dict) -> str:
             f"; at export on {v['n']} {v['split']} images: accuracy {v['accuracy']:.4f} vs float "
             f"{v['float_accuracy']:.4f}, drop {v['drop_pp']:+.2f} pp, agreement {v['agreement']:.4f}"
         )
-    return line
+    return line + f"; signature {report.get('signature', 'unsigned')}"

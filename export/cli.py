@@ -30,25 +30,7 @@ _percentage_points = float_range(-100.0, 100.0, unit="percentage points")
 _fraction = float_range(0.0, 1.0, hint="0.6 for 60%")
 
 
-def build_parser() -> ArgumentParser:
-    p = ArgumentParser(prog=PROG, description=__doc__)
-    p.add_argument("run_dir", metavar="RUN_DIR", help="run folder written by happysad-train")
-    p.add_argument("-o", "--out", default=None, metavar="DIR", help="output folder, if not RUN_DIR/export")
-    p.add_argument(
-        "--formats",
-        type=_formats,
-        default=",".join(FORMATS),
-        metavar="LIST",
-        help="comma-separated subset of: " + ", ".join(FORMATS),
-    )
-    p.add_argument(
-        "--calib-samples",
-        type=positive_int,
-        default=CALIB_SAMPLES,
-        metavar="N",
-        help=f"representative dataset size, drawn from the train split only; below {CALIB_SAMPLES} warns",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the calibration draw")
+def _quantization_args(p) -> None:
     p.add_argument(
         "--io-type",
         choices=IO_TYPES,
@@ -69,6 +51,28 @@ def build_parser() -> ArgumentParser:
         help="how model_int8.onnx's activation ranges are calibrated; auto tries minmax, "
         "entropy and percentile and keeps the one that loses least on the validation split",
     )
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog=PROG, description=__doc__)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run folder written by happysad-train")
+    p.add_argument("-o", "--out", default=None, metavar="DIR", help="output folder, if not RUN_DIR/export")
+    p.add_argument(
+        "--formats",
+        type=_formats,
+        default=",".join(FORMATS),
+        metavar="LIST",
+        help="comma-separated subset of: " + ", ".join(FORMATS),
+    )
+    p.add_argument(
+        "--calib-samples",
+        type=positive_int,
+        default=CALIB_SAMPLES,
+        metavar="N",
+        help=f"representative dataset size, drawn from the train split only; below {CALIB_SAMPLES} warns",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration draw")
+    _quantization_args(p)
     p.add_argument(
         "--max-drop",
         type=_percentage_points,
@@ -86,6 +90,12 @@ def build_parser() -> ArgumentParser:
     )
     p.add_argument(
         "--debug-quant", action="store_true", help="also write a per-layer quantization error CSV for each int8 file"
+    )
+    p.add_argument(
+        "--sign",
+        metavar="KEY",
+        default=None,
+        help="sign each written file with this Ed25519 private key (happysad-edge keygen): MODEL.sig beside it",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="show the converters' own log output")
     return p
@@ -111,6 +121,7 @@ def _body(argv) -> int:
             max_drop=args.max_drop,
             debug_quant=args.debug_quant,
             min_accuracy=args.min_accuracy,
+            sign=args.sign,
         )
     )
     out = Path(args.out) if args.out else Path(args.run_dir) / "export"

@@ -83,6 +83,9 @@ class ExportOptions:
             int8 format.
         min_accuracy: least validation accuracy (0..1) of the Keras model
             for anything to be exported.
+        sign: an Ed25519 private key file (:func:`edge.signing.keygen`):
+            each written file gets ``MODEL.sig``; None: unsigned (a stale
+            ``.sig`` of a replaced file is removed).
     """
 
     run_dir: str
@@ -97,6 +100,7 @@ class ExportOptions:
     max_drop: float = MAX_DROP_PP
     debug_quant: bool = False
     min_accuracy: float = MIN_ACCURACY
+    sign: str | None = None
 
 
 def load_run(run_dir: Path):
@@ -203,6 +207,20 @@ def _calibration(split: dict, opts: ExportOptions) -> np.ndarray | None:
     return calib
 
 
+def _signature(path: Path, key) -> dict:
+    """Sign a written file (``MODEL.sig``) and return the manifest's
+    ``signature`` and ``signed_by`` fields; without a key remove a stale
+    signature and return {}."""
+    from happysad.edge.signing import key_fingerprint, sign_file, signature_path
+
+    if key is None:
+        signature_path(path).unlink(missing_ok=True)
+        return {}
+    sig = sign_file(path, key)
+    _log(f"  signed: {sig.name}")
+    return {"signature": sig.name, "signed_by": key_fingerprint(key.public_key())}
+
+
 def _export_format(fmt: str, model, split, extra, calib, ref: Reference, opts, manifest: Manifest) -> None:
     """Convert, ship and record one format (written or refused) in ``manifest``."""
     path = manifest.out / FILENAMES[fmt]
@@ -234,6 +252,7 @@ def _export_format(fmt: str, model, split, extra, calib, ref: Reference, opts, m
             **file_record(path),
             "exported_at": extra["exported_at"],
             "verification": figures,
+            **_signature(path, manifest.cache.get("signing_key")),
         }
     else:
         manifest.refused[path.name] = {
@@ -285,6 +304,11 @@ def export_run(opts: ExportOptions) -> dict:
         raise HappysadError(f"io_type must be one of {IO_TYPES} and calibration one of {CALIBRATIONS}")
     run_dir = Path(opts.run_dir)
     out = Path(opts.out_dir) if opts.out_dir else run_dir / "export"
+    signing_key = None
+    if opts.sign:
+        from happysad.edge.signing import load_private_key
+
+        signing_key = load_private_key(opts.sign)  # before minutes of converting, not after
     model, split, metrics = load_run(run_dir)
     calib = _calibration(split, opts)
     ref = reference(model, split, metrics, run_dir, opts.min_accuracy)
@@ -305,6 +329,7 @@ def export_run(opts: ExportOptions) -> dict:
     except OSError as exc:
         raise HappysadError(f"{out}: cannot create the export folder ({exc.strerror or exc})") from None
     manifest = Manifest(out, list(FILENAMES.values()), _manifest_fields(run_dir, out, extra, calib, opts, ref))
+    manifest.cache["signing_key"] = signing_key
     for fmt in FORMATS:
         if fmt in opts.formats:
             _export_format(fmt, model, split, extra, calib, ref, opts, manifest)
