@@ -100,7 +100,7 @@ def run_pipeline(model: str, data_dir: str, detectors=DETECTORS, threads: int | 
     """
     import cv2
 
-    cv2.setNumThreads(1)  # one thread, as on a busy device and in the detectors' README figures
+    cv2.setNumThreads(1)  # one thread, as on a busy device and in the detectors' figures in docs/photos.md
     clf = Classifier(model, threads)
     labels, items = labelled_images(data_dir, clf.labels)
     if not items:

@@ -55,7 +55,7 @@ DETECT_EVERY = 2
 #: frames it found a face in the most frames (296 of 300; YuNet 291, Haar
 #: 223) in the least time (1.6 ms, YuNet 3.1, Haar 7.9); photos of any
 #: kind keep YuNet (edge.faces.DEFAULT_DETECTOR), which finds more faces
-#: farther away (README, "Faces in ordinary photos").
+#: farther away (docs/photos.md).
 CAMERA_DETECTOR = "blazeface"
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from .faces import Face
 
 #: How a face is framed for the classifier, chosen on wild-dev with the
-#: demo model (README, "Faces in ordinary photos"): the square crop's side
+#: demo model (docs/photos.md): the square crop's side
 #: is the mean of the detector box's width and height times (1 + 2 *
 #: margin), its centre the box's centre moved down by ``shift`` times the
 #: side. YuNet's boxes are taller than wide; FER2013's faces are square

@@ -31,8 +31,8 @@ ASSET_SHA256 = {
     "face_detection_short_range.tflite": "3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633",
     "face_detection_full_range.tflite": "99bf9494d84f50acc6617d89873f71bf6635a841ea699c17cb3377f9507cfec3",
 }
-#: ``--detector`` names. The default was chosen on wild-dev (README, "Faces
-#: in ordinary photos"): most faces found, best accuracy, a third of Haar's time.
+#: ``--detector`` names. The default was chosen on wild-dev
+#: (docs/photos.md): most faces found, best accuracy, a third of Haar's time.
 DETECTORS = ("yunet", "blazeface", "blazeface-full", "haar")
 DEFAULT_DETECTOR = "yunet"
 

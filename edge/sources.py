@@ -116,7 +116,7 @@ class PicameraSource(FrameSource):
         except ImportError:
             raise HappysadError(
                 "picamera2 is not importable: install python3-picamera2 with apt and "
-                "create the venv with --system-site-packages (see README)"
+                "create the venv with --system-site-packages (see docs/raspberry-pi.md)"
             ) from None
         try:
             self._cam = Picamera2()

@@ -161,8 +161,8 @@ def camera_distortions(seed: int = 0):
 
     The probabilities are half those first tried: with the doubled ones the
     demo model gained as much where a face was found on wild-dev (94.2%
-    against 93.6%) but lost 0.5 pp on the test split's FER2013 faces (README,
-    "Training for camera crops").
+    against 93.6%) but lost 0.5 pp on the test split's FER2013 faces
+    (docs/photos.md, "Training for camera crops").
     """
     import tensorflow as tf
 
