@@ -20,9 +20,13 @@ WORKSTATION_MODULES = ("tensorflow", "keras", "tf2onnx", "onnx", "matplotlib", "
 
 
 def log(msg: str) -> None:
-    """One progress or status line on stderr, flushed at once (stdout stays
-    for results: tables, JSON lines)."""
-    print(msg, file=sys.stderr, flush=True)
+    """One progress or status line, logged at INFO on the ``happysad`` logger:
+    on stderr, flushed at once, in a command (:func:`install_log_handler`;
+    stdout stays for results: tables, JSON lines); routed or silenced like
+    any logging in a program that uses the API."""
+    import logging
+
+    logging.getLogger("happysad").info(msg)
 
 
 class Progress:

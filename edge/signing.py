@@ -40,7 +40,7 @@ def _crypto():
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import ed25519
     except ImportError:
-        raise HappysadError("signatures need the cryptography package: pip install cryptography") from None
+        raise HappysadError("signatures need the cryptography package: pip install 'happysad[signed]'") from None
     return ed25519, serialization
 
 
