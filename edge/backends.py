@@ -173,7 +173,9 @@ def check_interface(
 class TFLiteBackend(Backend):
     """ai-edge-litert or tflite-runtime, with XNNPACK where the build has it."""
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None, name: str = "litert"):
+    def __init__(
+        self, path: str | os.PathLike, threads: int | None = None, name: str = "litert", content: bytes | None = None
+    ):
         try:
             module = importlib.import_module(_TFLITE_MODULES[name])
         except ImportError:
@@ -181,7 +183,8 @@ class TFLiteBackend(Backend):
             raise HappysadError(f"backend {name} is not installed: pip install {pkg}") from None
         start = time.perf_counter()
         try:
-            self._interp = module.Interpreter(model_path=str(path), num_threads=threads)
+            source = {"model_content": content} if content is not None else {"model_path": str(path)}
+            self._interp = module.Interpreter(**source, num_threads=threads)
             self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -246,7 +249,7 @@ class TFLiteBackend(Backend):
 class OnnxBackend(Backend):
     """onnxruntime on the CPU execution provider (float or QDQ int8 models)."""
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, content: bytes | None = None):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -257,7 +260,8 @@ class OnnxBackend(Backend):
             opts.intra_op_num_threads = threads
         start = time.perf_counter()
         try:
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            source = content if content is not None else str(path)
+            self.session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own, unexported classes
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise HappysadError(f"{path}: not a valid ONNX model ({first}); copy or export it again") from None
@@ -296,7 +300,9 @@ class OnnxBackend(Backend):
         return self._outputs[0][0].astype(np.float32)
 
 
-def load_backend(path: str | os.PathLike, threads: int | None = None, backend: str | None = None) -> Backend:
+def load_backend(
+    path: str | os.PathLike, threads: int | None = None, backend: str | None = None, content: bytes | None = None
+) -> Backend:
     """Load a model file with the right interpreter.
 
     Args:
@@ -326,5 +332,5 @@ def load_backend(path: str | os.PathLike, threads: int | None = None, backend: s
     if (fmt == "onnx") != (name == "onnxruntime"):
         raise HappysadError(f"{path}: backend {name} cannot run a {fmt} model")
     if name == "onnxruntime":
-        return OnnxBackend(path, threads)
-    return TFLiteBackend(path, threads, name)
+        return OnnxBackend(path, threads, content)
+    return TFLiteBackend(path, threads, name, content)

@@ -41,6 +41,26 @@ def _onnx_metadata(backend, path) -> ModelMetadata:
     return read_onnx_metadata(custom, str(path))
 
 
+#: Largest model file read into memory to check its signature, bytes.
+MAX_MODEL_BYTES = 256 * 1024 * 1024
+
+
+def _read_model(path: Path) -> bytes:
+    """A model file's bytes (at most :data:`MAX_MODEL_BYTES`).
+
+    Raises:
+        HappysadError: unreadable, or larger than that.
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_MODEL_BYTES + 1)
+    except OSError as exc:
+        raise HappysadError(f"{path}: cannot read model ({exc.strerror or exc}); check the path") from None
+    if len(data) > MAX_MODEL_BYTES:
+        raise HappysadError(f"{path}: over {MAX_MODEL_BYTES // 2**20} MiB, not a model this runtime loads")
+    return data
+
+
 def stat_stamp(path: Path):
     """(inode, size, mtime in ns) of a file, or None when it cannot be read.
 
@@ -98,13 +118,17 @@ class Classifier:
         # A link (an install's DIR/current) is read through once: the file
         # checked is the file loaded, even if the link moves meanwhile.
         real = self.path.resolve() if self.path.is_symlink() else self.path
+        fmt = model_format(real)
+        content = None
         if public_key is not None:
+            # Read once, checked, and loaded from those very bytes: a file
+            # swapped in after the check is never what runs.
             from .signing import verify_file
 
-            verify_file(real, public_key)
-        fmt = model_format(real)
-        meta = read_tflite_metadata(real) if fmt == "tflite" else None
-        self.backend: Backend = load_backend(real, threads, backend)
+            content = _read_model(real)
+            verify_file(real, public_key, content=content)
+        meta = read_tflite_metadata(real, content) if fmt == "tflite" else None
+        self.backend: Backend = load_backend(real, threads, backend, content)
         self.metadata: ModelMetadata = meta or _onnx_metadata(self.backend, self.path)
         channels = channels_of(self.metadata.color)
         expected = (*self.metadata.image_size, channels)

@@ -43,8 +43,9 @@ def strip_tflite_metadata(data: bytes) -> bytes:
     return data[:start]
 
 
-def read_tflite_metadata(path: str | Path) -> ModelMetadata:
-    """Read the metadata appended to a TFLite file.
+def read_tflite_metadata(path: str | Path, content: bytes | None = None) -> ModelMetadata:
+    """Read the metadata appended to a TFLite file (from ``content``, the
+    file's bytes already read, when given; ``path`` names it in messages).
 
     Only the member :data:`TFLITE_MEMBER` is read, and only up to
     :data:`MAX_METADATA_BYTES`.
@@ -54,7 +55,7 @@ def read_tflite_metadata(path: str | Path) -> ModelMetadata:
     """
     path = Path(path)
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(io.BytesIO(content) if content is not None else path) as zf:
             info = zf.getinfo(TFLITE_MEMBER)
             if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
                 raise HappysadError(

@@ -142,8 +142,13 @@ def sign_file(model: str | os.PathLike, private_key) -> Path:
     return path
 
 
-def verify_file(model: str | os.PathLike, public_key, key_name: str = "the public key") -> str:
+def verify_file(
+    model: str | os.PathLike, public_key, key_name: str = "the public key", content: bytes | None = None
+) -> str:
     """Check ``MODEL.sig`` against the model file's bytes, before anything else reads them.
+
+    ``content``: the file's bytes, already read (and then used, whole, by
+    the caller): what is checked is exactly what is loaded.
 
     Returns:
         the key's fingerprint (:func:`key_fingerprint`).
@@ -171,7 +176,7 @@ def verify_file(model: str | os.PathLike, public_key, key_name: str = "the publi
     if len(sig) != 64:
         raise HappysadError(f"{sig_path}: not an Ed25519 signature (64 bytes, base64); copy it again")
     try:
-        public_key.verify(sig, model.read_bytes())
+        public_key.verify(sig, content if content is not None else model.read_bytes())
     except InvalidSignature:
         raise HappysadError(
             f"{model}: the signature does not match: the file or {sig_path.name} was changed, or "

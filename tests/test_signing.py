@@ -44,9 +44,21 @@ def signed(run_dir, keys, tmp_path_factory):
     from happysad.export.cli import main
 
     out = tmp_path_factory.mktemp("signed")
-    args = [str(run_dir), "--out", str(out), "--formats", "tflite-int8", "--calib-samples", "60"]
+    args = [str(run_dir), "--out", str(out), "--formats", "tflite-int8,onnx-float32", "--calib-samples", "60"]
     assert main([*args, "--max-drop", "100", "--sign", str(keys / "good.key")]) == 0
     return out / "model_int8.tflite"
+
+
+def test_a_signed_file_loads_from_the_bytes_checked(signed, keys, dataset):
+    """Both formats load from the bytes whose signature was checked (TFLite
+    model_content, onnxruntime from bytes) and classify like the plain load."""
+    from happysad.edge import load_image
+
+    key = load_public_key(keys / "good.pub")
+    image = load_image(dataset / "happy" / "happy_000.png")
+    for path in (signed, signed.with_name("model_float32.onnx")):
+        checked, plain = Classifier(path, public_key=key), Classifier(path)
+        assert checked.classify(image).scores == plain.classify(image).scores
 
 
 def test_keygen_never_overwrites_a_key(keys):
