@@ -47,10 +47,11 @@ demo: venv
 	echo "Next: make bench (the README's performance table), make edge-speed, make soak."; \
 	exit $$rc
 
-# The most accurate happy/sad model measured (docs/accuracy.md): the demo's
-# compact model trained beside the other five FER2013 expressions (--aux),
-# shipped as an ordinary two-class file; benchmarked with and without the
-# flip at test time. About 25 minutes of training on 2 cores.
+# The most accurate happy/sad model measured on FER2013's test split
+# (docs/accuracy.md; not better on ordinary photos): the demo's compact
+# model trained beside the other five FER2013 expressions (--aux), shipped
+# as an ordinary two-class file; benchmarked with and without the flip at
+# test time. About 25 minutes of training on 2 cores.
 OTHER ?= ../shared/data/fer2013-other
 ACCURATE ?= runs/accurate
 accurate: venv
