@@ -18,7 +18,7 @@ BENCH_OUT ?= $(RUN)/bench
 BENCH_MODELS = $(RUN)/export/model_float32.tflite $(RUN)/export/model_int8.tflite \
 	$(RUN)/export/model_float32.onnx $(RUN)/export/model_int8.onnx
 
-.PHONY: demo accurate test wheel fuzz bench bench-wild quant-check edge-speed soak venv clean
+.PHONY: demo accurate docs test wheel fuzz bench bench-wild quant-check edge-speed soak venv clean
 
 venv: $(VENV)/.installed
 
@@ -65,6 +65,11 @@ test: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q
+
+# docs/flags.md, every flag of the four tools, made from their parsers (a
+# test fails when it is stale).
+docs: venv
+	$(PY) -m happysad.benchmarks.flags docs/flags.md
 
 # The sdist and the wheel (dist/): happysad/edge, /train, /export, /benchmarks
 # and the vendored detector models; no tests, no data.

@@ -494,3 +494,13 @@ def test_demo_end_benchmarks_what_passed_and_names_a_refusal(run_dir, export_dir
     )
     assert res.returncode == 1
     assert "make demo: REFUSED model_int8.tflite" in res.stderr and "not written" in res.stderr
+
+
+def test_flags_page_is_what_the_parsers_say():
+    """docs/flags.md is generated from the four tools' parsers (make docs): it
+    cannot drift from the flags, their defaults and their help."""
+    from happysad.benchmarks.flags import page
+
+    assert (REPO / "docs" / "flags.md").read_text() == page(), "docs/flags.md is stale: run make docs"
+    for flag in ("--min-confidence", "--tta", "--public-key", "--aux", "--sign", "--to"):
+        assert f"`{flag}`" in page()
