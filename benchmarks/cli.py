@@ -181,17 +181,11 @@ def _pipeline(args, parser) -> int:
     return 0
 
 
-def _latency_only(args, detector: str) -> int:
-    """No --data or --split: latency and memory on a synthetic input, as benchmark_model does."""
-    import tempfile
-    from pathlib import Path
-
+def _options(args, detector: str, **more):
+    """The BenchOptions of the models and latency flags (both modes), plus ``more``."""
     from .bench import BenchOptions
-    from .latency_only import format_latency_only, run_latency_only
 
-    if args.max_drop is not None or args.min_accuracy is not None:
-        raise HappysadError("--max-drop and --min-accuracy need labelled data: give --data DIR or --split FILE")
-    opts = BenchOptions(
+    return BenchOptions(
         models=args.models,
         threads=args.threads or [None],
         runs=args.runs,
@@ -199,7 +193,20 @@ def _latency_only(args, detector: str) -> int:
         min_seconds=args.min_seconds,
         cold_runs=args.cold_runs,
         detector=detector,
+        **more,
     )
+
+
+def _latency_only(args, detector: str) -> int:
+    """No --data or --split: latency and memory on a synthetic input, as benchmark_model does."""
+    import tempfile
+    from pathlib import Path
+
+    from .latency_only import format_latency_only, run_latency_only
+
+    if args.max_drop is not None or args.min_accuracy is not None:
+        raise HappysadError("--max-drop and --min-accuracy need labelled data: give --data DIR or --split FILE")
+    opts = _options(args, detector)
     with tempfile.TemporaryDirectory(prefix="happysad-bench-") as work:
         report = run_latency_only(opts, Path(work))
     print(format_latency_only(report), flush=True)
@@ -233,7 +240,7 @@ def _body(argv) -> int:
 
 def _labelled(args, detector: str) -> int:
     """Accuracy and latency on labelled images, the gates and the comparison; returns the exit code."""
-    from .bench import BenchOptions, run_bench
+    from .bench import run_bench
     from .report import check_gates, compare_reports, format_table, import_pyplot, read_report
 
     # Fail on a missing tool or file before minutes of measuring, not after.
@@ -241,18 +248,13 @@ def _labelled(args, detector: str) -> int:
         import_pyplot()
     old = read_report(args.compare) if args.compare else None
     report = run_bench(
-        BenchOptions(
-            models=args.models,
+        _options(
+            args,
+            detector,
             data=args.data,
             split=args.split,
             part=args.part,
             data_root=args.data_root,
-            threads=args.threads or [None],
-            runs=args.runs,
-            warmup=args.warmup,
-            min_seconds=args.min_seconds,
-            cold_runs=args.cold_runs,
-            detector=detector,
             tta=None if args.tta == "none" else args.tta,
         )
     )

@@ -56,3 +56,15 @@ def camera_cmd(model, source, *extra):
 def run_camera(model, video, *extra):
     """Run the headless camera loop to its end; the finished process."""
     return subprocess.run(camera_cmd(model, video, *extra), capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
+def run_module(module: str, *args, timeout=120, env=None):
+    """``python -m happysad.MODULE ARGS`` from the repository, run to its end."""
+    return subprocess.run(
+        [sys.executable, "-m", f"happysad.{module}", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=timeout,
+        env=env,
+    )

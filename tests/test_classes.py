@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -15,7 +13,7 @@ from happysad.edge import Classifier, HappysadError, read_metadata
 from happysad.edge.metadata import UNCERTAIN, ModelMetadata, decode, encode
 from happysad.edge.metrics import class_probabilities, decide, suggest_min_confidence
 
-from helpers import REPO, run_camera, write_video
+from helpers import run_camera, run_module, write_video
 from synth import draw_face, make_dataset
 
 THREE = ("happy", "sad", "neutral")
@@ -159,13 +157,7 @@ def test_three_class_files_carry_labels_and_classify(three_class, tmp_path):
     for i, kind in enumerate(THREE):
         cv2.imwrite(str(tmp_path / f"{i}_{kind}.png"), draw_face(rng, kind))
     model = three_class / "export" / "model_int8.tflite"
-    res = subprocess.run(
-        [sys.executable, "-m", "happysad.edge", "classify", str(model), str(tmp_path), "--json"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-    )
+    res = run_module("edge", "classify", str(model), str(tmp_path), "--json")
     assert res.returncode == 0, res.stderr
     records = [json.loads(line) for line in res.stdout.splitlines()]
     assert len(records) == 3
@@ -173,23 +165,7 @@ def test_three_class_files_carry_labels_and_classify(three_class, tmp_path):
         assert set(r["scores"]) == set(THREE) and sum(r["scores"].values()) == pytest.approx(1.0, abs=1e-3)
         assert r["label"] == max(r["scores"], key=r["scores"].get)
     # At a minimum confidence of 1, nothing is certain enough.
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "happysad.edge",
-            "classify",
-            str(model),
-            str(tmp_path),
-            "--json",
-            "--min-confidence",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-    )
+    res = run_module("edge", "classify", str(model), str(tmp_path), "--json", "--min-confidence", "1")
     assert res.returncode == 0, res.stderr
     assert {json.loads(line)["label"] for line in res.stdout.splitlines()} == {UNCERTAIN}
 
@@ -200,26 +176,19 @@ def test_three_class_model_benchmarks_and_runs_the_camera_loop(three_class, fold
         src = folders / ("other" if kind == "neutral" else "hs") / kind
         shutil.copytree(src, data / kind)
     model = three_class / "export" / "model_int8.tflite"
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "happysad.benchmarks",
-            str(model),
-            "--data",
-            str(data),
-            "--runs",
-            "20",
-            "--warmup",
-            "2",
-            "--cold-runs",
-            "0",
-            "--json",
-            str(tmp_path / "b.json"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
+    res = run_module(
+        "benchmarks",
+        str(model),
+        "--data",
+        str(data),
+        "--runs",
+        "20",
+        "--warmup",
+        "2",
+        "--cold-runs",
+        "0",
+        "--json",
+        str(tmp_path / "b.json"),
         timeout=300,
     )
     assert res.returncode == 0, res.stderr
@@ -334,23 +303,15 @@ def test_flip_tta_averages_the_face_and_its_mirror(export_dir):
 
 
 def test_neither_report_counts_each_label_on_unseen_auxiliary_faces(aux_run, tmp_path):
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "happysad.benchmarks.neither",
-            str(aux_run / "export" / "model_int8.tflite"),
-            "--split",
-            str(aux_run / "split.json"),
-            "--min-confidence",
-            "0.9",
-            "--json",
-            str(tmp_path / "n.json"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
+    res = run_module(
+        "benchmarks.neither",
+        str(aux_run / "export" / "model_int8.tflite"),
+        "--split",
+        str(aux_run / "split.json"),
+        "--min-confidence",
+        "0.9",
+        "--json",
+        str(tmp_path / "n.json"),
     )
     assert res.returncode == 0, res.stderr
     report = json.loads((tmp_path / "n.json").read_text())
@@ -362,18 +323,11 @@ def test_neither_report_counts_each_label_on_unseen_auxiliary_faces(aux_run, tmp
     assert sum(neutral["confidence_histogram"].values()) == neutral["n"]
     assert "| neutral |" in res.stdout
     # A run without auxiliary classes has none to measure: one line, exit 1.
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "happysad.benchmarks.neither",
-            str(aux_run / "export" / "model_int8.tflite"),
-            "--split",
-            str(tmp_path / "n.json"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
+    res = run_module(
+        "benchmarks.neither",
+        str(aux_run / "export" / "model_int8.tflite"),
+        "--split",
+        str(tmp_path / "n.json"),
         timeout=60,
     )
     assert res.returncode == 1 and "no auxiliary classes" in res.stderr and "Traceback" not in res.stderr

@@ -15,13 +15,11 @@ import pytest
 
 from happysad.edge import Classifier
 
-from helpers import REPO, assert_one_line_error
+from helpers import REPO, assert_one_line_error, run_module
 
 
 def edge(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "happysad.edge", *map(str, args)], capture_output=True, text=True, cwd=REPO, timeout=120
-    )
+    return run_module("edge", *args)
 
 
 def sha(path) -> str:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
@@ -14,18 +12,11 @@ from happysad.edge import Classifier, HappysadError
 from happysad.edge.hotswap import ModelWatcher
 from happysad.edge.signing import load_public_key, signature_path
 
-from helpers import REPO, assert_one_line_error
+from helpers import assert_one_line_error, run_module
 
 
 def edge(*args, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "happysad.edge", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-        env=env,
-    )
+    return run_module("edge", *args, env=env)
 
 
 @pytest.fixture(scope="module")
