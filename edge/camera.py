@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -24,21 +25,13 @@ import numpy as np
 from .classifier import Classifier
 from .errors import HappysadError
 from .hotswap import ModelWatcher
-from .outputs import (
-    FaceLog,
-    FrameResult,
-    JsonLines,
-    Metrics,
-    Output,
-    Preview,
-    Recording,
-    Window,
-    annotate,
-    display_available,
-)
+from .outputs import FrameResult, Metrics, Mqtt, Output, annotate, display_available, open_outputs, record_model
 from .prediction import Prediction
 from .smoothing import ScoreSmoother
 from .sources import Capture, open_source
+
+if TYPE_CHECKING:
+    from .mqtt import MqttOptions
 
 _log = logging.getLogger(__name__)
 
@@ -76,6 +69,8 @@ class CameraOptions:
             metrics endpoint (:mod:`edge.metrics_server`), or None.
         record: video file for the annotated frames (.avi: MJPG, .mp4: mp4v), or None.
         log: CSV file, one row appended per classified face, or None.
+        mqtt: :class:`edge.mqtt.MqttOptions` (state, events, availability,
+            Home Assistant discovery), or None.
         reconnect_tries: reopen attempts for a live source that stops.
         pace: play a video file at its own frame rate.
         detect_every: search for faces on every Nth frame; the frames in
@@ -96,6 +91,7 @@ class CameraOptions:
     metrics: str | None = None
     record: str | None = None
     log: str | None = None
+    mqtt: MqttOptions | None = None
     reconnect_tries: int = 5
     pace: bool = False
     detect_every: int = DETECT_EVERY
@@ -138,18 +134,6 @@ def _classify_frame(
     return clf.classify_boxes(frame, faces, detect_ms), detect_ms
 
 
-def _record_model(metrics, clf: Classifier) -> None:
-    """The model in use, as the metrics' info (sha256 of the file loaded)."""
-    from . import __version__
-    from .verify import file_digest
-
-    try:
-        digest = file_digest(clf.path)[1]
-    except HappysadError:
-        digest = "unreadable"
-    metrics.set_model(clf.path, digest, clf.metadata.extra.get("format", "?"), __version__)
-
-
 def _stage_ms(results: list[Prediction], capture_ms: float, detect_ms: float, total_ms: float) -> dict:
     ms = {"capture": capture_ms, "detect": detect_ms, "crop": 0.0, "preprocess": 0.0, "inference": 0.0}
     for r in results:
@@ -158,37 +142,6 @@ def _stage_ms(results: list[Prediction], capture_ms: float, detect_ms: float, to
         ms["inference"] += r.timings.get("inference", 0.0)
     ms["total"] = total_ms
     return {k: round(v, 3) for k, v in ms.items()}
-
-
-def _open_outputs(options: CameraOptions, clf: Classifier, out, headless: bool) -> list[Output]:
-    """The outputs asked for, in the order they take each frame.
-
-    Raises:
-        HappysadError: an output cannot be opened (its address or file).
-    """
-    from .preview import PreviewServer, parse_address
-
-    outputs: list[Output] = []
-    if options.log:
-        outputs.append(FaceLog(options.log, clf.labels))
-    if options.metrics:
-        from .metrics_server import MetricsServer
-
-        server = MetricsServer(*parse_address(options.metrics), clf.labels)
-        outputs.append(Metrics(server))
-        _record_model(server, clf)
-        _log.info("metrics: http://%s:%s/metrics", *server.address[:2])
-    if headless:
-        outputs.append(JsonLines(out))
-    if options.serve:
-        preview = PreviewServer(*parse_address(options.serve), token=options.serve_token)
-        outputs.append(Preview(preview))
-        _log.info("preview: %s", preview.url)
-    if options.record:
-        outputs.append(Recording(options.record))
-    if not headless:
-        outputs.append(Window())
-    return outputs
 
 
 def _source_line(options: CameraOptions, frame: np.ndarray, fps: float) -> str:
@@ -217,7 +170,7 @@ class _Loop:
         self.clf = clf
         self.smoother = ScoreSmoother(self.options.smooth, clf.labels, clf.metadata.threshold, clf.min_confidence)
         if self.metrics is not None:
-            _record_model(self.metrics, clf)
+            record_model(self.metrics, clf)
 
     def step(self, frame: np.ndarray, capture_ms: float, timings: bool) -> tuple[list[Prediction], float, dict]:
         """Classify one frame: (predictions, FPS, stage ms or {} when not ``timings``).
@@ -262,7 +215,9 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
         summary dict: frames, frames_with_face, errors (frames whose
         classification failed; the loop goes on), dropped (live frames
         replaced before they were classified), reconnects, seconds, fps
-        (Hz), stopped_by_signal (SIGINT, SIGTERM or SIGHUP ended it).
+        (Hz), stopped_by_signal (SIGINT, SIGTERM or SIGHUP ended it); with
+        MQTT, ``mqtt``: the publisher's final counts (events, delivered,
+        dropped, :meth:`edge.mqtt.MqttPublisher.stats`).
 
     Raises:
         HappysadError: the source cannot be opened, an output cannot be
@@ -282,7 +237,7 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
     start = time.perf_counter()
     loop = None
     try:
-        outputs = _open_outputs(options, classifier, out, headless)
+        outputs = open_outputs(options, classifier, out, headless)
         metrics = next((o.server for o in outputs if isinstance(o, Metrics)), None)
         loop = _Loop(classifier, options, ModelWatcher(classifier, threads, backend), metrics)
         timings = any(o.needs_timings for o in outputs)
@@ -306,7 +261,11 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
         for output in outputs:
             output.close()
         out.flush()
-    return _summary(loop, capture, bool(stop), time.perf_counter() - start)
+    summary = _summary(loop, capture, bool(stop), time.perf_counter() - start)
+    mqtt = next((o for o in outputs if isinstance(o, Mqtt)), None)
+    if mqtt is not None:
+        summary["mqtt"] = mqtt.final
+    return summary
 
 
 def _stop_on_signals(stop: list, capture) -> dict:

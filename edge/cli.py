@@ -169,6 +169,45 @@ def _camera_face_args(p) -> None:
     _decision_args(p)
 
 
+def _camera_mqtt_args(p) -> None:
+    g = p.add_argument_group("MQTT and Home Assistant")
+    g.add_argument(
+        "--mqtt",
+        metavar="URL",
+        default=None,
+        help="publish state, events and availability to mqtt://[user[:pass]@]host[:port] (mqtts:// for TLS); "
+        "a password left out is read from $HAPPYSAD_MQTT_PASSWORD",
+    )
+    g.add_argument("--mqtt-topic", metavar="TOPIC", default=None, help="base topic (default: happysad/<hostname>)")
+    g.add_argument(
+        "--mqtt-ca", metavar="FILE", default=None, help="CA certificates (PEM) for mqtts:// (default: the system's)"
+    )
+    g.add_argument(
+        "--mqtt-min-interval",
+        metavar="S",
+        type=float_range(0.0, 3600.0),
+        default=1.0,
+        help="least time between two messages of this device, s; events wait their turn, state keeps the newest",
+    )
+    g.add_argument(
+        "--mqtt-queue",
+        metavar="N",
+        type=positive_int,
+        default=100,
+        help="most events held while the broker is slow or away; more are dropped and counted",
+    )
+    g.add_argument(
+        "--ha-discovery",
+        nargs="?",
+        const="on",
+        choices=("on", "remove"),
+        default=None,
+        help="announce a label sensor, a confidence sensor and a face binary sensor to Home Assistant; "
+        "'remove' deletes them and exits",
+    )
+    g.add_argument("--ha-prefix", metavar="PREFIX", default="homeassistant", help="Home Assistant's discovery prefix")
+
+
 def _camera_output_args(p) -> None:
     p.add_argument("--serve", metavar="HOST:PORT", default=None, help="MJPEG preview page; PORT alone binds 127.0.0.1")
     p.add_argument(
@@ -191,6 +230,7 @@ def _camera_output_args(p) -> None:
         "model); PORT alone binds 127.0.0.1",
     )
     p.add_argument("--record", metavar="FILE", default=None, help="save the annotated video (.avi or .mp4)")
+    _camera_mqtt_args(p)
     p.add_argument("--log", metavar="FILE.csv", default=None, help="append one row per classified face")
     p.add_argument(
         "--reconnect-tries",

@@ -127,6 +127,14 @@ def camera(args) -> int:
         )
     if args.metrics and not is_loopback(_listen_host("--metrics", args.metrics)):
         print("warning: the metrics are reachable from the network (no authentication)", file=sys.stderr)
+    mqtt = _mqtt_options(args)
+    if args.ha_discovery == "remove":
+        from .homeassistant import remove_discovery
+
+        labels = Classifier(args.model, args.threads, args.backend, public_key=_public_key(args)).labels
+        n = remove_discovery(mqtt, args.ha_prefix, labels)
+        print(f"{PROG}: removed {n} Home Assistant entities of {mqtt.topic}", file=sys.stderr)
+        return 0
     clf = Classifier(
         args.model,
         args.threads,
@@ -154,6 +162,7 @@ def camera(args) -> int:
         width=args.width,
         height=args.height,
         fps=args.fps,
+        mqtt=mqtt,
     )
     summary = run_camera(clf, options, threads=args.threads, backend=args.backend)
     print(
@@ -161,9 +170,41 @@ def camera(args) -> int:
         f"{summary['dropped']} dropped, {summary['reconnects']} reconnects, {summary['fps']} FPS",
         file=sys.stderr,
     )
+    if summary.get("mqtt"):
+        m = summary["mqtt"]
+        print(
+            f"{PROG}: mqtt: {m['events']} events, {m['delivered']} delivered, {m['dropped']} dropped, "
+            f"{m['reconnects']} reconnects",
+            file=sys.stderr,
+        )
     # Stopped by a signal: outputs are closed and whole, and the exit status
     # says it was interrupted (130), as for every other command.
     return 130 if summary.get("stopped_by_signal") else 0
+
+
+def _mqtt_options(args):
+    """The camera's :class:`edge.mqtt.MqttOptions`, or None without --mqtt (usage error
+    for an MQTT flag given without it, or a bad URL)."""
+    from .mqtt import MqttOptions, default_topic, parse_broker
+
+    if not args.mqtt:
+        if args.ha_discovery or args.mqtt_topic or args.mqtt_ca:
+            _usage_error("--ha-discovery, --mqtt-topic and --mqtt-ca need --mqtt URL")
+        return None
+    try:
+        broker = parse_broker(args.mqtt)
+    except HappysadError as exc:
+        _usage_error(f"argument {exc}")
+    if args.mqtt_ca and not broker.tls:
+        _usage_error("argument --mqtt-ca: only for an mqtts:// broker")
+    return MqttOptions(
+        url=args.mqtt,
+        topic=args.mqtt_topic or default_topic(),
+        ca=args.mqtt_ca,
+        min_interval=args.mqtt_min_interval,
+        queue=args.mqtt_queue,
+        ha_discovery=args.ha_prefix if args.ha_discovery == "on" else None,
+    )
 
 
 def _serve_token(text: str | None) -> str | None:

@@ -50,6 +50,18 @@ class MetricsServer:
             "happysad_stage_seconds", "Time per frame in each stage", ["stage"], buckets=BUCKETS, registry=r
         )
         self.model = Info("happysad_model", "The model file in use", registry=r)
+        self.mqtt_connected = Gauge("happysad_mqtt_connected", "1 while connected to the MQTT broker", registry=r)
+        self.mqtt_queue = Gauge("happysad_mqtt_queue_length", "MQTT events not yet acknowledged", registry=r)
+        self.mqtt_reconnects = Gauge("happysad_mqtt_reconnects", "Times the MQTT connection was made again", registry=r)
+        self.mqtt_counts = {
+            key: Counter(f"happysad_mqtt_{key}", help_text, registry=r)
+            for key, help_text in (
+                ("events", "MQTT events (label changes) produced"),
+                ("delivered", "MQTT events the broker acknowledged"),
+                ("dropped", "MQTT events dropped: the outgoing queue was full"),
+            )
+        }
+        self._mqtt_seen = dict.fromkeys(self.mqtt_counts, 0)
         try:
             self._server, self._thread = start_http_server(port, addr=host, registry=r)
         except OSError as exc:
@@ -82,6 +94,16 @@ class MetricsServer:
                 self.stage.labels(stage=stage).observe(ms[stage] / 1e3)
         self.dropped.set(dropped)
         self.reconnects.set(reconnects)
+
+    def observe_mqtt(self, stats: dict) -> None:
+        """Take the MQTT publisher's running counts (:meth:`edge.mqtt.MqttPublisher.stats`)."""
+        self.mqtt_connected.set(1 if stats["connected"] else 0)
+        self.mqtt_queue.set(stats["queued"])
+        self.mqtt_reconnects.set(stats["reconnects"])
+        for key, counter in self.mqtt_counts.items():
+            if stats[key] > self._mqtt_seen[key]:
+                counter.inc(stats[key] - self._mqtt_seen[key])
+                self._mqtt_seen[key] = stats[key]
 
     def error(self) -> None:
         """Count a frame whose classification failed."""

@@ -9,8 +9,6 @@ the loop itself only captures, classifies and hands the result on.
 
 from __future__ import annotations
 
-import csv
-import datetime as _dt
 import json
 import logging
 import os
@@ -43,6 +41,8 @@ class FrameResult:
         ms: per-stage times in ms (capture, detect, crop, preprocess,
             inference, total); empty when no output reads them.
         source_fps: the source's own frame rate, Hz (0 when unknown).
+        extra: what an output adds for the outputs after it (``"mqtt"``:
+            :meth:`edge.mqtt.MqttPublisher.stats`).
     """
 
     number: int
@@ -53,6 +53,7 @@ class FrameResult:
     reconnects: int = 0
     ms: dict = field(default_factory=dict)
     source_fps: float = 0.0
+    extra: dict = field(default_factory=dict)
 
 
 class Output:
@@ -86,6 +87,7 @@ class JsonLines(Output):
             "fps": round(result.fps, 2),
             "dropped": result.dropped,
             "ms": result.ms,
+            **result.extra,
         }
         self.stream.write(json.dumps(record) + "\n")
         self.stream.flush()
@@ -134,10 +136,29 @@ class Metrics(Output):
 
     def emit(self, result: FrameResult) -> bool:
         self.server.observe(result.predictions, result.ms, result.dropped, result.reconnects)
+        if "mqtt" in result.extra:
+            self.server.observe_mqtt(result.extra["mqtt"])
         return False
 
     def close(self) -> None:
         self.server.close()
+
+
+class Mqtt(Output):
+    """State, events and availability over MQTT (:class:`edge.mqtt.MqttPublisher`);
+    its counts go into ``result.extra["mqtt"]`` for the JSON line and the metrics."""
+
+    def __init__(self, publisher):
+        self.publisher = publisher
+        self.final: dict | None = None
+
+    def emit(self, result: FrameResult) -> bool:
+        self.publisher.update(result.predictions, result.number)
+        result.extra["mqtt"] = self.publisher.stats()
+        return False
+
+    def close(self) -> None:
+        self.final = self.publisher.close()
 
 
 class Recording(Output):
@@ -250,84 +271,62 @@ class Recorder:
             os.replace(self._tmp, self.path)
 
 
-class FaceLog(Output):
-    """Appends one CSV row per classified face; writes the header to a new file.
+def record_model(metrics, clf) -> None:
+    """Set the metrics' model info from ``clf`` (the sha256 of the file loaded)."""
+    from . import __version__
+    from .verify import file_digest
 
-    Columns: time (UTC, ISO 8601), frame, label, confidence, one score per
-    label, x, y, w, h (empty when the whole frame was classified).
+    try:
+        digest = file_digest(clf.path)[1]
+    except HappysadError:
+        digest = "unreadable"
+    metrics.set_model(clf.path, digest, clf.metadata.extra.get("format", "?"), __version__)
+
+
+def open_outputs(options, clf, out, headless: bool) -> list[Output]:
+    """The outputs a :class:`edge.camera.CameraOptions` asks for, in the order
+    they take each frame (MQTT first: its counts go to the JSON line and the metrics).
+
+    Raises:
+        HappysadError: an output cannot be opened (its address or file); those
+            opened already are closed.
     """
+    outputs: list[Output] = []
+    try:
+        _open_each(options, clf, out, headless, outputs)
+    except BaseException:
+        for output in outputs:
+            output.close()
+        raise
+    return outputs
 
-    def __init__(self, path: str, labels):
-        self.labels = tuple(labels)
-        new = not Path(path).exists() or Path(path).stat().st_size == 0
-        try:
-            self._fh = open(path, "a", newline="", buffering=1)
-        except OSError as exc:
-            raise HappysadError(f"--log {path}: cannot open for appending ({exc.strerror or exc})") from None
-        self._csv = csv.writer(self._fh)
-        self.failing = False
-        if new:
-            self._guarded(
-                lambda: self._csv.writerow(
-                    [
-                        "time",
-                        "frame",
-                        "label",
-                        "confidence",
-                        *(f"score_{name}" for name in self.labels),
-                        "x",
-                        "y",
-                        "w",
-                        "h",
-                    ]
-                )
-            )
 
-    def emit(self, result: FrameResult) -> bool:
-        """:meth:`write` of the frame's predictions."""
-        self.write(result.number, result.predictions)
-        return False
+def _open_each(options, clf, out, headless: bool, outputs: list) -> None:
+    from .facelog import FaceLog
+    from .preview import PreviewServer, parse_address
 
-    def write(self, frame_no: int, results: list[Prediction]) -> None:
-        """Append the rows; a full disk or an I/O error is reported once on
-        stderr (and again when it clears), and the camera loop goes on."""
-        now = _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
+    if options.mqtt:
+        from .mqtt import MqttPublisher
 
-        def rows():
-            for r in results:
-                box = list(r.face) if r.face else ["", "", "", ""]
-                self._csv.writerow(
-                    [
-                        now,
-                        frame_no,
-                        r.label,
-                        f"{r.confidence:.4f}",
-                        *(f"{r.scores.get(name, 0.0):.4f}" for name in self.labels),
-                        *box,
-                    ]
-                )
+        publisher = MqttPublisher(options.mqtt, clf.labels, Path(clf.path).name)
+        publisher.start()
+        outputs.append(Mqtt(publisher))
+    if options.log:
+        outputs.append(FaceLog(options.log, clf.labels))
+    if options.metrics:
+        from .metrics_server import MetricsServer
 
-        if results:  # a frame with no face writes nothing, and proves nothing about the disk
-            self._guarded(rows)
-
-    def _guarded(self, write) -> None:
-        """Run ``write``; an OSError is reported on stderr once (and again
-        when writing works again), never raised."""
-        try:
-            write()
-        except OSError as exc:
-            if not self.failing:
-                _log.warning(
-                    "--log: cannot write (%s); rows are lost until it can, the camera goes on", exc.strerror or exc
-                )
-            self.failing = True
-        else:
-            if self.failing:
-                _log.warning("--log: writing again")
-            self.failing = False
-
-    def close(self) -> None:
-        try:
-            self._fh.close()
-        except OSError:  # the last buffered row on a full disk: already reported
-            pass
+        server = MetricsServer(*parse_address(options.metrics), clf.labels)
+        outputs.append(Metrics(server))
+        record_model(server, clf)
+        _log.info("metrics: http://%s:%s/metrics", *server.address[:2])
+    if headless:
+        outputs.append(JsonLines(out))
+    if options.serve:
+        preview = PreviewServer(*parse_address(options.serve), token=options.serve_token)
+        outputs.append(Preview(preview))
+        _log.info("preview: %s", preview.url)
+    if options.record:
+        outputs.append(Recording(options.record))
+    if not headless:
+        outputs.append(Window())
