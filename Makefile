@@ -18,7 +18,7 @@ BENCH_OUT ?= $(RUN)/bench
 BENCH_MODELS = $(RUN)/export/model_float32.tflite $(RUN)/export/model_int8.tflite \
 	$(RUN)/export/model_float32.onnx $(RUN)/export/model_int8.onnx
 
-.PHONY: demo accurate docs test wheel fuzz bench bench-wild quant-check edge-speed soak venv clean
+.PHONY: demo accurate docs test wheel fuzz bench bench-wild quant-check edge-speed soak pi-check newcomer venv clean
 
 venv: $(VENV)/.installed
 
@@ -120,6 +120,18 @@ edge-speed: venv
 soak: venv
 	@test -f $(RUN)/export/model_int8.tflite || { echo "make soak: run make demo first" >&2; exit 1; }
 	$(PY) -m happysad.benchmarks.soak $(RUN)/export/model_int8.tflite --data "$(DATA)"
+
+# A newcomer's first hour, scripted: the wheel in a fresh venv with only the
+# edge extra's packages, each first-session mistake's message and exit code (also in make test).
+newcomer: venv
+	$(PY) -m pytest -q tests/test_newcomer.py
+
+# The edge install and its answers on 64-bit (arm64) and 32-bit (armhf)
+# Raspberry Pi OS's base, Debian bookworm, under qemu emulation, compared
+# with this machine's: root, x86_64 Linux; about 10 minutes the first time
+# (the root filesystems are cached in ~/.cache/happysad). Report: runs/pi-check/report.md.
+pi-check: venv
+	$(PY) -m happysad.benchmarks.pi_check $(RUN)/export/model_int8.tflite $(RUN)/export/model_int8.onnx
 
 clean:
 	rm -rf $(VENV) runs

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +69,28 @@ def run_module(module: str, *args, timeout=120, env=None):
         timeout=timeout,
         env=env,
     )
+
+
+def build_wheel(tmp_path) -> Path:
+    """The wheel, built from a copy of the tracked files (so setuptools' build/
+    folder is not left in the checkout)."""
+    src = tmp_path / "src"
+    tracked = subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=REPO).stdout.split("\n")
+    for name in filter(None, tracked):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, src / name)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "-q",
+        "-w",
+        str(tmp_path / "dist"),
+    ]
+    res = subprocess.run([*cmd, str(src)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    (wheel,) = (tmp_path / "dist").glob("happysad-*.whl")
+    return wheel

@@ -13,7 +13,7 @@ import pytest
 from happysad.edge import Classifier, load_image, preprocess, read_metadata
 from happysad.edge.dataset import read_split, split_items
 
-from helpers import REPO
+from helpers import REPO, build_wheel
 
 MODELS = ("model_float32.tflite", "model_int8.tflite", "model_float32.onnx", "model_int8.onnx")
 
@@ -208,33 +208,6 @@ def test_edge_runs_without_tensorflow(export_dir, dataset):
     assert set(report["labels"].values()) <= {"happy", "sad"} and len(report["labels"]) == 8
 
 
-def _build_wheel(tmp_path) -> Path:
-    """The wheel, built from a copy of the tracked files (so setuptools' build/
-    folder is not left in the checkout)."""
-    import shutil
-
-    src = tmp_path / "src"
-    tracked = subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=REPO).stdout.split("\n")
-    for name in filter(None, tracked):
-        (src / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, src / name)
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "wheel",
-        "--no-deps",
-        "--no-build-isolation",
-        "-q",
-        "-w",
-        str(tmp_path / "dist"),
-    ]
-    res = subprocess.run([*cmd, str(src)], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    (wheel,) = (tmp_path / "dist").glob("happysad-*.whl")
-    return wheel
-
-
 def test_installed_wheel_has_one_namespace_and_carries_the_detectors(export_dir, tmp_path):
     """The wheel holds happysad/edge, /train, /export, /benchmarks and the
     vendored detector models, no tests; installed (not editable) into a fresh
@@ -243,7 +216,7 @@ def test_installed_wheel_has_one_namespace_and_carries_the_detectors(export_dir,
     import sysconfig
     import zipfile
 
-    wheel = _build_wheel(tmp_path)
+    wheel = build_wheel(tmp_path)
     names = set(zipfile.ZipFile(wheel).namelist())
     for asset in (
         "face_detection_yunet_2023mar.onnx",
