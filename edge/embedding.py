@@ -10,15 +10,20 @@ from .errors import HappysadError
 from .metadata import MAX_METADATA_BYTES, ONNX_KEY, TFLITE_MEMBER, ModelMetadata, decode, encode
 
 
-def append_to_tflite(model: bytes, meta: ModelMetadata) -> bytes:
+def append_to_tflite(model: bytes, meta: ModelMetadata, files: dict[str, bytes] | None = None) -> bytes:
     """Return the TFLite flatbuffer ``model`` with the metadata zip appended.
 
     ``model`` must be the bare flatbuffer; to replace the metadata of a file
-    that has some, pass :func:`strip_tflite_metadata` of it.
+    that has some, pass :func:`strip_tflite_metadata` of it. ``files``: more
+    members of the zip (name: bytes), e.g. the associated ``labels.txt`` of
+    the TFLite Model Metadata, which keeps its associated files in the same
+    appended zip.
     """
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(TFLITE_MEMBER, encode(meta))
+        for name, data in (files or {}).items():
+            zf.writestr(name, data)
     return model + buf.getvalue()
 
 

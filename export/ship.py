@@ -22,12 +22,20 @@ from .validate import compare, file_probabilities, missed_by
 def embed(data: bytes, meta: ModelMetadata) -> bytes:
     """A model file's bytes with ``meta`` embedded, replacing any metadata it had.
 
-    TFLite: the metadata zip re-appended to the bare flatbuffer. ONNX: the
-    JSON set in ``metadata_props`` under :data:`edge.metadata.ONNX_KEY`.
-    Either way the graph and weights stay byte-for-byte what they were.
+    TFLite: the TFLite Model Metadata block set in the flatbuffer
+    (:mod:`export.tflite_metadata`), then the zip of this project's metadata
+    and ``labels.txt`` appended. ONNX: the JSON set in ``metadata_props``
+    under :data:`edge.metadata.ONNX_KEY`. Either way the graph and weights
+    are what they were (TFLite's tables are re-serialized, values unchanged).
     """
     if is_tflite_bytes(data):
-        return append_to_tflite(strip_tflite_metadata(data), meta)
+        from happysad.edge import __version__
+
+        from .tflite_metadata import LABEL_FILE, metadata_buffer, output_labels, with_metadata_buffer
+
+        body = with_metadata_buffer(strip_tflite_metadata(data), metadata_buffer(meta, __version__))
+        labels = ("\n".join(output_labels(meta)) + "\n").encode()
+        return append_to_tflite(body, meta, {LABEL_FILE: labels})
     import onnx
 
     proto = onnx.load_model_from_string(data)
