@@ -175,10 +175,13 @@ class YuNetDetector:
     def __init__(
         self, score_threshold: float = 0.6, nms_threshold: float = 0.3, detect_width: int = 640, min_size: int = 16
     ):
-        if not hasattr(cv2, "FaceDetectorYN"):
+        version = tuple(int(v) for v in cv2.__version__.split(".")[:2] if v.isdigit())
+        if not hasattr(cv2, "FaceDetectorYN") or version < (4, 8):
+            # YuNet 2023mar's graph fails shape inference in older dnn modules
+            # (OpenCV 4.6, Debian bookworm's: an eltwise assertion on the first frame).
             raise HappysadError(
-                "this OpenCV has no FaceDetectorYN (needs 4.8 or newer): "
-                "pip install opencv-python-headless==4.14.0.94, or use --detector haar"
+                f"OpenCV {cv2.__version__} cannot run YuNet (needs 4.8 or newer): "
+                "pip install opencv-python-headless==4.14.0.94, or use --detector blazeface-full"
             )
         self._net = cv2.FaceDetectorYN.create(
             str(asset_path(self.MODEL)), "", (320, 320), score_threshold, nms_threshold, 5000
@@ -225,8 +228,9 @@ def make_detector(
         detect_width: YuNet and Haar search a copy scaled down to this width.
         threads: BlazeFace's interpreter threads.
         fallback: where a DNN detector cannot run (no interpreter, an OpenCV
-            without FaceDetectorYN, a damaged model file), use Haar instead
-            and say so on stderr; else raise.
+            older than 4.8 for YuNet, a damaged model file), use BlazeFace
+            full range instead of YuNet, else Haar, and say so on stderr;
+            else raise.
 
     Raises:
         UsageError: an unknown name.
@@ -244,5 +248,14 @@ def make_detector(
     except HappysadError as exc:
         if not fallback:
             raise
+        if name == "yunet":  # BlazeFace full range runs on the interpreter, whatever the OpenCV
+            try:
+                from .blazeface import BlazeFaceDetector
+
+                detector = BlazeFaceDetector("blazeface-full", threads=threads, min_size=min_size)
+                _log.warning("happysad: warning: %s; falling back to --detector blazeface-full", exc)
+                return detector
+            except HappysadError:
+                pass
         _log.warning("happysad: warning: %s; falling back to --detector haar", exc)
     return HaarDetector(max(min_size, 32), detect_width)

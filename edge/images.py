@@ -101,8 +101,13 @@ def image_dimensions(data: bytes) -> tuple[int, int] | None:
 @contextlib.contextmanager
 def opencv_errors_only():
     """Silence OpenCV's warnings (a broken PNG, each backend a camera index
-    tries) for the duration; our own one-line error says it once."""
-    log = cv2.utils.logging
+    tries) for the duration; our own one-line error says it once. OpenCV
+    builds without ``cv2.utils.logging`` (Debian's 4.6, what 32-bit
+    Raspberry Pi OS installs with apt) stay as they are."""
+    log = getattr(cv2.utils, "logging", None)
+    if log is None:
+        yield
+        return
     level = log.getLogLevel()
     log.setLogLevel(log.LOG_LEVEL_ERROR)
     try:

@@ -143,20 +143,46 @@ def test_face_crop_geometry_without_keypoints():
     assert crop.shape == (144, 144) and crop[0, 0] == 0 and crop[72, 72] == 255
 
 
-def test_tampered_detector_model_is_refused_and_haar_takes_over(tmp_path, monkeypatch, capsys):
+def test_tampered_detector_model_is_refused_and_another_takes_over(tmp_path, monkeypatch, capsys):
     import happysad.edge.faces as faces
+    from happysad.edge.blazeface import BlazeFaceDetector
+    from happysad.edge.cli_util import install_log_handler
 
+    install_log_handler()  # warnings on stderr, as a command shows them
     for name in faces.ASSET_SHA256:
         shutil.copy(faces.ASSETS / name, tmp_path / name)
-    data = bytearray((tmp_path / YuNetDetector.MODEL).read_bytes())
-    data[-100] ^= 0xFF
-    (tmp_path / YuNetDetector.MODEL).write_bytes(bytes(data))
     monkeypatch.setattr(faces, "ASSETS", tmp_path)
+
+    def tamper(name):
+        data = bytearray((tmp_path / name).read_bytes())
+        data[-100] ^= 0xFF
+        (tmp_path / name).write_bytes(bytes(data))
+
+    tamper(YuNetDetector.MODEL)
     with pytest.raises(HappysadError, match="sha256"):
         make_detector("yunet", fallback=False)
     det = make_detector("yunet")
-    assert isinstance(det, HaarDetector)
+    assert isinstance(det, BlazeFaceDetector) and det.name == "blazeface-full"
+    assert "falling back to --detector blazeface-full" in capsys.readouterr().err
+    tamper("face_detection_full_range.tflite")
+    assert isinstance(make_detector("yunet"), HaarDetector)
     assert "falling back to --detector haar" in capsys.readouterr().err
+
+
+def test_an_opencv_too_old_for_yunet_gets_blazeface(monkeypatch, capsys):
+    """Debian bookworm's OpenCV 4.6 (32-bit Raspberry Pi OS's, from apt) fails on
+    YuNet's graph at the first frame: refused up front, BlazeFace full range instead."""
+    import cv2
+
+    from happysad.edge.blazeface import BlazeFaceDetector
+    from happysad.edge.cli_util import install_log_handler
+
+    install_log_handler()
+    monkeypatch.setattr(cv2, "__version__", "4.6.0")
+    with pytest.raises(HappysadError, match=r"OpenCV 4.6.0 cannot run YuNet \(needs 4.8 or newer\)"):
+        make_detector("yunet", fallback=False)
+    assert isinstance(make_detector("yunet"), BlazeFaceDetector)
+    assert "falling back to --detector blazeface-full" in capsys.readouterr().err
 
 
 def _classify_json(model, *args):
