@@ -47,20 +47,26 @@ def wait_for_port(port, timeout=30):
     raise AssertionError(f"nothing listens on {port}")
 
 
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory):
-    """An amqtt broker on a free loopback port; its port."""
-    port = free_port()
-    config = tmp_path_factory.mktemp("broker") / "broker.yaml"
+def start_broker(folder, port, listener=""):
+    """An amqtt broker process on 127.0.0.1:``port``; ``listener``: more YAML lines of its listener."""
+    config = folder / f"broker-{port}.yaml"
     config.write_text(
-        f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{port}\n"
+        f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{port}\n{listener}"
         "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n"
     )
     amqtt = REPO / ".venv" / "bin" / "amqtt"
     cmd = [str(amqtt)] if amqtt.exists() else [sys.executable, "-m", "amqtt.scripts.broker_script"]
     proc = subprocess.Popen([*cmd, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(port)
+    return proc
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    """An amqtt broker on a free loopback port; its port."""
+    port = free_port()
+    proc = start_broker(tmp_path_factory.mktemp("broker"), port)
     try:
-        wait_for_port(port)
         yield port
     finally:
         proc.terminate()
@@ -70,10 +76,12 @@ def broker(tmp_path_factory):
 class Watcher:
     """A subscriber that keeps every message: (topic, payload text, retain flag)."""
 
-    def __init__(self, port, *topics):
+    def __init__(self, port, *topics, ca=None):
         self.messages = []
         self._lock = threading.Lock()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"watch-{time.monotonic_ns()}")
+        if ca:
+            self.client.tls_set(ca_certs=str(ca))
         self.client.on_message = self._on_message
         subscribed = threading.Event()
         self.client.on_subscribe = lambda *a: subscribed.set()
@@ -449,3 +457,64 @@ def test_a_slow_broker_does_not_slow_the_loop(export_dir, flipping_video, broker
     assert records[-1]["mqtt"]["events"] == len(label_changes(records))
     assert scraped["happysad_mqtt_connected"] == 1 and scraped["happysad_mqtt_events_total"] >= 1
     assert "happysad_mqtt_queue_length" in scraped and "happysad_mqtt_dropped_total" in scraped
+
+
+def _self_signed(folder):
+    """A certificate for 127.0.0.1 signed by its own key: (cert.pem, key.pem)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+def test_mqtts_with_the_brokers_ca_and_without_it(export_dir, flipping_video, tmp_path):
+    """A TLS broker: with --mqtt-ca naming its certificate every event arrives;
+    with the system's CAs (which do not know it) nothing is sent, the loop
+    still runs to the end and counts the events dropped."""
+    cert, key = _self_signed(tmp_path)
+    port = free_port()
+    proc = start_broker(tmp_path, port, f"    ssl: true\n    certfile: {cert}\n    keyfile: {key}\n")
+    topic = "happysad/test-tls"
+    try:
+        watcher = Watcher(port, f"{topic}/#", ca=cert)
+        url = f"mqtts://127.0.0.1:{port}"
+        common = ("--max-frames", "120", "--mqtt-topic", topic, "--mqtt-min-interval", "0")
+        res = run_camera(export_dir / "model_int8.tflite", flipping_video, "--mqtt", url, "--mqtt-ca", cert, *common)
+        time.sleep(0.5)
+        watcher.close()
+        assert res.returncode == 0, res.stderr
+        n = len(label_changes([json.loads(line) for line in res.stdout.splitlines()]))
+        assert n >= 2 and len(events(watcher, topic)) == n
+        assert f"mqtt: {n} events, {n} delivered, 0 dropped" in res.stderr
+        res = run_camera(export_dir / "model_int8.tflite", flipping_video, "--mqtt", url, *common)
+        assert res.returncode == 0, res.stderr
+        assert "0 delivered" in res.stderr and json.loads(res.stdout.splitlines()[-1])["mqtt"]["connected"] is False
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
