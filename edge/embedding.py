@@ -20,7 +20,9 @@ def append_to_tflite(model: bytes, meta: ModelMetadata, files: dict[str, bytes] 
     appended zip.
     """
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+    # Stored, not deflated: the TFLite metadata readers (MediaPipe's among
+    # them) map associated files in place and refuse a compressed archive.
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
         zf.writestr(TFLITE_MEMBER, encode(meta))
         for name, data in (files or {}).items():
             zf.writestr(name, data)
