@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,10 @@ def build_wheel(tmp_path) -> Path:
     assert res.returncode == 0, res.stderr
     (wheel,) = (tmp_path / "dist").glob("happysad-*.whl")
     return wheel
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from happysad.edge.outputs import annotate
 from happysad.edge.prediction import Prediction
 from happysad.edge.smoothing import ScoreSmoother
 
-from helpers import REPO, camera_cmd, run_camera, write_video
+from helpers import REPO, camera_cmd, free_port, run_camera, write_video
 from synth import draw_face
 
 
@@ -120,12 +119,6 @@ def test_real_faces_are_found_classified_recorded_and_logged(export_dir, faces_v
     assert len(rows) == sum(len(r["faces"]) for r in records)
     assert set(rows[0]) == {"time", "frame", "label", "confidence", "score_happy", "score_sad", "x", "y", "w", "h"}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary file left behind"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_url(url, timeout=30):

@@ -22,18 +22,12 @@ from happysad.edge.errors import HappysadError
 from happysad.edge.homeassistant import discovery_configs, node_id
 from happysad.edge.mqtt import parse_broker
 
-from helpers import REPO, assert_one_line_error, camera_cmd, run_camera, write_video
+from helpers import REPO, assert_one_line_error, camera_cmd, free_port, run_camera, write_video
 from synth import draw_face
 
 mqtt = pytest.importorskip("paho.mqtt.client")
 
 FPS = 20
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(port, timeout=30):
