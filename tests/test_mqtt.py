@@ -6,6 +6,7 @@ broker takes the broker away and slows it down."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -41,12 +42,15 @@ def wait_for_port(port, timeout=30):
     raise AssertionError(f"nothing listens on {port}")
 
 
-def start_broker(folder, port, listener=""):
-    """An amqtt broker process on 127.0.0.1:``port``; ``listener``: more YAML lines of its listener."""
+ANONYMOUS = "  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n"
+
+
+def start_broker(folder, port, listener="", plugins=ANONYMOUS):
+    """An amqtt broker process on 127.0.0.1:``port``; ``listener``: more YAML
+    lines of its listener; ``plugins``: the YAML lines of its plugins."""
     config = folder / f"broker-{port}.yaml"
     config.write_text(
-        f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{port}\n{listener}"
-        "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n"
+        f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{port}\n{listener}plugins:\n{plugins}"
     )
     amqtt = REPO / ".venv" / "bin" / "amqtt"
     cmd = [str(amqtt)] if amqtt.exists() else [sys.executable, "-m", "amqtt.scripts.broker_script"]
@@ -512,3 +516,49 @@ def test_mqtts_with_the_brokers_ca_and_without_it(export_dir, flipping_video, tm
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_a_password_from_the_environment_and_a_wrong_one(export_dir, flipping_video, tmp_path):
+    """A broker that wants a user and password: the password from
+    $HAPPYSAD_MQTT_PASSWORD (out of the URL and the process list) lets the
+    events through; a wrong one is refused in one warning line, and the loop
+    still runs to the end."""
+    from pwdlib import PasswordHash
+    from pwdlib.hashers.argon2 import Argon2Hasher
+
+    passwords = tmp_path / "passwd"
+    passwords.write_text(f"pi:{PasswordHash((Argon2Hasher(),)).hash('s3cret')}\n")
+    plugins = (
+        "  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: false\n"
+        f"  amqtt.plugins.authentication.FileAuthPlugin:\n    password_file: {passwords}\n"
+    )
+    port = free_port()
+    proc = start_broker(tmp_path, port, plugins=plugins)
+    topic = "happysad/test-auth"
+    cmd = camera_cmd(
+        export_dir / "model_int8.tflite",
+        flipping_video,
+        "--max-frames",
+        "90",
+        "--mqtt",
+        f"mqtt://pi@127.0.0.1:{port}",
+        "--mqtt-topic",
+        topic,
+        "--mqtt-min-interval",
+        "0",
+    )
+
+    def run(password):
+        env = {**os.environ, "HAPPYSAD_MQTT_PASSWORD": password}
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120, env=env)
+
+    try:
+        good, bad = run("s3cret"), run("wrong")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert good.returncode == 0 and bad.returncode == 0, (good.stderr, bad.stderr)
+    n = json.loads(good.stdout.splitlines()[-1])["mqtt"]["events"]
+    assert n >= 2 and f"mqtt: {n} events, {n} delivered, 0 dropped" in good.stderr
+    assert "s3cret" not in " ".join(cmd)
+    assert "broker refused the connection" in bad.stderr and "0 delivered" in bad.stderr
