@@ -158,7 +158,10 @@ class MqttPublisher:
         self.events = self.delivered = self.dropped = 0
         self._lock = threading.Lock()
         self._pending: set[int] = set()  # Paho message ids of events not yet acknowledged
-        self._acked: set[int] = set()  # acknowledged ids not (yet) known as events
+        # The last acknowledged ids not known as events: an event acknowledged
+        # before publish() returned, or another message (states, QoS 0, are
+        # "acknowledged" once written). Kept short: Paho reuses ids after 65535.
+        self._acked: collections.deque = collections.deque(maxlen=64)
         self._waiting: collections.deque = collections.deque()  # events held by the rate limit
         self._state: dict | None = None
         self._state_sent: tuple | None = None
@@ -243,8 +246,8 @@ class MqttPublisher:
             if mid in self._pending:
                 self._pending.discard(mid)
                 self.delivered += 1
-            elif len(self._acked) < 4096:  # an event whose publish() has not returned yet, or another message
-                self._acked.add(mid)
+            else:
+                self._acked.append(mid)
 
     # The camera loop's thread ----------------------------------------------
 
@@ -311,7 +314,7 @@ class MqttPublisher:
             if info.rc == self._mqtt.MQTT_ERR_QUEUE_SIZE:
                 self.dropped += 1
             elif info.mid in self._acked:  # acknowledged before we got here
-                self._acked.discard(info.mid)
+                self._acked.remove(info.mid)
                 self.delivered += 1
             else:
                 self._pending.add(info.mid)
