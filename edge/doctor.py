@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import platform
 import struct
 import sys
@@ -93,6 +94,9 @@ def extras_line() -> tuple[str, str, str]:
     tflite = _version("ai-edge-litert") or _version("tflite-runtime")
     if not tflite and "edge" in have:
         have.remove("edge")
+    if not have and _importable("cv2") and (_importable("ai_edge_litert") or _importable("tflite_runtime")):
+        # 32-bit Raspberry Pi OS: numpy and OpenCV from apt, no pip distribution to read.
+        return "note", "extras", "none installed by pip, but OpenCV and an interpreter import (from the system?)"
     return (
         "ok" if have else "FAIL",
         "extras",
@@ -155,15 +159,36 @@ def checks(source: str = "0", model: str | None = None) -> list[tuple[str, str, 
         import cv2
 
         lines.append(("ok", "opencv", cv2.__version__))
-        from .faces import DETECTORS, make_detector
-
-        for name in DETECTORS:
-            make_detector(name, fallback=False)
-        lines.append(("ok", "face detectors", ", ".join(DETECTORS) + " load (models pass their sha256)"))
+        lines.append(_detectors_line())
     except Exception as exc:
         lines.append(("FAIL", "face detectors", f"{exc}"))
     lines.append(_camera_line(source))
     return lines
+
+
+def _importable(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _detectors_line() -> tuple[str, str, str]:
+    """Which face detectors load: ok when all, a note when some (the others
+    fall back), FAIL when none."""
+    from .errors import HappysadError
+    from .faces import DETECTORS, make_detector
+
+    failed = {}
+    for name in DETECTORS:
+        try:
+            make_detector(name, fallback=False)
+        except HappysadError as exc:
+            failed[name] = str(exc)
+    loaded = [n for n in DETECTORS if n not in failed]
+    if not failed:
+        return "ok", "face detectors", ", ".join(DETECTORS) + " load (models pass their sha256)"
+    why = "; ".join(f"{n}: {w}" for n, w in failed.items())
+    if not loaded:
+        return "FAIL", "face detectors", why
+    return "note", "face detectors", f"{', '.join(loaded)} load; {why}"
 
 
 def _camera_line(source: str) -> tuple[str, str, str]:

@@ -183,6 +183,10 @@ def test_an_opencv_too_old_for_yunet_gets_blazeface(monkeypatch, capsys):
         make_detector("yunet", fallback=False)
     assert isinstance(make_detector("yunet"), BlazeFaceDetector)
     assert "falling back to --detector blazeface-full" in capsys.readouterr().err
+    from happysad.edge.doctor import _detectors_line
+
+    status, _, detail = _detectors_line()  # doctor: a note naming what loads and why YuNet does not
+    assert status == "note" and detail.startswith("blazeface, blazeface-full, haar load; yunet: OpenCV 4.6.0")
 
 
 def _classify_json(model, *args):
