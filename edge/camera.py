@@ -261,11 +261,7 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
         for output in outputs:
             output.close()
         out.flush()
-    summary = _summary(loop, capture, bool(stop), time.perf_counter() - start)
-    mqtt = next((o for o in outputs if isinstance(o, Mqtt)), None)
-    if mqtt is not None:
-        summary["mqtt"] = mqtt.final
-    return summary
+    return _summary(loop, capture, bool(stop), time.perf_counter() - start, outputs)
 
 
 def _stop_on_signals(stop: list, capture) -> dict:
@@ -293,10 +289,12 @@ def _emit(outputs: list[Output], result: FrameResult) -> bool:
     return quit_asked
 
 
-def _summary(loop, capture, stopped_by_signal: bool, seconds: float) -> dict:
+def _summary(loop, capture, stopped_by_signal: bool, seconds: float, outputs: list) -> dict:
     """What :func:`run` returns (see there)."""
     frames = loop.frames if loop else 0
+    mqtt = next((o.final for o in outputs if isinstance(o, Mqtt)), None)
     return {
+        **({"mqtt": mqtt} if mqtt is not None else {}),
         "frames": frames,
         "frames_with_face": loop.with_face if loop else 0,
         "errors": loop.errors if loop else 0,

@@ -129,12 +129,7 @@ def camera(args) -> int:
         print("warning: the metrics are reachable from the network (no authentication)", file=sys.stderr)
     mqtt = _mqtt_options(args)
     if args.ha_discovery == "remove":
-        from .homeassistant import remove_discovery
-
-        labels = Classifier(args.model, args.threads, args.backend, public_key=_public_key(args)).labels
-        n = remove_discovery(mqtt, args.ha_prefix, labels)
-        print(f"{PROG}: removed {n} Home Assistant entities of {mqtt.topic}", file=sys.stderr)
-        return 0
+        return _remove_discovery(args, mqtt)
     clf = Classifier(
         args.model,
         args.threads,
@@ -165,6 +160,24 @@ def camera(args) -> int:
         mqtt=mqtt,
     )
     summary = run_camera(clf, options, threads=args.threads, backend=args.backend)
+    _print_camera_summary(summary)
+    # Stopped by a signal: outputs are closed and whole, and the exit status
+    # says it was interrupted (130), as for every other command.
+    return 130 if summary.get("stopped_by_signal") else 0
+
+
+def _remove_discovery(args, mqtt) -> int:
+    """``camera --ha-discovery remove``: delete the device's Home Assistant entities; exit code."""
+    from .homeassistant import remove_discovery
+
+    labels = Classifier(args.model, args.threads, args.backend, public_key=_public_key(args)).labels
+    n = remove_discovery(mqtt, args.ha_prefix, labels)
+    print(f"{PROG}: removed {n} Home Assistant entities of {mqtt.topic}", file=sys.stderr)
+    return 0
+
+
+def _print_camera_summary(summary: dict) -> None:
+    """The camera's last lines on stderr: frames, faces, drops, FPS, and MQTT's counts."""
     print(
         f"{PROG}: {summary['frames']} frames, {summary['frames_with_face']} with a face, "
         f"{summary['dropped']} dropped, {summary['reconnects']} reconnects, {summary['fps']} FPS",
@@ -177,15 +190,13 @@ def camera(args) -> int:
             f"{m['reconnects']} reconnects",
             file=sys.stderr,
         )
-    # Stopped by a signal: outputs are closed and whole, and the exit status
-    # says it was interrupted (130), as for every other command.
-    return 130 if summary.get("stopped_by_signal") else 0
 
 
 def _mqtt_options(args):
     """The camera's :class:`edge.mqtt.MqttOptions`, or None without --mqtt (usage error
     for an MQTT flag given without it, or a bad URL)."""
-    from .mqtt import MqttOptions, default_topic, parse_broker
+    from .broker import default_topic, parse_broker
+    from .mqtt import MqttOptions
 
     if not args.mqtt:
         if args.ha_discovery or args.mqtt_topic or args.mqtt_ca:

@@ -24,6 +24,32 @@ def node_id(topic: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", topic.strip("/"))
 
 
+def _entities(topic: str, labels) -> dict:
+    """The three entities' own fields, by (component, object_id)."""
+    return {
+        ("sensor", "label"): {
+            "name": "Expression",
+            "device_class": "enum",
+            "options": [*labels, "uncertain", NO_FACE],
+            "value_template": "{{ value_json.label }}",
+            "json_attributes_topic": f"{topic}/state",
+            "icon": "mdi:emoticon-outline",
+        },
+        ("sensor", "confidence"): {
+            "name": "Confidence",
+            "unit_of_measurement": "%",
+            "state_class": "measurement",
+            "value_template": "{{ ((value_json.confidence or 0) * 100) | round(1) }}",
+            "icon": "mdi:gauge",
+        },
+        ("binary_sensor", "face"): {
+            "name": "Face",
+            "device_class": "occupancy",
+            "value_template": "{{ 'OFF' if value_json.no_face else 'ON' }}",
+        },
+    }
+
+
 def discovery_configs(topic: str, prefix: str, labels, model_name: str, version: str) -> dict[str, dict]:
     """Home Assistant MQTT discovery configs of one device, by config topic.
 
@@ -55,28 +81,7 @@ def discovery_configs(topic: str, prefix: str, labels, model_name: str, version:
         ],
         "device": device,
     }
-    entities = {
-        ("sensor", "label"): {
-            "name": "Expression",
-            "device_class": "enum",
-            "options": [*labels, "uncertain", NO_FACE],
-            "value_template": "{{ value_json.label }}",
-            "json_attributes_topic": f"{topic}/state",
-            "icon": "mdi:emoticon-outline",
-        },
-        ("sensor", "confidence"): {
-            "name": "Confidence",
-            "unit_of_measurement": "%",
-            "state_class": "measurement",
-            "value_template": "{{ ((value_json.confidence or 0) * 100) | round(1) }}",
-            "icon": "mdi:gauge",
-        },
-        ("binary_sensor", "face"): {
-            "name": "Face",
-            "device_class": "occupancy",
-            "value_template": "{{ 'OFF' if value_json.no_face else 'ON' }}",
-        },
-    }
+    entities = _entities(topic, labels)
     return {
         f"{prefix.strip('/')}/{component}/{node}/{object_id}/config": {
             **config,

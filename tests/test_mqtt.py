@@ -19,9 +19,9 @@ import cv2
 import numpy as np
 import pytest
 
+from happysad.edge.broker import parse_broker
 from happysad.edge.errors import HappysadError
 from happysad.edge.homeassistant import discovery_configs, node_id
-from happysad.edge.mqtt import parse_broker
 
 from helpers import REPO, assert_one_line_error, camera_cmd, free_port, run_camera, write_video
 from synth import draw_face

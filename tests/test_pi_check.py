@@ -7,7 +7,8 @@ import importlib.metadata
 import json
 import zipfile
 
-from happysad.benchmarks.pi_check import compare, parse_classify, requirements
+from happysad.benchmarks.pi_check import compare, parse_classify
+from happysad.benchmarks.pi_roots import requirements
 
 
 def _wheel_with_this_metadata(tmp_path):
