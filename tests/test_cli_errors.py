@@ -5,18 +5,12 @@ import sys
 
 import pytest
 
-from helpers import REPO, assert_one_line_error
+from helpers import REPO, assert_one_line_error, run_module
 
 
 def cli(module, *args, timeout=120):
     """``python -m happysad.MODULE ARGS``, run to its end."""
-    return subprocess.run(
-        [sys.executable, "-m", f"happysad.{module}", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=timeout,
-    )
+    return run_module(module, *args, timeout=timeout)
 
 
 @pytest.fixture
