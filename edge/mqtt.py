@@ -208,13 +208,13 @@ class MqttPublisher:
 
     # The camera loop's thread ----------------------------------------------
 
-    def update(self, predictions: list, frame: int, dropped_frames: int = 0) -> None:
+    def update(self, predictions: list, frame: int) -> None:
         """Take one frame's predictions: queue an event on a label change,
         refresh the state, and send what the rate limit allows. Never blocks
         on the network."""
-        faces = [p for p in predictions if p.face is not None] or [p for p in predictions if p.face is None]
         now_iso = _now()
-        largest = max(faces, key=lambda p: p.face[2] * p.face[3] if p.face else 0, default=None)
+        # The largest face; a whole-frame prediction (--no-face) has no box and counts as area 0.
+        largest = max(predictions, key=lambda p: p.face[2] * p.face[3] if p.face else 0, default=None)
         if largest is not None and largest.label != self._label:
             self._label = largest.label
             self.events += 1
