@@ -538,6 +538,7 @@ def test_a_password_from_the_environment_and_a_wrong_one(export_dir, flipping_vi
     cmd = camera_cmd(
         export_dir / "model_int8.tflite",
         flipping_video,
+        "--pace",  # 4.5 s: time for the broker's answer to a wrong password to arrive
         "--max-frames",
         "90",
         "--mqtt",
