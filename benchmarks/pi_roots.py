@@ -153,7 +153,7 @@ def install(root: Path, arch: str, wheel: Path) -> dict:
     missing = [] if res.returncode == 0 else missing_wheels(root, arch, wheel, extra)
     result = {"ok": res.returncode == 0, "extra": extra, "route": "pip", "missing_wheels": missing, "log": log}
     apt = ARCHES[arch].get("apt", ())
-    if missing and all(r.split("<")[0].split("=")[0].split(">")[0] in apt for r in missing):
+    if missing and all(_name(r) in apt for r in missing):
         result.update(install_with_apt(root, arch, wheel, extra, missing))
     return result
 
@@ -168,7 +168,7 @@ def install_with_apt(root: Path, arch: str, wheel: Path, extra: str, missing: li
     missing distributions from apt, a venv that sees them
     (``--system-site-packages``), the rest from pip, the package itself with
     ``--no-deps``. Returns the install fields of :func:`install`."""
-    names = [r.split("<")[0].split("=")[0].split(">")[0] for r in missing]
+    names = [_name(r) for r in missing]
     rest = [r for r in requirements(wheel, extra, "armv7l") if r not in missing]
     script = (
         "set -e; export DEBIAN_FRONTEND=noninteractive PATH=/usr/sbin:/sbin:$PATH; apt-get update -q; "
@@ -183,6 +183,13 @@ def install_with_apt(root: Path, arch: str, wheel: Path, extra: str, missing: li
         "route": f"apt ({', '.join(APT_PACKAGES[n] for n in names)}) + pip (the rest, the wheel --no-deps)",
         "log": (res.stdout + res.stderr)[-3000:],
     }
+
+
+def _name(requirement: str) -> str:
+    """The distribution name of a requirement string ("numpy<2,>=1.23" -> "numpy")."""
+    from packaging.requirements import Requirement
+
+    return Requirement(requirement).name
 
 
 def requirements(wheel: Path, extra: str, machine: str) -> list[str]:

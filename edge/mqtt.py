@@ -285,12 +285,10 @@ class MqttPublisher:
     def stats(self) -> dict:
         """``{"connected", "queued", "events", "delivered", "dropped", "reconnects"}``
         for the JSON line and the metrics; counts since the start."""
-        with self._lock:
-            pending = len(self._pending)
         return {
             "connected": self.connected,
             "reconnects": max(0, self.connects - 1),
-            "queued": len(self._waiting) + pending,
+            "queued": self.queued,
             "events": self.events,
             "delivered": self.delivered,
             "dropped": self.dropped,
