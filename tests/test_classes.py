@@ -341,7 +341,7 @@ def test_distillation_from_a_teacher_and_a_teacher_of_other_classes_refused(fold
     m = json.loads((out / "metrics.json").read_text())
     assert m["output"] == "sigmoid" and m["accuracy"] > 0.75
     config = json.loads((out / "config.json").read_text())
-    assert config["teacher"] == str(run_dir / "model.keras") and config["distill_alpha"] == 0.3
+    assert config["teachers"] == [str(run_dir / "model.keras")] and config["distill_alpha"] == 0.3
     err = io_of(
         main,
         [

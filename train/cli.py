@@ -141,9 +141,17 @@ def _training_args(p) -> None:
     p.add_argument(
         "--teacher",
         metavar="MODEL.keras",
-        default=None,
-        help="distil from this trained model: the targets mix the true labels with its outputs "
-        "(with --aux, give the teacher run's model_full.keras)",
+        action="append",
+        default=[],
+        help="distil from this trained model: the targets mix the true labels with its outputs; "
+        "repeat for an ensemble (outputs averaged); with --aux, a --aux run's model_full.keras "
+        "or a two-class model.keras",
+    )
+    p.add_argument(
+        "--teacher-tta",
+        choices=("none", "flip"),
+        default="none",
+        help="flip: each teacher's output is the mean over the image and its mirror",
     )
     p.add_argument(
         "--distill-alpha",
@@ -202,8 +210,9 @@ def _body(argv) -> int:
             overwrite=args.overwrite,
             classes=args.classes,
             aux_dirs=tuple(args.aux),
-            teacher=args.teacher,
+            teachers=tuple(args.teacher),
             distill_alpha=args.distill_alpha,
+            teacher_flip=args.teacher_tta == "flip",
             verbose=1 if sys.stdout.isatty() else 2,
         )
     )

@@ -68,12 +68,14 @@ class TrainOptions:
             near-copy of an image of ``data_dir`` is left out. They are
             split in the same ratios, and only their train part is trained
             on.
-        teacher: a trained ``.keras`` model to distil from
-            (:func:`train.models.distillation_trainer`): its outputs must
-            match this run's training outputs (one sigmoid unit for two
-            classes; with auxiliary classes, the teacher run's
-            ``model_full.keras``); None: no distillation.
-        distill_alpha: weight of the true labels against the teacher's, 0..1.
+        teachers: trained ``.keras`` models to distil from, their outputs
+            averaged (:func:`train.distill.distillation_trainer`): each
+            answers for this run's classes (with auxiliary classes, a
+            ``--aux`` run's ``model_full.keras``) or for its own classes
+            only (a two-class ``model.keras`` teaching a ``--aux`` run);
+            empty: no distillation.
+        distill_alpha: weight of the true labels against the teachers', 0..1.
+        teacher_flip: average each teacher over the image and its mirror.
     """
 
     data_dir: str | list
@@ -95,8 +97,9 @@ class TrainOptions:
     overwrite: bool = False
     classes: tuple | None = None
     aux_dirs: tuple = ()
-    teacher: str | None = None
+    teachers: tuple = ()
     distill_alpha: float = 0.5
+    teacher_flip: bool = False
     verbose: int = field(default=1, compare=False)
 
 
@@ -127,23 +130,24 @@ def _start_tensorflow(opts: TrainOptions, out: Path):
 def _compile(keras, opts: TrainOptions, model, n_classes: int, n_images: int):
     """The model wrapped for training (augmentation, and the teacher when
     distilling), compiled with Adam on a warm-up + cosine schedule."""
-    from .models import augmentation, distillation_trainer
+    from .distill import distillation_trainer
+    from .models import augmentation
 
     steps = opts.epochs * int(np.ceil(n_images / opts.batch_size))
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0, max(1, steps), warmup_target=opts.lr, warmup_steps=max(1, steps // 20)
     )
     optimizer = keras.optimizers.Adam(schedule)
-    if opts.teacher:
-        teacher = load_teacher(keras, opts.teacher)
+    if opts.teachers:
+        teachers = [load_teacher(keras, path) for path in opts.teachers]
         try:
             trainer, loss, metrics = distillation_trainer(
-                augmentation(opts.seed, opts.augment), model, teacher, opts.distill_alpha
+                augmentation(opts.seed, opts.augment), model, teachers, opts.distill_alpha, opts.teacher_flip
             )
         except ValueError as exc:
             raise HappysadError(
-                f"--teacher {opts.teacher}: {exc}; use a teacher trained on the same classes "
-                "(with --aux: its model_full.keras)"
+                f"--teacher {' '.join(map(str, opts.teachers))}: {exc}; use teachers trained on this run's "
+                "classes (with --aux: a --aux run's model_full.keras) or on its own classes (model.keras)"
             ) from None
         trainer.compile(optimizer=optimizer, loss=loss, metrics=metrics)
         return trainer
