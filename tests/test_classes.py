@@ -342,19 +342,43 @@ def test_distillation_from_a_teacher_and_a_teacher_of_other_classes_refused(fold
     assert m["output"] == "sigmoid" and m["accuracy"] > 0.75
     config = json.loads((out / "config.json").read_text())
     assert config["teachers"] == [str(run_dir / "model.keras")] and config["distill_alpha"] == 0.3
+    # A teacher of more classes than the student cannot teach it.
+    import keras
+
+    from happysad.train.distill import teacher_classes
+    from happysad.train.models import build_model
+
+    with pytest.raises(ValueError, match="the teacher has 3 outputs, the student 1"):
+        teacher_classes(build_model("compact"), [keras.saving.load_model(three_class / "model.keras")])
+    # A teacher trained on another split has seen this run's test faces.
     err = io_of(
         main,
-        [
-            str(folders / "hs"),
-            "--out",
-            str(tmp_path / "bad"),
-            "--epochs",
-            "1",
-            "--teacher",
-            str(three_class / "model.keras"),
-        ],
+        [str(folders / "hs"), "--out", str(tmp_path / "leak"), "--seed", "2", "--teacher", str(out / "model.keras")],
     )
-    assert err[0] == 1 and "the teacher has 3 outputs, the student 1" in err[1]
+    assert err[0] == 1 and "trained on" in err[1] and "validation or test part" in err[1]
+    assert not (tmp_path / "leak" / "model.keras").exists()
+
+
+def test_an_ensemble_of_two_class_teachers_with_flip_teaches_an_aux_student(folders, run_dir, tmp_path):
+    from happysad.train.distill import distillation_loss
+
+    teacher = tmp_path / "teacher"
+    _train([folders / "hs", "--out", teacher])
+    out = tmp_path / "student"
+    args = ["--teacher", teacher / "model.keras", "--teacher", run_dir / "model.keras", "--teacher-tta", "flip"]
+    _train([folders / "hs", "--aux", folders / "other", "--out", out, *args])
+    config = json.loads((out / "config.json").read_text())
+    assert config["teachers"] == [str(teacher / "model.keras"), str(run_dir / "model.keras")]
+    assert config["teacher_flip"] is True
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["output"] == "sigmoid" and m["trained_with"] == ["happy", "sad", "neutral"] and m["accuracy"] > 0.75
+    # The target: alpha x true + (1 - alpha) x teachers on the teachers' classes, the true label elsewhere.
+    loss = distillation_loss(3, 0.25, n_teacher=2)
+    student = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], np.float32)
+    teachers = np.array([[0.6, 0.4, 0.0], [0.5, 0.5, 0.0]], np.float32)
+    got = np.asarray(loss(np.array([0.0, 2.0]), np.concatenate([student, teachers], axis=1)))
+    target0 = 0.25 * np.array([1, 0, 0]) + 0.75 * teachers[0]
+    assert got == pytest.approx([-(target0 * np.log(student[0])).sum(), -np.log(0.8)], rel=1e-5)
 
 
 def io_of(fn, argv):

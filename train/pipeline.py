@@ -1,6 +1,6 @@
 """The pieces a training run is built from: the ``tf.data`` pipeline, class
 weights, the callbacks (ETA, the shipped model's validation loss), the
-teacher's loading and the weights' hash."""
+teacher's loading and split check, and the weights' hash."""
 
 from __future__ import annotations
 
@@ -40,13 +40,53 @@ def load_teacher(keras, path: str):
     Raises:
         HappysadError: the file is missing or not a Keras model.
     """
-    if not Path(path).is_file():
-        raise HappysadError(f"--teacher {path}: no such file; give a run's model.keras (or model_full.keras)")
+    require_teacher_file(path)
     try:
         return keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:  # Keras raises many types for a bad file
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise HappysadError(f"--teacher {path}: not a loadable Keras model ({first})") from None
+
+
+def require_teacher_file(path: str) -> None:
+    """Raises HappysadError when the teacher's model file does not exist."""
+    if not Path(path).is_file():
+        raise HappysadError(f"--teacher {path}: no such file; give a run's model.keras (or model_full.keras)")
+
+
+def check_teacher_split(path: str, split: dict) -> None:
+    """Refuse a teacher that was trained on this run's validation or test images.
+
+    A teacher's outputs on images it trained on are near its labels; a
+    student taught on them would score its own test split with the
+    teacher's memory. The teacher run's ``split.json`` (beside its model
+    file) lists what it trained on, by sha256; it is compared with this
+    run's ``split`` (validation and test parts, auxiliary ones included).
+
+    Raises:
+        HappysadError: the teacher's train part holds images of this run's
+            validation or test part (another ``--seed`` or data folder).
+    """
+    own = Path(path).parent / "split.json"
+    if not own.is_file():
+        _log(f"--teacher {path}: no split.json beside it, so it cannot be checked against this run's test split")
+        return
+    import json
+
+    theirs = json.loads(own.read_text())
+
+    def digests(record, part):
+        rows = record.get(part, []) + record.get("auxiliary", {}).get(part, [])
+        return {row["sha256"] for row in rows}
+
+    trained = digests(theirs, "train")
+    held_out = digests(split, "val") | digests(split, "test")
+    common = len(trained & held_out)
+    if common:
+        raise HappysadError(
+            f"--teacher {path}: it trained on {common} images of this run's validation or test part; "
+            "train the teacher with the same data and --seed as this run"
+        )
 
 
 def balanced_class_weights(y: np.ndarray, n_classes: int, cap: float = 4.0) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -21,10 +22,12 @@ from . import plots
 from .evaluate import evaluate_run, format_metrics, probabilities, write_report
 from .pipeline import (
     balanced_class_weights,
+    check_teacher_split,
     eta_callback,
     history_csv,
     image_dataset,
     load_teacher,
+    require_teacher_file,
     shipped_loss_callback,
     weights_sha256,
 )
@@ -291,7 +294,13 @@ def train(opts: TrainOptions) -> dict:
             f"{out}: holds a trained run already (model.keras); pass --overwrite to replace it, or choose another --out"
         )
     size = (opts.img_size, opts.img_size)
+    for path in opts.teachers:
+        require_teacher_file(path)
     data = prepare_data(opts, out, size)
+    if opts.teachers:
+        split = json.loads((out / "split.json").read_text())
+        for path in opts.teachers:
+            check_teacher_split(path, split)
     keras, tf = _start_tensorflow(opts, out)
     from .models import count_macs
 
