@@ -123,6 +123,30 @@ def test_phash_matches_re_encoded_and_differs_for_other_faces():
     assert sorted(pairs) == brute
 
 
+def test_the_split_does_not_depend_on_the_input_size(tmp_path):
+    """Near-duplicate groups are hashed at the image's own size, so a 64 px
+    run splits a folder exactly as a 48 px run does."""
+    from happysad.train.data import scan
+    from happysad.train.split import make_split
+
+    from synth import draw_face
+
+    rng = np.random.default_rng(7)
+    for label in ("happy", "sad"):
+        (tmp_path / label).mkdir()
+        for i in range(40):
+            face = cv2.resize(draw_face(rng, label), (100, 100), interpolation=cv2.INTER_CUBIC)
+            cv2.imwrite(str(tmp_path / label / f"{i:02d}.png"), face)
+        # Two near-copies (re-encoded), to be grouped at either size.
+        face = cv2.imread(str(tmp_path / label / "00.png"))
+        cv2.imwrite(str(tmp_path / label / "00-copy.jpg"), face, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    small, large = scan(tmp_path, (48, 48)), scan(tmp_path, (64, 64))
+    assert np.array_equal(small.phash, large.phash)
+    assert np.array_equal(small.groups, large.groups) and len(set(small.groups)) < len(small.groups)
+    parts = [make_split(s.y, s.groups, (0.7, 0.2, 0.1), 0) for s in (small, large)]
+    assert np.array_equal(*parts)
+
+
 def test_roc_auc_and_threshold_against_brute_force():
     from happysad.edge.metrics import best_threshold, roc_auc
 

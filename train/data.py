@@ -231,13 +231,17 @@ def _read_rows(candidates: list, skipped: list, size, progress: bool) -> list[tu
             skipped.append({"path": rel, "reason": str(exc).split(": ", 1)[-1]})
             continue
         gray = preprocess(image, size, "gray")
+        # The hash is taken at the image's own size, not the model's, so the
+        # near-duplicate groups (and so the split) do not change with
+        # --img-size; for FER2013's 48x48 faces it is the 48 px hash.
+        own = preprocess(image, image.shape[:2], "gray")
         is_gray = bool((image[:, :, 0] == image[:, :, 1]).all() and (image[:, :, 1] == image[:, :, 2]).all())
         rows.append(
             (
                 rel,
                 idx,
                 hashlib.sha256(raw).hexdigest(),
-                phash(gray),
+                phash(own),
                 image.shape[:2],
                 "gray" if is_gray else "color",
                 float(gray.std()),
