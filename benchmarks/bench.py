@@ -171,7 +171,8 @@ def bench_model(path: str, labels, y, images, image_path, opts: BenchOptions) ->
 
     Returns:
         list of dicts with model, name, format, backend, threads, size_mb
-        (10^6 bytes), params and macs (None where not available), load_ms,
+        (10^6 bytes), params and macs per face (None where not available;
+        twice the model's with ``--tta flip``), load_ms,
         the :func:`latency_row` figures, cold_start ({ms, peak_rss_mb} or
         None), predictions (int list) and the
         :func:`edge.metrics.classification_metrics` figures.
@@ -224,7 +225,8 @@ def _bench_rows(path: str, labels, y, images, opts: BenchOptions, tta: str) -> l
                 "threads": threads,
                 "size_mb": runner.size_mb,
                 "params": cost[0],
-                "macs": cost[1],
+                # Per face: --tta flip runs the model twice.
+                "macs": None if cost[1] is None else cost[1] * (2 if tta == "flip" else 1),
                 "load_ms": runner.load_ms,
                 **lat,
             }

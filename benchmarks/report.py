@@ -73,7 +73,7 @@ COST_COLUMNS = [
     ("memory", lambda r: _ratio(r.get("memory_ratio"))),
 ]
 
-#: Columns of the Markdown accuracy table (one row per model file).
+#: Columns of the Markdown accuracy table (one row per model file and test-time augmentation).
 ACCURACY_COLUMNS = [
     ("model", lambda r: f"`{r['name']}`"),
     ("accuracy", lambda r: f"{r['accuracy']:.4f}"),
@@ -135,9 +135,11 @@ def _md_table(columns, rows) -> str:
 
 def format_markdown(report: dict) -> str:
     """Two Markdown tables (latency and cost per model and thread count;
-    accuracy per model file) with the machine and settings, ending in a newline."""
+    accuracy per model file and ``--tta``) with the machine and settings, ending in a newline."""
     results = report["results"]
-    per_file = list({r["model"]: r for r in reversed(results)}.values())[::-1]
+    # One accuracy row per file and test-time augmentation (the labels do
+    # not depend on the thread count; they do on --tta flip).
+    per_file = list({(r["model"], r.get("tta", "none")): r for r in reversed(results)}.values())[::-1]
     s = report["settings"]
     return "\n".join(
         [

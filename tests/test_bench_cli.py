@@ -139,6 +139,34 @@ def test_gates_pass_when_every_model_meets_them(export_dir, run_dir):
     assert gate_lines(res) == []
 
 
+def test_flip_rows_have_their_own_accuracy_row_and_twice_the_macs(export_dir, run_dir, tmp_path):
+    res = bench(
+        export_dir / "model_int8.tflite",
+        "--split",
+        run_dir / "split.json",
+        "--tta",
+        "flip",
+        "--runs",
+        "5",
+        "--warmup",
+        "1",
+        "--cold-runs",
+        "0",
+        "--json",
+        tmp_path / "b.json",
+        "--markdown",
+        tmp_path / "b.md",
+    )
+    assert res.returncode == 0, res.stderr
+    plain, flip = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert (plain["tta"], flip["tta"]) == ("none", "flip")
+    assert flip["macs"] == 2 * plain["macs"] > 0
+    md = (tmp_path / "b.md").read_text()
+    accuracy_table = md.split("| model | accuracy |")[1]
+    for row in (plain, flip):
+        assert f"| `{row['name']}` | {row['accuracy']:.4f} | {row['balanced_accuracy']:.4f} |" in accuracy_table
+
+
 def test_max_p50_gate_fails_with_the_reason_and_still_writes_the_report(export_dir, run_dir, tmp_path):
     res = bench(
         export_dir / "model_int8.tflite",
