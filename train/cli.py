@@ -158,7 +158,7 @@ def _training_args(p) -> None:
         type=_unit,
         default=DEFAULTS["distill_alpha"],
         metavar="A",
-        help="weight of the true labels in the distillation targets, 0..1 (the teacher's: 1 - A)",
+        help="weight of the true labels in the distillation targets, 0..1 (the teachers': 1 - A)",
     )
     p.add_argument(
         "--deterministic",
