@@ -11,8 +11,8 @@ import numpy as np
 from .backends import Backend, load_backend, model_format
 from .crop import face_crop
 from .embedding import read_onnx_metadata, read_tflite_metadata
-from .errors import HappysadError
-from .faces import DEFAULT_DETECTOR, Box, Face, make_detector
+from .errors import HappysadError, UsageError
+from .faces import DEFAULT_DETECTOR, Box, Face, make_detector, plausible
 from .metadata import UNCERTAIN, ModelMetadata
 from .metrics import class_probabilities, decide
 from .prediction import Prediction
@@ -287,10 +287,17 @@ class Classifier:
 
     def crop_face(self, frame: np.ndarray, face: Face | Box) -> np.ndarray:
         """The face cut out, levelled and framed as this model's metadata
-        says (``face_margin``, ``face_shift``): :func:`edge.crop.face_crop`."""
-        return face_crop(
-            frame, Face.of(face), self.metadata.image_size, self.metadata.face_margin, self.metadata.face_shift
-        )
+        says (``face_margin``, ``face_shift``): :func:`edge.crop.face_crop`.
+
+        Raises:
+            UsageError: the box's centre is off the frame, or a side is not
+                positive or over twice the frame's larger side.
+        """
+        face = Face.of(face)
+        if not plausible(face.box, frame.shape):
+            h, w = frame.shape[:2]
+            raise UsageError(f"face box {tuple(face.box)} is not on the {w}x{h} frame: give (x, y, w, h) in its pixels")
+        return face_crop(frame, face, self.metadata.image_size, self.metadata.face_margin, self.metadata.face_shift)
 
     def classify_boxes(self, frame: np.ndarray, faces: list, detect_ms: float = 0.0) -> list[Prediction]:
         """Classify each detected face of a frame.

@@ -103,6 +103,22 @@ def _largest_first(faces: list[Face]) -> list[Face]:
     return sorted(faces, key=lambda f: f.box[2] * f.box[3], reverse=True)
 
 
+def plausible(box: tuple[float, float, float, float], shape: tuple[int, ...]) -> bool:
+    """Whether a detector's (x, y, w, h) box, in pixels, can be a face in an
+    image of ``shape`` (H, W[, C]): finite, positive size, its centre inside
+    the image and neither side over twice the image's larger side.
+
+    A face cut by the frame's edge passes (its centre is still inside); what
+    fails is the garbage a DNN detector can decode from a degenerate input
+    (YuNet on a 640x1 sliver has returned a 6.6e13 px box with score 0.99).
+    """
+    x, y, w, h = box
+    if not all(np.isfinite(v) for v in box) or min(w, h) <= 0:
+        return False
+    limit = 2 * max(shape[:2])
+    return 0 <= x + w / 2 <= shape[1] and 0 <= y + h / 2 <= shape[0] and max(w, h) <= limit
+
+
 class HaarDetector:
     """OpenCV's Haar cascade: frontal faces, no keypoints, no score.
 
@@ -196,6 +212,8 @@ class YuNetDetector:
         Args:
             image: uint8 (H, W) gray or (H, W, 3) BGR.
         """
+        if min(image.shape[:2]) < self.min_size:  # no room for a face this detector keeps
+            return []
         small, scale = _downscale(_bgr(image), self.detect_width)
         size = (small.shape[1], small.shape[0])
         if size != self._size:
@@ -205,7 +223,7 @@ class YuNetDetector:
         faces = []
         for row in [] if rows is None else rows:
             x, y, w, h = (float(v) / scale for v in row[:4])
-            if min(w, h) < self.min_size:
+            if not plausible((x, y, w, h), image.shape) or min(w, h) < self.min_size:
                 continue
             box = (int(round(x)), int(round(y)), int(round(w)), int(round(h)))
             kp = (row[4:14].reshape(5, 2) / scale).astype(np.float32)

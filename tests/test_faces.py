@@ -14,8 +14,8 @@ import pytest
 from happysad.edge import Classifier
 from happysad.edge.blazeface import BLAZEFACE, decode_blazeface, ssd_anchors, weighted_nms
 from happysad.edge.crop import eye_angle, face_crop
-from happysad.edge.errors import HappysadError
-from happysad.edge.faces import DETECTORS, Face, HaarDetector, YuNetDetector, make_detector
+from happysad.edge.errors import HappysadError, UsageError
+from happysad.edge.faces import DETECTORS, Face, HaarDetector, YuNetDetector, make_detector, plausible
 
 from helpers import REPO
 
@@ -322,6 +322,29 @@ def test_odd_image_shapes_never_crash_a_detector(export_dir, name):
     for shape in ((49, 1, 3), (1, 49, 3), (2, 3000, 3), (3000, 2, 3), (60, 60, 3), (49, 49)):
         (pred,) = clf.classify_photo(rng.integers(0, 255, shape, dtype=np.uint8))
         assert pred.label in ("happy", "sad")
+
+
+def test_garbage_boxes_are_not_faces():
+    """A box a detector decodes from a degenerate input is dropped; a face cut by the frame is kept."""
+    shape = (480, 640, 3)
+    assert plausible((100, 80, 120, 140), shape)
+    assert plausible((-40, -30, 120, 140), shape)  # cut by the top-left corner, centre inside
+    assert plausible((0, 0, 640, 480), shape)
+    # YuNet's answer for a 3000x2 noise image on one CI machine (score 0.99):
+    assert not plausible((-32951849779200, -6608, 65903699558400, 11786), (2, 3000, 3))
+    assert not plausible((700, 100, 50, 50), shape)  # centre right of the frame
+    assert not plausible((100, 100, 0, 50), shape)
+    assert not plausible((100, 100, float("nan"), 50), shape)
+    assert not plausible((-700, -700, 1400, 1400), shape)  # larger than twice the frame
+
+
+def test_a_box_off_the_frame_is_refused_in_one_line(export_dir):
+    """A caller's box that is not on the frame is a usage error, not an OpenCV traceback."""
+    clf = Classifier(export_dir / "model_int8.tflite", detector="haar")
+    frame = np.full((120, 160, 3), 128, np.uint8)
+    assert clf.classify_boxes(frame, [(40, 20, 60, 60)])[0].label in ("happy", "sad")
+    with pytest.raises(UsageError, match="not on the 160x120 frame"):
+        clf.classify_boxes(frame, [(10**13, 0, 10**14, 50)])
 
 
 def test_keras_benchmark_row_crops_the_pixels_the_device_crops(run_dir, export_dir, real_faces):
