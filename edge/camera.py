@@ -105,19 +105,21 @@ class FaceTracker:
 
     A face moves little in 1/15 s, and the crop's margin absorbs it: holding
     the boxes for a frame or two costs nothing in accuracy that was measured
-    and takes the detector's time off those frames.
+    and takes the detector's time off those frames. A frame of another size
+    (a stream reconnected at another resolution) is always searched anew.
     """
 
     def __init__(self, every: int = 1):
         self.every = max(1, every)
         self._faces: list = []
         self._age = 0
+        self._shape: tuple = ()
 
     def faces(self, clf: Classifier, frame, largest_only: bool) -> tuple[list, float]:
         """(faces for this frame, detection ms: 0 on a frame that reused the last ones)."""
-        if self._age % self.every == 0 or not self._faces:
+        if self._age % self.every == 0 or not self._faces or frame.shape != self._shape:
             self._faces, detect_ms = clf.detect_faces(frame, largest_only)
-            self._age = 1
+            self._age, self._shape = 1, frame.shape
             return self._faces, detect_ms
         self._age += 1
         return self._faces, 0.0

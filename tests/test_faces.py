@@ -13,6 +13,7 @@ import pytest
 
 from happysad.edge import Classifier
 from happysad.edge.blazeface import BLAZEFACE, decode_blazeface, ssd_anchors, weighted_nms
+from happysad.edge.camera import FaceTracker
 from happysad.edge.crop import eye_angle, face_crop
 from happysad.edge.errors import HappysadError, UsageError
 from happysad.edge.faces import DETECTORS, Face, HaarDetector, YuNetDetector, make_detector, plausible
@@ -345,6 +346,20 @@ def test_a_box_off_the_frame_is_refused_in_one_line(export_dir):
     assert clf.classify_boxes(frame, [(40, 20, 60, 60)])[0].label in ("happy", "sad")
     with pytest.raises(UsageError, match="not on the 160x120 frame"):
         clf.classify_boxes(frame, [(10**13, 0, 10**14, 50)])
+
+
+def test_held_faces_are_searched_anew_on_a_frame_of_another_size(export_dir, real_faces):
+    """--detect-every holds boxes between detections, but never onto a frame they may not fit."""
+    clf = Classifier(export_dir / "model_int8.tflite", detector="yunet")
+    tracker = FaceTracker(every=5)
+    big = real_faces[0]
+    faces, first_ms = tracker.faces(clf, big, largest_only=True)
+    assert faces and first_ms > 0
+    assert tracker.faces(clf, big, largest_only=True) == (faces, 0.0)  # held
+    small = cv2.resize(big, (160, 120), interpolation=cv2.INTER_AREA)
+    moved, ms = tracker.faces(clf, small, largest_only=True)
+    assert ms > 0 and all(f.box[0] + f.box[2] <= 170 for f in moved)
+    assert clf.classify_boxes(small, moved, ms)  # crops without refusing a box
 
 
 def test_keras_benchmark_row_crops_the_pixels_the_device_crops(run_dir, export_dir, real_faces):
