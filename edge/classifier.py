@@ -290,12 +290,10 @@ class Classifier:
         says (``face_margin``, ``face_shift``): :func:`edge.crop.face_crop`.
 
         Raises:
-            UsageError: the box's centre is off the frame, or a side is not
-                positive or over twice the frame's larger side.
+            UsageError: the box is not on the frame (:func:`edge.faces.plausible`).
         """
-        face = Face.of(face)
+        face, (h, w) = Face.of(face), frame.shape[:2]
         if not plausible(face.box, frame.shape):
-            h, w = frame.shape[:2]
             raise UsageError(f"face box {tuple(face.box)} is not on the {w}x{h} frame: give (x, y, w, h) in its pixels")
         return face_crop(frame, face, self.metadata.image_size, self.metadata.face_margin, self.metadata.face_shift)
 
