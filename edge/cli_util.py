@@ -235,7 +235,11 @@ def run_main(prog: str, body: Callable[[Sequence[str] | None], int], argv: Seque
     except ValueError:  # not the main thread
         previous = None
     try:
-        return body(argv)
+        code = body(argv)
+        if terminated:  # a library swallowed the KeyboardInterrupt and the body ran on
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return 130
+        return code
     except HappysadError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return exc.exit_code
