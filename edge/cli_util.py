@@ -230,22 +230,23 @@ def run_main(prog: str, body: Callable[[Sequence[str] | None], int], argv: Seque
         terminated.append(signum)
         raise KeyboardInterrupt  # unwinds like Ctrl-C: temporary files are removed
 
+    def interrupted() -> int:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
     try:
         previous = signal.signal(signal.SIGTERM, terminate)
     except ValueError:  # not the main thread
         previous = None
     try:
         code = body(argv)
-        if terminated:  # a library swallowed the KeyboardInterrupt and the body ran on
-            print(f"{prog}: interrupted", file=sys.stderr)
-            return 130
-        return code
+        # A library that swallowed the KeyboardInterrupt let the body run on.
+        return interrupted() if terminated else code
     except HappysadError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+        return interrupted()
     except BrokenPipeError:  # e.g. piped into `head`
         return 0
     except OSError as exc:
@@ -253,8 +254,7 @@ def run_main(prog: str, body: Callable[[Sequence[str] | None], int], argv: Seque
         # name over 255 bytes, a symlink loop, a permission): one line naming
         # it, as for every other bad input.
         if terminated:
-            print(f"{prog}: interrupted", file=sys.stderr)
-            return 130
+            return interrupted()
         from .images import display_path
 
         where = f"{display_path(exc.filename)}: " if exc.filename is not None else ""
@@ -271,8 +271,7 @@ def run_main(prog: str, body: Callable[[Sequence[str] | None], int], argv: Seque
         # A library that caught the interrupt and raised its own error
         # (a converter calling back into Python) is still an interruption.
         if terminated:
-            print(f"{prog}: interrupted", file=sys.stderr)
-            return 130
+            return interrupted()
         raise
     finally:
         if previous is not None:
