@@ -19,10 +19,10 @@ from happysad.edge import HappysadError, load_image, read_metadata
 from happysad.edge.backends import default_backend, model_format
 from happysad.edge.cli_util import Progress
 from happysad.edge.cli_util import log as _log
-from happysad.edge.dataset import labelled_images, read_split, split_items
+from happysad.edge.dataset import labelled_images, read_split, split_items, split_votes
 from happysad.edge.errors import UsageError
 from happysad.edge.faces import DEFAULT_DETECTOR
-from happysad.edge.metrics import classification_metrics
+from happysad.edge.metrics import classification_metrics, vote_metrics
 
 from .coldstart import cold_start
 from .machine import machine_info
@@ -53,6 +53,8 @@ class BenchOptions:
         tta: also measure each model file with this test-time augmentation
             (``"flip"``: the face and its mirror image averaged, two
             inferences), in rows of their own; None: not.
+        votes: set by :func:`load_labelled`: float (N, 10) FER+ counts of
+            the images a split records votes for (NaN rows: none), or None.
     """
 
     models: list
@@ -67,6 +69,7 @@ class BenchOptions:
     cold_runs: int = 3
     detector: str = DEFAULT_DETECTOR
     tta: str | None = None
+    votes: object = field(default=None, compare=False, repr=False)
 
 
 def model_labels(models) -> list[str] | None:
@@ -92,16 +95,18 @@ def load_labelled(opts: BenchOptions):
     Raises:
         HappysadError: no data given, or no image decodes.
     """
+    votes = None
     if opts.split:
         split = read_split(opts.split, opts.data_root)
         labels, items = split["labels"], split_items(split, opts.part)
+        votes = split_votes(split, opts.part)
     elif opts.data:
         labels, items = labelled_images(opts.data, model_labels(opts.models))
     else:
         raise HappysadError("give labelled images with --data DIR or --split RUN_DIR/split.json")
-    paths, ys, images = [], [], []
+    paths, ys, images, kept = [], [], [], []
     progress = Progress(len(items), "decoding")
-    for path, y in items:
+    for k, (path, y) in enumerate(items):
         progress.update()
         try:
             images.append(load_image(path))
@@ -110,9 +115,11 @@ def load_labelled(opts: BenchOptions):
             continue
         paths.append(path)
         ys.append(y)
+        kept.append(k)
     progress.close()
     if not images:
         raise HappysadError("no labelled image could be read; check --data or --split")
+    opts.votes = None if votes is None else votes[kept]
     return list(labels), paths, np.array(ys, dtype=np.int64), images
 
 
@@ -203,8 +210,8 @@ def _bench_rows(path: str, labels, y, images, opts: BenchOptions, tta: str) -> l
         runner = load_runner(path, labels, threads, opts.detector, tta)
         if metrics is None:
             t0 = time.perf_counter()
-            preds = runner.predict(images)
-            metrics = {**classification_metrics(y, preds, labels), "predictions": preds.tolist()}
+            preds, probs = runner.predict_scores(images)
+            metrics = accuracy_figures(y, preds, probs, labels, opts.votes)
             cost = runner.cost()
             _log(
                 f"  {name}: accuracy {metrics['accuracy']:.4f} on {len(images)} images "
@@ -235,6 +242,34 @@ def _bench_rows(path: str, labels, y, images, opts: BenchOptions, tta: str) -> l
     for row in rows:
         row.update(metrics)
     return rows
+
+
+def accuracy_figures(y, preds, probs, labels, votes=None) -> dict:
+    """The accuracy figures of one model on the labelled images.
+
+    Args:
+        y: int64 (N,) folder labels as indices into ``labels`` (-1: a folder
+            that is none of the model's classes, left out of these).
+        preds: int64 (N,) predicted indices. probs: float (N, C).
+        votes: float (N, 10) FER+ counts (NaN rows: none), or None.
+
+    Returns:
+        :func:`edge.metrics.classification_metrics` on the folder labels;
+        ``forced_accuracy``: the class with the highest score among those
+        the folders hold (happy vs sad on photos of happy and sad people),
+        0..1; ``called``: {label: share of images given it}; ``predictions``;
+        and ``ferplus`` (:func:`edge.metrics.vote_metrics`) where votes are known.
+    """
+    y, preds, probs = np.asarray(y), np.asarray(preds), np.asarray(probs)
+    known = y >= 0
+    out = {**classification_metrics(y[known], preds[known], labels), "predictions": preds.tolist()}
+    present = sorted(set(y[known].tolist()))
+    forced = np.array(present)[np.argmax(probs[known][:, present], axis=1)] if present else preds[known]
+    out["forced_accuracy"] = float(np.mean(forced == y[known])) if known.any() else None
+    out["called"] = {lab: float(np.mean(preds == i)) for i, lab in enumerate(labels)}
+    if votes is not None and np.isfinite(votes).any():
+        out["ferplus"] = vote_metrics(probs, labels, votes)
+    return out
 
 
 def reference_for(result: dict, results: list) -> dict:

@@ -88,6 +88,27 @@ ACCURACY_COLUMNS = [
 ]
 
 
+def _vote(key: str):
+    def cell(r):
+        v = (r.get("ferplus") or {}).get(key)
+        return "n/a" if v is None else (f"{v:.3f}" if key == "vote_mae" else f"{100 * v:.2f}%")
+
+    return cell
+
+
+#: Columns of the Markdown table against crowd votes (runs trained with
+#: ``--votes``; :func:`edge.metrics.vote_metrics`).
+VOTE_COLUMNS = [
+    ("model", lambda r: f"`{r['name']}`"),
+    ("forced", _vote("forced")),
+    ("three-way balanced", _vote("three_way")),
+    ("neutral called an expression", _vote("neutral_called_expression")),
+    ("majority accuracy", _vote("majority")),
+    ("score-vote MAE", _vote("vote_mae")),
+    ("faces with votes", lambda r: str((r.get("ferplus") or {}).get("n", "n/a"))),
+]
+
+
 def machine_line(report: dict) -> str:
     """One line: CPU, cores, OS, Python, runtime versions."""
     m = report["machine"]
@@ -149,6 +170,18 @@ def format_markdown(report: dict) -> str:
             "",
             _md_table(ACCURACY_COLUMNS, per_file),
             "",
+            *(
+                [
+                    "Against the FER+ majority of ten crowd votes (forced: happy vs sad on faces whose "
+                    "majority is one of them; three-way: happy / sad / neither, balanced, on faces whose "
+                    "majority is happiness, sadness or neutral; MAE: scores against vote shares):",
+                    "",
+                    _md_table(VOTE_COLUMNS, per_file),
+                    "",
+                ]
+                if any(r.get("ferplus") for r in per_file)
+                else []
+            ),
             settings_line(report) + "; confusion matrix: one row per true class, "
             f"predicted counts in label order ({', '.join(s.get('labels', []))}).",
             "",

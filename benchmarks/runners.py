@@ -125,7 +125,15 @@ class EdgeRunner:
     def predict(self, images: list) -> np.ndarray:
         """Class indices (int64 (N,)) the way ``happysad-edge classify`` gives
         them: the largest face of an image larger than the input, else the whole."""
-        return np.array([self.labels.index(self.clf.classify_image(im).label) for im in images], dtype=np.int64)
+        return self.predict_scores(images)[0]
+
+    def predict_scores(self, images: list) -> tuple[np.ndarray, np.ndarray]:
+        """(class indices int64 (N,) as :meth:`predict`, float32 (N, C)
+        class probabilities in ``labels`` order), in one pass."""
+        preds = [self.clf.classify_image(im) for im in images]
+        idx = np.array([self.labels.index(p.label) for p in preds], dtype=np.int64)
+        probs = np.array([[p.scores[lab] for lab in self.labels] for p in preds], dtype=np.float32)
+        return idx, probs.reshape(len(preds), len(self.labels))
 
 
 class KerasRunner:
@@ -210,9 +218,14 @@ class KerasRunner:
 
     def predict(self, images: list, batch_size: int = 256) -> np.ndarray:
         """Class indices (int64 (N,)), in batches of ``batch_size``."""
+        return self.predict_scores(images, batch_size)[0]
+
+    def predict_scores(self, images: list, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """(class indices int64 (N,), float32 (N, C) class probabilities), in one pass."""
         x = np.stack([preprocess(self._face_or_whole(im), self.size, self.color) for im in images])
         raw = self.model.predict(x.astype(np.float32), batch_size=batch_size, verbose=0)
-        return decide(class_probabilities(raw, self.output), self.meta.threshold)
+        probs = class_probabilities(raw, self.output)
+        return decide(probs, self.meta.threshold), probs
 
 
 def load_runner(

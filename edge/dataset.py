@@ -19,13 +19,15 @@ from .images import find_images
 SPLIT_PARTS = ("train", "val", "test")
 
 
-def class_folders(data_dir: str | os.PathLike, classes=None, minimum: int = 2) -> list[str]:
+def class_folders(data_dir: str | os.PathLike, classes=None, minimum: int = 2, missing_ok: bool = False) -> list[str]:
     """The class names of a labelled folder: its sub-folders, sorted.
 
     Args:
         classes: keep only these names, in this order (each must be there);
             None keeps every sub-folder.
         minimum: the fewest classes accepted.
+        missing_ok: a class of ``classes`` with no folder is left out
+            instead of refused (photos of some of a model's classes only).
 
     Raises:
         HappysadError: the folder is missing, a class asked for is not
@@ -39,6 +41,8 @@ def class_folders(data_dir: str | os.PathLike, classes=None, minimum: int = 2) -
     labels = sorted(p.name for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if classes is not None:
         missing = [c for c in classes if c not in labels]
+        if missing_ok:
+            classes, missing = [c for c in classes if c in labels], []
         if missing:
             raise HappysadError(f"{data_dir}: no class folder {', '.join(missing)} (it has {', '.join(labels)})")
         labels = list(classes)
@@ -53,14 +57,20 @@ def labelled_images(data_dir: str | os.PathLike, classes=None) -> tuple[list[str
     """All image files of a labelled folder with their class index
     (of the ``classes`` named, in that order, when given).
 
+    With ``classes``, the labels returned are ``classes`` themselves, and a
+    class with no sub-folder has no image (a happy/sad/neutral model
+    measured on photos of happy and sad people); at least two of them must
+    have a folder.
+
     Returns:
         (labels, [(path, class index), ...]) with paths sorted per class.
 
     Raises:
         HappysadError: see :func:`class_folders`.
     """
-    labels = class_folders(data_dir, classes)
-    items = [(p, i) for i, name in enumerate(labels) for p in find_images(Path(data_dir) / name)]
+    present = class_folders(data_dir, classes, missing_ok=classes is not None)
+    labels = list(classes) if classes is not None else present
+    items = [(p, labels.index(name)) for name in present for p in find_images(Path(data_dir) / name)]
     return labels, items
 
 
@@ -98,7 +108,47 @@ def read_split(path: str | os.PathLike, data_dir: str | os.PathLike | None = Non
 
 
 def split_items(split: dict, part: str) -> list[tuple[Path, int]]:
-    """The (absolute path, class index) pairs of one part of a split."""
+    """The (absolute path, class index) pairs of one part of a split.
+
+    A run trained on crowd votes (``happysad-train --votes``) records the
+    model's classes as ``labels`` and each file's folder as its ``label``;
+    a folder that is none of the model's classes (those are listed in
+    ``folder_labels``) gets the index -1.
+
+    Raises:
+        HappysadError: an entry's label is neither a class nor a folder of the split.
+    """
     root = Path(split["data_dir"])
     labels = split["labels"]
-    return [(root / e["path"], labels.index(e["label"])) for e in split[part]]
+    folders = split.get("folder_labels") or []
+    out = []
+    for e in split[part]:
+        if e["label"] in labels:
+            out.append((root / e["path"], labels.index(e["label"])))
+        elif e["label"] in folders:
+            out.append((root / e["path"], -1))
+        else:
+            raise HappysadError(f"split file: {e['path']} has label {e['label']!r}, not one of {labels}")
+    return out
+
+
+def split_votes(split: dict, part: str):
+    """The crowd votes recorded for each file of one part of a split.
+
+    Returns:
+        float64 (N, 10) FER+ counts in :data:`edge.votes.EMOTIONS` order, in
+        the order of :func:`split_items`; NaN rows for files without votes.
+        None when the split records no votes at all.
+    """
+    import numpy as np
+
+    from .votes import EMOTIONS
+
+    if not split.get("votes"):
+        return None
+    out = np.full((len(split[part]), len(EMOTIONS)), np.nan)
+    for i, e in enumerate(split[part]):
+        v = e.get("votes")
+        if isinstance(v, list) and len(v) == len(EMOTIONS):
+            out[i] = v
+    return out

@@ -209,3 +209,96 @@ def suggest_min_confidence(y_true, probs, threshold: float = 0.5, target: float 
         "coverage": float(keep.mean()),
         "target": target,
     }
+
+
+#: The class that is no expression: "neither" in the three-way figure.
+NEUTRAL = "neutral"
+
+
+def vote_metrics(probs, labels, votes, bins: int = 10) -> dict:
+    """Figures against crowd votes (FER+ majority, :mod:`edge.votes`).
+
+    The model's *expression classes* are its labels other than
+    :data:`NEUTRAL` (happy and sad for a happy/sad/neutral model).
+
+    - ``majority``: accuracy of the most probable class on faces whose
+      majority is one of the model's classes.
+    - ``forced``: on faces whose majority is an expression class, the
+      expression class with the highest score (neutral's ignored), as a
+      two-way happy/sad model answers.
+    - ``three_way``: balanced accuracy over expression classes + "neither",
+      on faces whose majority is an expression class or neutral; an answer
+      that is no expression class (neutral) counts as "neither".
+      ``three_way_recall``: its recall per class ("neither" for the
+      faces whose majority is neutral); ``forced_recall``: the forced
+      figure per expression class.
+    - ``neutral_called_expression``: share of neutral-majority faces whose
+      most probable class is an expression class.
+    - ``vote_mae``: mean over faces and classes of |score - vote share|,
+      the shares taken over the model's classes only (faces with no vote on
+      them left out); 0 is a model whose scores are the crowd's shares.
+    - ``reliability``: per confidence bin (the top score, ``bins`` equal
+      bins over 0..1), the mean confidence, the mean vote share of the
+      class given, and the face count: a reliability diagram's points.
+
+    Args:
+        probs: float (N, C) class probabilities in ``labels`` order.
+        labels: the model's class names (:func:`edge.votes.emotion_of` each).
+        votes: float (N, 10) FER+ counts, NaN rows for faces without votes.
+
+    Returns:
+        dict of the figures above (rates 0..1; None where no face
+        qualifies) and ``n`` (faces with votes), ``counts`` (faces per
+        majority used).
+    """
+    from .votes import emotion_of, majorities, shares
+
+    p = np.asarray(probs, dtype=np.float64).reshape(len(votes), -1)
+    emotions = [emotion_of(lab) for lab in labels]
+    maj = majorities(votes)
+    pred = np.argmax(p, axis=1) if len(p) else np.zeros(0, np.int64)
+    expr = [i for i, lab in enumerate(labels) if lab != NEUTRAL]
+    emo_expr = [emotions[i] for i in expr]
+
+    def rate(mask, ok):
+        return float(np.mean(ok[mask])) if mask.any() else None
+
+    in_model = np.array([m in emotions for m in maj], bool)
+    truth = np.array([emotions.index(m) if m in emotions else -1 for m in maj])
+    out = {"n": int(sum(m is not None for m in maj)), "majority": rate(in_model, pred == truth)}
+    is_expr = np.array([m in emo_expr for m in maj], bool)
+    forced = np.array(expr)[np.argmax(p[:, expr], axis=1)] if len(p) and expr else pred
+    out["forced"] = rate(is_expr, forced == truth)
+    # Three-way: expression classes 0..E-1, "neither" E.
+    is_neutral = np.array([m == emotion_of(NEUTRAL) for m in maj], bool)
+    answer = np.array([expr.index(k) if k in expr else len(expr) for k in pred], np.int64)
+    true3 = np.array([emo_expr.index(m) if m in emo_expr else len(expr) for m in maj], np.int64)
+    names3 = [labels[i] for i in expr] + ["neither"]
+    recall3 = {
+        names3[c]: float(np.mean(answer[(true3 == c) & (is_expr | is_neutral)] == c))
+        for c in range(len(expr) + 1)
+        if np.any((true3 == c) & (is_expr | is_neutral))
+    }
+    out["three_way"] = float(np.mean(list(recall3.values()))) if recall3 else None
+    out["three_way_recall"] = recall3
+    forced_recall = {labels[i]: rate(is_expr & (truth == i), forced == truth) for i in expr}
+    out["forced_recall"] = {k: v for k, v in forced_recall.items() if v is not None}
+    out["neutral_called_expression"] = rate(is_neutral, answer < len(expr))
+    s = shares(votes, labels)
+    known = np.all(np.isfinite(s), axis=1)
+    out["vote_mae"] = float(np.mean(np.abs(p[known] - s[known]))) if known.any() else None
+    conf = p[known].max(axis=1) if known.any() else np.zeros(0)
+    given = s[known][np.arange(int(known.sum())), pred[known]] if known.any() else np.zeros(0)
+    which = np.minimum((conf * bins).astype(np.int64), bins - 1)
+    out["reliability"] = [
+        {
+            "bin": [b / bins, (b + 1) / bins],
+            "confidence": float(conf[which == b].mean()),
+            "vote_share": float(given[which == b].mean()),
+            "n": int(np.sum(which == b)),
+        }
+        for b in range(bins)
+        if np.any(which == b)
+    ]
+    out["counts"] = {m: int(sum(x == m for x in maj)) for m in sorted({m for m in maj if m is not None})}
+    return out

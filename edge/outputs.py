@@ -196,15 +196,15 @@ def _label(frame: np.ndarray, text: str, org: tuple[int, int], color, scale: flo
 
 
 #: BGR colours of the preview's labels; other labels take :data:`PALETTE` in turn.
-LABEL_COLORS = {"happy": (0, 160, 0), "sad": (0, 0, 200), UNCERTAIN: (110, 110, 110)}
+LABEL_COLORS = {"happy": (0, 160, 0), "sad": (0, 0, 200), "neutral": (150, 110, 40), UNCERTAIN: (110, 110, 110)}
 
 
 PALETTE = ((200, 120, 0), (0, 140, 200), (160, 0, 160), (0, 160, 160), (120, 60, 0))
 
 
 def label_color(label: str) -> tuple[int, int, int]:
-    """The BGR colour a label is drawn in: fixed for happy, sad and
-    uncertain, else one of :data:`PALETTE` chosen by the label's name (the
+    """The BGR colour a label is drawn in: fixed for happy, sad, neutral
+    and uncertain, else one of :data:`PALETTE` chosen by the label's name (the
     same colour in every frame and run)."""
     if label in LABEL_COLORS:
         return LABEL_COLORS[label]

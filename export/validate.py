@@ -14,8 +14,9 @@ import numpy as np
 
 from happysad.edge import Classifier, HappysadError, load_image, preprocess
 from happysad.edge.cli_util import Progress
-from happysad.edge.dataset import split_items
+from happysad.edge.dataset import split_items, split_votes
 from happysad.edge.metrics import class_probabilities, decide, suggest_min_confidence
+from happysad.edge.votes import emotion_of, majorities
 
 #: The split every file is verified on. The test split stays untouched by
 #: the export, so the benchmark's figures on it remain an independent check.
@@ -27,12 +28,21 @@ def validation_set(split: dict, part: str = VERIFY_SPLIT) -> tuple[np.ndarray, n
 
     Returns:
         (pixels, labels): uint8 (N, H, W, C) pixels 0..255 (NHWC, the model
-        input), int64 (N,) class indices into ``split["labels"]``.
+        input), int64 (N,) class indices into ``split["labels"]``: the
+        folder labels, or for a run on crowd votes the FER+ majority (faces
+        whose majority is none of the model's classes left out).
 
     Raises:
         HappysadError: the part is empty, or an image no longer decodes.
     """
     items = split_items(split, part)
+    votes = split_votes(split, part)
+    if votes is not None:
+        # A run trained on crowd votes is verified on the labels it learnt:
+        # the FER+ majority, on the faces whose majority is one of its classes.
+        emotions = [emotion_of(lab) for lab in split["labels"]]
+        truth = [emotions.index(m) if m in emotions else -1 for m in majorities(votes)]
+        items = [(path, t) for (path, _), t in zip(items, truth) if t >= 0]
     if not items:
         raise HappysadError(
             f"the split has no {part} images to verify the exported files with; "

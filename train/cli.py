@@ -55,7 +55,8 @@ def build_parser() -> ArgumentParser:
         type=_classes,
         default=None,
         metavar="A,B[,C...]",
-        help="train on these classes only, in this output order (default: every class folder, "
+        help="train on these classes only, in this output order (with --votes: the model's answers, "
+        "each a FER+ expression, default happy,sad,neutral; else default: every class folder, "
         "sorted); e.g. happy,sad,neutral",
     )
     p.add_argument(
@@ -66,6 +67,27 @@ def build_parser() -> ArgumentParser:
         help="folder of auxiliary classes, trained on beside DATA_DIR's (one softmax over all) and "
         "left out of the shipped model; split like DATA_DIR, its train part trained on, copies of "
         "DATA_DIR images left out (repeatable)",
+    )
+    p.add_argument(
+        "--votes",
+        metavar="VOTES_TSV",
+        default=None,
+        help="train on crowd votes (e.g. ../shared/data/ferplus/votes.tsv): each face's share of ten votes "
+        "over --classes (default happy,sad,neutral), whatever folder it sits in; the split stays DATA_DIR's",
+    )
+    p.add_argument(
+        "--votes-root",
+        metavar="DIR",
+        default=None,
+        help="the folder the votes table's paths are relative to (default: the folder above the table's)",
+    )
+    p.add_argument(
+        "--votes-max-other",
+        type=_unit,
+        default=DEFAULTS["votes_max_other"],
+        metavar="SHARE",
+        help="with --votes: leave out training faces whose votes fall more than SHARE (0..1) on expressions "
+        "the model does not answer (1: keep all)",
     )
     _run_args(p)
     _model_args(p)
@@ -186,6 +208,11 @@ def _body(argv) -> int:
         return 0
     if not args.out:
         parser.error("the following arguments are required: -o/--out")
+    if args.votes and args.classes:
+        from happysad.edge.votes import emotion_of
+
+        for name in args.classes:
+            emotion_of(name)  # a class with no vote column: one line, before anything is read
     require_workstation()
     from .trainer import TrainOptions, train
 
@@ -213,6 +240,9 @@ def _body(argv) -> int:
             teachers=tuple(args.teacher),
             distill_alpha=args.distill_alpha,
             teacher_flip=args.teacher_tta == "flip",
+            votes=args.votes,
+            votes_root=args.votes_root,
+            votes_max_other=args.votes_max_other,
             verbose=1 if sys.stdout.isatty() else 2,
         )
     )

@@ -35,6 +35,21 @@ def format_metrics(m: dict, labels) -> str:
     )
 
 
+def format_vote_metrics(v: dict) -> str:
+    """The figures of :func:`edge.metrics.vote_metrics` on one line."""
+
+    def pct(x):
+        return "n/a" if x is None else f"{100 * x:.2f}%"
+
+    return (
+        f"forced {pct(v['forced'])}, three-way balanced {pct(v['three_way'])}, neutral faces called an "
+        f"expression {pct(v['neutral_called_expression'])}, majority accuracy {pct(v['majority'])}, "
+        f"score-vote MAE {v['vote_mae']:.3f} (n={v['n']})"
+        if v["vote_mae"] is not None
+        else f"no faces with votes on the model's classes (n={v['n']})"
+    )
+
+
 def probabilities(model, paths: np.ndarray, size, color: str, ds=None, parallel: bool = True) -> np.ndarray:
     """float32 (N, C) class probabilities of ``model`` on image files, in order
     (``ds``: an in-order, already built pipeline of the same files)."""

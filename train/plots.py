@@ -92,3 +92,31 @@ def samples(images, true_labels, predicted, path: Path, cols: int = 8) -> None:
     fig.suptitle("test images: true / predicted (wrong in red)", fontsize=9)
     fig.tight_layout()
     _save(fig, path)
+
+
+def reliability(points: list, path: Path) -> None:
+    """A reliability diagram against crowd votes: per confidence bin, the
+    mean vote share of the class given against the mean confidence (from
+    :func:`edge.metrics.vote_metrics`'s ``reliability``); the diagonal is a
+    model whose confidence is the share of people who agree with it."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="scores = vote shares")
+    if points:
+        x = [p["confidence"] for p in points]
+        y = [p["vote_share"] for p in points]
+        ax.plot(x, y, marker="o", label="model")
+        for p in points:
+            ax.annotate(
+                str(p["n"]), (p["confidence"], p["vote_share"]), fontsize=7, xytext=(3, -9), textcoords="offset points"
+            )
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="confidence (top score)",
+        ylabel="share of votes for that class",
+        title="reliability against FER+ votes (test split)",
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)

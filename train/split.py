@@ -11,10 +11,15 @@ from pathlib import Path
 import numpy as np
 
 from happysad.edge.cli_util import log as _log
+from happysad.edge.errors import HappysadError
 from happysad.edge.fileio import write_json
+from happysad.edge.votes import OTHER, read_votes, shares, votes_for
 
 from .data import NEAR_DUPLICATE_DISTANCE, Scan, hamming_pairs, scan
 from .report import check_data
+
+#: The classes a run on votes answers unless ``--classes`` says otherwise.
+DEFAULT_VOTE_CLASSES = ("happy", "sad", "neutral")
 
 
 def make_split(y: np.ndarray, groups: list, ratios=(0.7, 0.2, 0.1), seed: int = 0) -> np.ndarray:
@@ -116,13 +121,21 @@ def auxiliary(main: Scan, aux_dirs, size=(48, 48), color="gray", progress: bool 
     return kept, dropped
 
 
-def split_record(s: Scan, part: np.ndarray, opts) -> dict:
-    """The contents of ``split.json``: every kept file's part, label and sha256."""
+def _entry(s: Scan, i: int, votes) -> dict:
+    """One file's record in ``split.json``: path, folder label, sha256, and
+    its ten crowd votes where known."""
+    e = {"path": s.paths[i], "label": s.labels[s.y[i]], "sha256": s.sha256[i]}
+    if votes is not None and np.all(np.isfinite(votes[i])):
+        e["votes"] = [int(v) for v in votes[i]]
+    return e
+
+
+def split_record(s: Scan, part: np.ndarray, opts, votes=None) -> dict:
+    """The contents of ``split.json``: every kept file's part, label and
+    sha256 (and votes, float (N, 10) or None)."""
     entries = {name: [] for name in ("train", "val", "test")}
     for i, p in enumerate(part):
-        entries[("train", "val", "test")[p]].append(
-            {"path": s.paths[i], "label": s.labels[s.y[i]], "sha256": s.sha256[i]}
-        )
+        entries[("train", "val", "test")[p]].append(_entry(s, i, votes))
     data_dir = Path(s.data_dir).resolve()
     return {
         "data_dir": os.path.relpath(data_dir, Path(opts.out).resolve()),
@@ -138,7 +151,7 @@ def split_record(s: Scan, part: np.ndarray, opts) -> dict:
     }
 
 
-def auxiliary_part(s: Scan, opts, size, split: dict) -> tuple[Scan, np.ndarray]:
+def auxiliary_part(s: Scan, opts, size, split: dict, table=None) -> tuple[Scan, np.ndarray]:
     """Scan and split the auxiliary folders; record them in ``split``.
 
     Split like the model's own classes: only the train part is trained on;
@@ -147,11 +160,9 @@ def auxiliary_part(s: Scan, opts, size, split: dict) -> tuple[Scan, np.ndarray]:
     """
     aux, dropped = auxiliary(s, opts.aux_dirs, size, opts.color, progress=True)
     aux_part = make_split(aux.y, aux.groups, opts.ratios, opts.seed)
+    votes = None if table is None else votes_for(table, [Path(aux.data_dir) / p for p in aux.paths])
     parts = {
-        name: [
-            {"path": aux.paths[i], "label": aux.labels[aux.y[i]], "sha256": aux.sha256[i]}
-            for i in np.flatnonzero(aux_part == k)
-        ]
+        name: [_entry(aux, i, votes) for i in np.flatnonzero(aux_part == k)]
         for k, name in enumerate(("train", "val", "test"))
     }
     root = Path(aux.data_dir).resolve()
@@ -179,7 +190,13 @@ class RunData:
         train, 1 val, 2 test). paths: absolute path per image. labels:
         every class trained on (own first, then auxiliary). train_paths,
         train_y: the training images (own train part, then the auxiliary
-        train part) and their class indices into ``labels``.
+        train part) and their class indices into ``labels``, or with votes
+        float32 (N, len(labels)) vote shares. shipped: the classes the
+        saved model answers (the first ones of ``labels``). val_paths,
+        val_y: the validation images and targets, as for training. votes:
+        float64 (N, 10) FER+ counts per image of ``scan`` (NaN: none), or
+        None for a run on folder labels. aux_test_paths, aux_test_votes: the
+        auxiliary folders' test part with its votes (votes runs only).
     """
 
     scan: Scan
@@ -188,6 +205,24 @@ class RunData:
     labels: list
     train_paths: np.ndarray
     train_y: np.ndarray
+    shipped: list = None
+    val_paths: np.ndarray = None
+    val_y: np.ndarray = None
+    votes: np.ndarray = None
+    aux_test_paths: np.ndarray = None
+    aux_test_votes: np.ndarray = None
+
+    def __post_init__(self):
+        if self.shipped is None:
+            self.shipped = list(self.scan.labels)
+        if self.val_paths is None:
+            va = self.indices(1)
+            self.val_paths, self.val_y = self.paths[va], self.scan.y[va]
+
+    @property
+    def soft(self) -> bool:
+        """Whether the targets are vote shares (float (N, C)) rather than class indices."""
+        return self.votes is not None
 
     def indices(self, p: int) -> np.ndarray:
         """Image indices of part ``p`` (0 train, 1 validation, 2 test)."""
@@ -196,6 +231,8 @@ class RunData:
 
 def prepare_data(opts, out: Path, size) -> RunData:
     """Scan, report and split the data (and the auxiliary folders); write ``split.json``."""
+    if getattr(opts, "votes", None):
+        return prepare_vote_data(opts, out, size)
     s, _ = check_data(opts.data_dir, out / "data_report.json", size, opts.color, opts.classes)
     part = make_split(s.y, s.groups, opts.ratios, opts.seed)
     split = split_record(s, part, opts)
@@ -218,3 +255,88 @@ def prepare_data(opts, out: Path, size) -> RunData:
         train_paths = np.concatenate([train_paths, [Path(aux.data_dir) / aux.paths[i] for i in aux_tr]])
         train_y = np.concatenate([train_y, aux_y])
     return RunData(s, part, paths, labels, train_paths, train_y)
+
+
+def _soft_targets(paths, votes, shipped: list, max_other: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(paths, float32 (N, len(shipped) + 1) vote shares) of the images that
+    have at least one vote for an expression ("unknown" and "NF" votes left
+    out; the last column gathers every expression the model does not answer),
+    less those whose share of that last column is over ``max_other``."""
+    t = shares(votes, shipped, other=True)
+    keep = np.all(np.isfinite(t), axis=1) & (np.nan_to_num(t[:, -1], nan=1.0) <= max_other)
+    return np.asarray(paths)[keep], t[keep]
+
+
+def prepare_vote_data(opts, out: Path, size) -> RunData:
+    """:func:`prepare_data` for a run on crowd votes (``--votes``).
+
+    The split is made on the folder labels exactly as without votes (the
+    same test faces); every file of ``data_dir`` and the ``--aux`` folders
+    that has votes is trained on (train parts) or validated on (validation
+    parts) with the vote shares as its target, whatever folder it sits in.
+    Files without votes (or only "unknown"/"NF" votes) are left out of
+    training and validation, and logged; so are training faces whose votes
+    fall more than ``opts.votes_max_other`` on expressions the model does
+    not answer (they would teach the unshipped output alone).
+
+    Raises:
+        HappysadError: the votes table is bad (:func:`edge.votes.read_votes`),
+            or no training image of ``data_dir`` has votes.
+    """
+    table = read_votes(opts.votes, opts.votes_root)
+    shipped = list(opts.classes or DEFAULT_VOTE_CLASSES)
+    s, _ = check_data(opts.data_dir, out / "data_report.json", size, opts.color, None)
+    part = make_split(s.y, s.groups, opts.ratios, opts.seed)
+    paths = np.array([Path(s.data_dir) / p for p in s.paths])
+    votes = votes_for(table, paths)
+    split = split_record(s, part, opts, votes)
+    split["labels"] = shipped
+    split["folder_labels"] = list(s.labels)
+    split["votes"] = {
+        "file": str(Path(opts.votes).resolve()),
+        "trained_as": shipped + [OTHER],
+        "left_out": "unknown and NF votes; files without votes",
+    }
+    aux = aux_part = None
+    if opts.aux_dirs:
+        aux, aux_part = auxiliary_part(s, opts, size, split, table)
+    write_json(out / "split.json", split)
+    labels = shipped + [OTHER]
+    aux_paths = np.array([Path(aux.data_dir) / p for p in aux.paths]) if aux else np.zeros(0, object)
+    aux_votes = votes_for(table, aux_paths) if aux else np.zeros((0, 10))
+    aux_part = aux_part if aux else np.zeros(0, np.int8)
+
+    def gather(k):
+        both_paths = np.concatenate([paths[part == k], aux_paths[aux_part == k]])
+        both_votes = np.concatenate([votes[part == k], aux_votes[aux_part == k]])
+        return _soft_targets(both_paths, both_votes, shipped, opts.votes_max_other if k == 0 else 1.0)
+
+    train_paths, train_y = gather(0)
+    val_paths, val_y = gather(1)
+    if not len(train_paths):
+        raise HappysadError(
+            f"--votes {opts.votes}: no training image has votes; pass --votes-root, the folder its paths start from"
+        )
+    n_train = int(np.sum(part == 0) + np.sum(aux_part == 0))
+    _log(
+        f"split: train {len(split['train'])}, val {len(split['val'])}, test {len(split['test'])} "
+        f"(seed {opts.seed}) -> {out / 'split.json'}; on votes: {len(train_paths)} of {n_train} train-part images "
+        f"trained on (those with expression votes, at most {opts.votes_max_other:.0%} of them on expressions "
+        f"the model does not answer), {len(val_paths)} validation images; classes {', '.join(shipped)} "
+        f"(+ {OTHER}, trained, not shipped)"
+    )
+    te = aux_part == 2
+    return RunData(
+        s,
+        part,
+        paths,
+        labels,
+        train_paths,
+        train_y,
+        shipped=shipped,
+        val_paths=val_paths,
+        val_y=val_y,
+        votes=votes,
+        aux_test_paths=aux_paths[te],
+        aux_test_votes=aux_votes[te],
+    )

@@ -16,10 +16,11 @@ from happysad.edge import __version__
 from happysad.edge.cli_util import log as _log
 from happysad.edge.errors import HappysadError, UsageError
 from happysad.edge.fileio import atomic_path, write_bytes, write_json
+from happysad.edge.metrics import vote_metrics
 from happysad.edge.preprocess import channels_of
 
 from . import plots
-from .evaluate import evaluate_run, format_metrics, probabilities, write_report
+from .evaluate import evaluate_run, format_metrics, format_vote_metrics, probabilities, write_report
 from .pipeline import (
     balanced_class_weights,
     check_teacher_split,
@@ -79,6 +80,15 @@ class TrainOptions:
             empty: no distillation.
         distill_alpha: weight of the true labels against the teachers', 0..1.
         teacher_flip: average each teacher over the image and its mirror.
+        votes: a crowd-votes table (:func:`edge.votes.read_votes`): train on
+            each face's vote shares over ``classes`` (default happy, sad,
+            neutral) plus one "other" output that is trained, not shipped
+            (:func:`train.split.prepare_vote_data`); None: folder labels.
+        votes_root: the folder the table's paths are relative to (default:
+            the folder above the table's).
+        votes_max_other: leave out of training the faces whose expression
+            votes fall more than this share (0..1) on expressions the model
+            does not answer; 1 keeps every face with votes.
     """
 
     data_dir: str | list
@@ -103,6 +113,9 @@ class TrainOptions:
     teachers: tuple = ()
     distill_alpha: float = 0.5
     teacher_flip: bool = False
+    votes: str | None = None
+    votes_root: str | None = None
+    votes_max_other: float = 0.7
     verbose: int = field(default=1, compare=False)
 
 
@@ -130,7 +143,7 @@ def _start_tensorflow(opts: TrainOptions, out: Path):
     return keras, tf
 
 
-def _compile(keras, opts: TrainOptions, model, n_classes: int, n_images: int):
+def _compile(keras, opts: TrainOptions, model, n_classes: int, n_images: int, soft: bool = False):
     """The model wrapped for training (augmentation, and the teacher when
     distilling), compiled with Adam on a warm-up + cosine schedule."""
     from .distill import distillation_trainer
@@ -155,7 +168,15 @@ def _compile(keras, opts: TrainOptions, model, n_classes: int, n_images: int):
         trainer.compile(optimizer=optimizer, loss=loss, metrics=metrics)
         return trainer
     trainer = keras.Sequential([keras.Input(model.input_shape[1:]), augmentation(opts.seed, opts.augment), model])
-    loss = "binary_crossentropy" if n_classes == 2 else "sparse_categorical_crossentropy"
+    # Soft targets (vote shares): cross-entropy against the distribution, as
+    # FER+'s paper trains ("probabilistic label drawing" aside).
+    loss = (
+        "categorical_crossentropy"
+        if soft
+        else "binary_crossentropy"
+        if n_classes == 2
+        else "sparse_categorical_crossentropy"
+    )
     trainer.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
     return trainer
 
@@ -163,9 +184,9 @@ def _compile(keras, opts: TrainOptions, model, n_classes: int, n_images: int):
 def _callbacks(keras, opts: TrainOptions, out: Path, model, val_ds, data: RunData) -> tuple[list, str]:
     """(callbacks, the monitored quantity): early stopping, TensorBoard, the ETA."""
     va = data.indices(1)
-    monitor = "val_loss" if len(va) else "loss"
+    monitor = "val_loss" if len(data.val_paths) else "loss"
     callbacks = []
-    if len(data.labels) > len(data.scan.labels) and len(va):
+    if not data.soft and len(data.labels) > len(data.scan.labels) and len(va):
         # With auxiliary classes the validation loss is a loss over all the
         # classes, on faces of the model's own: it rises as the model learns
         # that a sad face also looks fearful, while the shipped choice
@@ -201,11 +222,10 @@ def _datasets(opts: TrainOptions, data: RunData, size, cache_dir: Path):
         distort=distort,
         parallel=parallel,
     )
-    va = data.indices(1)
-    if not len(va):
+    if not len(data.val_paths):
         return train_ds, None
     return train_ds, image_dataset(
-        data.paths[va], data.scan.y[va], size, opts.color, 256, cache=cache["val"], parallel=parallel
+        data.val_paths, data.val_y, size, opts.color, 256, cache=cache["val"], parallel=parallel
     )
 
 
@@ -217,7 +237,7 @@ def _fit(keras, tf, opts: TrainOptions, out: Path, data: RunData, size, train_ds
     strategy = tf.distribute.MirroredStrategy() if mirrored else tf.distribute.get_strategy()
     with strategy.scope():
         model = build_model(opts.arch, size, channels_of(opts.color), len(data.labels))
-        trainer = _compile(keras, opts, model, len(data.labels), len(data.train_y))
+        trainer = _compile(keras, opts, model, len(data.labels), len(data.train_y), data.soft)
     callbacks, monitor = _callbacks(keras, opts, out, model, val_ds, data)
     _log(
         f"model {opts.arch}: {model.count_params():,} parameters, {count_macs(model) / 1e6:.1f}M "
@@ -226,7 +246,10 @@ def _fit(keras, tf, opts: TrainOptions, out: Path, data: RunData, size, train_ds
         + (f" on {strategy.num_replicas_in_sync} replicas" if mirrored else "")
     )
     start = time.perf_counter()
-    weights = balanced_class_weights(data.train_y, len(data.labels))
+    # With vote shares, each face weighs as its most voted class (as Keras
+    # itself maps class_weight onto one-hot targets).
+    hard = np.argmax(data.train_y, axis=1) if data.soft else data.train_y
+    weights = balanced_class_weights(hard, len(data.labels))
     # train_ds shuffles itself, seeded.
     hist = trainer.fit(
         train_ds,
@@ -246,17 +269,35 @@ def _save(model, out: Path, data: RunData, history: dict):
     ``history.csv`` and ``curves.png``; returns the shipped model."""
     from .models import restrict_head
 
-    if len(data.labels) > len(data.scan.labels):
+    if len(data.labels) > len(data.shipped):
         # Kept whole as a teacher for a later run with the same --aux; the
         # shipped model answers for the model's own classes only.
         with atomic_path(out / "model_full.keras") as tmp:
             model.save(tmp)
-        model = restrict_head(model, list(range(len(data.scan.labels))))
+        model = restrict_head(model, list(range(len(data.shipped))))
     with atomic_path(out / "model.keras") as tmp:
         model.save(tmp)
     write_bytes(out / "history.csv", history_csv(history))
     plots.curves(history, out / "curves.png")
     return model
+
+
+def _vote_figures(model, data: RunData, size, opts: TrainOptions, p_val, p_test, parallel: bool) -> dict:
+    """The figures against the FER+ majority (:func:`edge.metrics.vote_metrics`):
+    ``ferplus`` on the test part of DATA_DIR (the same faces as a run on
+    folder labels), ``ferplus_validation``, and with ``--aux`` folders
+    ``ferplus_all_held_out``: the test parts of every folder together."""
+    va, te = data.indices(1), data.indices(2)
+    out = {
+        "ferplus": vote_metrics(p_test, data.shipped, data.votes[te]),
+        "ferplus_validation": vote_metrics(p_val, data.shipped, data.votes[va]),
+    }
+    if data.aux_test_paths is not None and len(data.aux_test_paths):
+        p_aux = probabilities(model, data.aux_test_paths, size, opts.color, None, parallel)
+        out["ferplus_all_held_out"] = vote_metrics(
+            np.concatenate([p_test, p_aux]), data.shipped, np.concatenate([data.votes[te], data.aux_test_votes])
+        )
+    return out
 
 
 def _print_summary(out: Path, opts: TrainOptions, metrics: dict, seconds: float, macs: int) -> None:
@@ -265,6 +306,9 @@ def _print_summary(out: Path, opts: TrainOptions, metrics: dict, seconds: float,
         f"{metrics['parameters']:,} parameters, {macs / 1e6:.1f}M MACs per image):"
     )
     print(format_metrics(metrics, metrics["labels"]))
+    for key, what in (("ferplus", "test split"), ("ferplus_all_held_out", "every folder's test part")):
+        if key in metrics:
+            print(f"against the FER+ majority, {what}: {format_vote_metrics(metrics[key])}")
     print(f"weights sha256 {metrics['weights_sha256']}" + (" (deterministic)" if opts.deterministic else ""))
     print(
         f"wrote {out}/: model.keras, metrics.json, split.json, data_report.json, config.json, "
@@ -308,11 +352,18 @@ def train(opts: TrainOptions) -> dict:
     train_ds, val_ds = _datasets(opts, data, size, out / "cache")
     model, history, monitor, seconds = _fit(keras, tf, opts, out, data, size, train_ds, val_ds)
     model = _save(model, out, data, history)
-    # The validation pipeline is in order and already cached: no second decode.
+    # The validation pipeline is in order and already cached: no second decode
+    # (on votes it holds other images: every folder's validation part).
     parallel = not opts.deterministic
-    p_val = probabilities(model, data.paths[va], size, opts.color, val_ds, parallel)
+    p_val = probabilities(model, data.paths[va], size, opts.color, None if data.soft else val_ds, parallel)
     p_test = probabilities(model, data.paths[te], size, opts.color, None, parallel)
-    metrics = evaluate_run(model, out, s.labels, s.y[va], p_val, s.y[te], p_test, opts.tune_threshold)
+    # Folder labels as the shipped model's class indices (-1: a folder that
+    # is none of its classes, left out of the folder-label figures).
+    y = np.array([data.shipped.index(c) if c in data.shipped else -1 for c in s.labels])[s.y]
+    kv, kt = y[va] >= 0, y[te] >= 0
+    metrics = evaluate_run(model, out, data.shipped, y[va][kv], p_val[kv], y[te][kt], p_test[kt], opts.tune_threshold)
+    if data.soft:
+        metrics.update(_vote_figures(model, data, size, opts, p_val, p_test, parallel))
     macs = count_macs(model)
     metrics.update(
         {
@@ -324,11 +375,14 @@ def train(opts: TrainOptions) -> dict:
             "epochs_run": len(history["loss"]),
             "best_epoch": int(np.argmin(history[monitor])) + 1,
             "train_seconds": round(seconds, 1),
-            "labels": s.labels,
-            **({"trained_with": data.labels} if len(data.labels) > len(s.labels) else {}),
+            "labels": data.shipped,
+            **({"folder_labels": s.labels} if data.soft else {}),
+            **({"trained_with": data.labels} if len(data.labels) > len(data.shipped) else {}),
         }
     )
-    write_report(out, metrics, s.labels, data.paths[te], s.y[te], p_test, size, opts.color, opts.seed)
+    write_report(out, metrics, data.shipped, data.paths[te][kt], y[te][kt], p_test[kt], size, opts.color, opts.seed)
+    if data.soft:
+        plots.reliability(metrics["ferplus"]["reliability"], out / "reliability.png")
     shutil.rmtree(out / "cache", ignore_errors=True)
     _print_summary(out, opts, metrics, seconds, macs)
     return metrics
