@@ -12,9 +12,9 @@ OTHER ?= ../shared/data/fer2013-other
 ifeq ($(origin DATA),file)
 VOTES ?= ../shared/data/ferplus/votes.tsv
 endif
-# On votes the demo trains on both folders (about 20,000 faces): 10 epochs
+# On votes the demo trains on both folders (about 20,000 faces): 8 epochs
 # keep make demo within 20 minutes on 2 cores.
-EPOCHS ?= $(if $(VOTES),10,30)
+EPOCHS ?= $(if $(VOTES),8,30)
 VOTE_ARGS = $(if $(VOTES),--aux "$(OTHER)" --votes "$(VOTES)")
 RUN ?= runs/demo
 SEED ?= 0

@@ -81,14 +81,6 @@ def build_parser() -> ArgumentParser:
         default=None,
         help="the folder the votes table's paths are relative to (default: the folder above the table's)",
     )
-    p.add_argument(
-        "--votes-max-other",
-        type=_unit,
-        default=DEFAULTS["votes_max_other"],
-        metavar="SHARE",
-        help="with --votes: leave out training faces whose votes fall more than SHARE (0..1) on expressions "
-        "the model does not answer (1: keep all)",
-    )
     _run_args(p)
     _model_args(p)
     _training_args(p)
@@ -242,7 +234,6 @@ def _body(argv) -> int:
             teacher_flip=args.teacher_tta == "flip",
             votes=args.votes,
             votes_root=args.votes_root,
-            votes_max_other=args.votes_max_other,
             verbose=1 if sys.stdout.isatty() else 2,
         )
     )

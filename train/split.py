@@ -257,13 +257,12 @@ def prepare_data(opts, out: Path, size) -> RunData:
     return RunData(s, part, paths, labels, train_paths, train_y)
 
 
-def _soft_targets(paths, votes, shipped: list, max_other: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def _soft_targets(paths, votes, shipped: list) -> tuple[np.ndarray, np.ndarray]:
     """(paths, float32 (N, len(shipped) + 1) vote shares) of the images that
     have at least one vote for an expression ("unknown" and "NF" votes left
-    out; the last column gathers every expression the model does not answer),
-    less those whose share of that last column is over ``max_other``."""
+    out; the last column gathers every expression the model does not answer)."""
     t = shares(votes, shipped, other=True)
-    keep = np.all(np.isfinite(t), axis=1) & (np.nan_to_num(t[:, -1], nan=1.0) <= max_other)
+    keep = np.all(np.isfinite(t), axis=1)
     return np.asarray(paths)[keep], t[keep]
 
 
@@ -275,9 +274,10 @@ def prepare_vote_data(opts, out: Path, size) -> RunData:
     that has votes is trained on (train parts) or validated on (validation
     parts) with the vote shares as its target, whatever folder it sits in.
     Files without votes (or only "unknown"/"NF" votes) are left out of
-    training and validation, and logged; so are training faces whose votes
-    fall more than ``opts.votes_max_other`` on expressions the model does
-    not answer (they would teach the unshipped output alone).
+    training and validation, and logged. Faces whose votes go mostly to
+    expressions the model does not answer are kept: leaving out those with
+    over 70% there (a fifth of the training faces) scored lower on every
+    figure (docs/accuracy.md).
 
     Raises:
         HappysadError: the votes table is bad (:func:`edge.votes.read_votes`),
@@ -309,7 +309,7 @@ def prepare_vote_data(opts, out: Path, size) -> RunData:
     def gather(k):
         both_paths = np.concatenate([paths[part == k], aux_paths[aux_part == k]])
         both_votes = np.concatenate([votes[part == k], aux_votes[aux_part == k]])
-        return _soft_targets(both_paths, both_votes, shipped, opts.votes_max_other if k == 0 else 1.0)
+        return _soft_targets(both_paths, both_votes, shipped)
 
     train_paths, train_y = gather(0)
     val_paths, val_y = gather(1)
@@ -321,8 +321,7 @@ def prepare_vote_data(opts, out: Path, size) -> RunData:
     _log(
         f"split: train {len(split['train'])}, val {len(split['val'])}, test {len(split['test'])} "
         f"(seed {opts.seed}) -> {out / 'split.json'}; on votes: {len(train_paths)} of {n_train} train-part images "
-        f"trained on (those with expression votes, at most {opts.votes_max_other:.0%} of them on expressions "
-        f"the model does not answer), {len(val_paths)} validation images; classes {', '.join(shipped)} "
+        f"trained on (those with expression votes), {len(val_paths)} validation images; classes {', '.join(shipped)} "
         f"(+ {OTHER}, trained, not shipped)"
     )
     te = aux_part == 2

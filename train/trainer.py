@@ -86,9 +86,6 @@ class TrainOptions:
             (:func:`train.split.prepare_vote_data`); None: folder labels.
         votes_root: the folder the table's paths are relative to (default:
             the folder above the table's).
-        votes_max_other: leave out of training the faces whose expression
-            votes fall more than this share (0..1) on expressions the model
-            does not answer; 1 keeps every face with votes.
     """
 
     data_dir: str | list
@@ -115,7 +112,6 @@ class TrainOptions:
     teacher_flip: bool = False
     votes: str | None = None
     votes_root: str | None = None
-    votes_max_other: float = 0.7
     verbose: int = field(default=1, compare=False)
 
 
