@@ -34,6 +34,12 @@ def _ratio(value) -> str:
     return "n/a" if value is None else f"{value:.1f}x"
 
 
+def _vote_cell(row: dict, key: str) -> str:
+    """A figure against the FER+ majority (0..1) as a percentage; n/a without votes."""
+    v = (row.get("ferplus") or {}).get(key)
+    return "n/a" if v is None else f"{100 * v:.2f}%"
+
+
 #: Columns of the stdout table: (header, cell function).
 CONSOLE_COLUMNS = [
     ("model", lambda r: r["name"]),
@@ -48,6 +54,9 @@ CONSOLE_COLUMNS = [
     ("accuracy", lambda r: f"{r['accuracy']:.4f}"),
     ("drop pp", lambda r: f"{r['drop_pp']:+.2f}"),
     ("agreement", lambda r: f"{r['agreement']:.4f}"),
+    ("FER+ forced", lambda r: _vote_cell(r, "forced")),
+    ("FER+ 3-way", lambda r: _vote_cell(r, "three_way")),
+    ("neutral called", lambda r: _vote_cell(r, "neutral_called_expression")),
 ]
 
 #: Columns of the Markdown latency-and-cost table.
@@ -91,7 +100,7 @@ ACCURACY_COLUMNS = [
 def _vote(key: str):
     def cell(r):
         v = (r.get("ferplus") or {}).get(key)
-        return "n/a" if v is None else (f"{v:.3f}" if key == "vote_mae" else f"{100 * v:.2f}%")
+        return f"{v:.3f}" if key == "vote_mae" and v is not None else _vote_cell(r, key)
 
     return cell
 
