@@ -115,6 +115,12 @@ def test_a_class_with_no_vote_column_is_refused_before_anything_runs(tmp_path):
     assert_one_line_error(res, 1, r"class 'cat' has no FER\+ vote column")
 
 
+def test_votes_with_a_teacher_is_a_usage_error(tmp_path):
+    res = run_module("train", tmp_path, "--votes", tmp_path / "v.tsv", "--teacher", tmp_path / "t.keras",
+                     "--out", tmp_path / "r")  # fmt: skip
+    assert_one_line_error(res, 2, r"--votes and --teacher do not go together")
+
+
 def test_majority_rule_matches_the_shared_table():
     table = REPO.parent / "shared" / "data" / "ferplus" / "votes.tsv"
     if not table.is_file():

@@ -200,6 +200,8 @@ def _body(argv) -> int:
         return 0
     if not args.out:
         parser.error("the following arguments are required: -o/--out")
+    if args.votes and args.teacher:
+        parser.error("--votes and --teacher do not go together: distillation mixes folder labels with the teacher's")
     if args.votes and args.classes:
         from happysad.edge.votes import emotion_of
 
