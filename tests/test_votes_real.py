@@ -19,7 +19,7 @@ from helpers import REPO, run_camera, run_module, write_video
 SHARED = REPO.parent / "shared" / "data"
 TABLE = SHARED / "ferplus" / "votes.tsv"
 #: Faces per class trained on, and per class in the video (held out).
-TRAIN_PER_CLASS, VIDEO_PER_CLASS = 1500, 10
+TRAIN_PER_CLASS, VIDEO_PER_CLASS = 1500, 20
 #: Votes (of ten) a face needs to count as clearly of its class here.
 CLEAR = 8
 
@@ -98,8 +98,10 @@ def test_camera_answers_neutral_for_held_out_resting_faces(real_vote_model, tmp_
     said = {cls: [] for cls in order}
     for r, cls in zip(records, truth):
         said[cls].append(r["faces"][0]["label"])
-    # Resting faces are mostly called neutral, not sad; smiles stay happy,
-    # and frowns are not called happy.
-    assert said["neutral"].count("neutral") >= 0.6 * len(said["neutral"]), said
-    assert said["happy"].count("happy") >= 0.6 * len(said["happy"]), said
-    assert said["sad"].count("happy") <= 0.2 * len(said["sad"]), said
+    # Resting faces are called neutral more than anything else, and at least
+    # half of the time; smiles stay happy, and frowns are not called happy.
+    counts = {cls: {lab: said[cls].count(lab) for lab in set(said[cls])} for cls in order}
+    assert max(counts["neutral"], key=counts["neutral"].get) == "neutral", counts
+    assert said["neutral"].count("neutral") >= 0.5 * len(said["neutral"]), counts
+    assert said["happy"].count("happy") >= 0.6 * len(said["happy"]), counts
+    assert said["sad"].count("happy") <= 0.2 * len(said["sad"]), counts
