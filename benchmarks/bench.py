@@ -53,8 +53,6 @@ class BenchOptions:
         tta: also measure each model file with this test-time augmentation
             (``"flip"``: the face and its mirror image averaged, two
             inferences), in rows of their own; None: not.
-        votes: set by :func:`load_labelled`: float (N, 10) FER+ counts of
-            the images a split records votes for (NaN rows: none), or None.
     """
 
     models: list
@@ -69,7 +67,6 @@ class BenchOptions:
     cold_runs: int = 3
     detector: str = DEFAULT_DETECTOR
     tta: str | None = None
-    votes: object = field(default=None, compare=False, repr=False)
 
 
 def model_labels(models) -> list[str] | None:
@@ -89,8 +86,10 @@ def load_labelled(opts: BenchOptions):
     any folder with the model's classes can be measured.
 
     Returns:
-        (labels, paths, y int64 (N,), images: list of uint8 BGR arrays).
-        Files that do not decode are reported on stderr and left out.
+        (labels, paths, y int64 (N,), images: list of uint8 BGR arrays,
+        votes: float (N, 10) FER+ counts of a split that records them, NaN
+        rows for files without, else None). Files that do not decode are
+        reported on stderr and left out.
 
     Raises:
         HappysadError: no data given, or no image decodes.
@@ -119,8 +118,7 @@ def load_labelled(opts: BenchOptions):
     progress.close()
     if not images:
         raise HappysadError("no labelled image could be read; check --data or --split")
-    opts.votes = None if votes is None else votes[kept]
-    return list(labels), paths, np.array(ys, dtype=np.int64), images
+    return list(labels), paths, np.array(ys, dtype=np.int64), images, None if votes is None else votes[kept]
 
 
 def check_models(models) -> None:
@@ -170,7 +168,7 @@ def latency_row(runner, image: np.ndarray, opts: BenchOptions) -> dict:
     }
 
 
-def bench_model(path: str, labels, y, images, image_path, opts: BenchOptions) -> list[dict]:
+def bench_model(path: str, labels, y, images, image_path, opts: BenchOptions, votes=None) -> list[dict]:
     """Every figure of one model file: one row per thread count.
 
     Accuracy is measured once, with the first thread count (the labels do not
@@ -187,9 +185,9 @@ def bench_model(path: str, labels, y, images, image_path, opts: BenchOptions) ->
     Raises:
         HappysadError: the model cannot be loaded, or its labels differ from the data's.
     """
-    rows = _bench_rows(path, labels, y, images, opts, "none")
+    rows = _bench_rows(path, labels, y, images, opts, "none", votes)
     if opts.tta and not is_keras_path(path):
-        rows += _bench_rows(path, labels, y, images, opts, opts.tta)
+        rows += _bench_rows(path, labels, y, images, opts, opts.tta, votes)
     cold = cold_start(path, image_path, opts.cold_runs)
     if cold:
         _log(
@@ -201,7 +199,7 @@ def bench_model(path: str, labels, y, images, image_path, opts: BenchOptions) ->
     return rows
 
 
-def _bench_rows(path: str, labels, y, images, opts: BenchOptions, tta: str) -> list[dict]:
+def _bench_rows(path: str, labels, y, images, opts: BenchOptions, tta: str, votes=None) -> list[dict]:
     """:func:`bench_model`'s rows for one test-time augmentation, without the cold start."""
     name = Path(path).name + (f" +{tta}" if tta != "none" else "")
     sweep = [None] if is_keras_path(path) else list(opts.threads)
@@ -211,7 +209,7 @@ def _bench_rows(path: str, labels, y, images, opts: BenchOptions, tta: str) -> l
         if metrics is None:
             t0 = time.perf_counter()
             preds, probs = runner.predict_scores(images)
-            metrics = accuracy_figures(y, preds, probs, labels, opts.votes)
+            metrics = accuracy_figures(y, preds, probs, labels, votes)
             cost = runner.cost()
             _log(
                 f"  {name}: accuracy {metrics['accuracy']:.4f} on {len(images)} images "
@@ -323,7 +321,7 @@ def run_bench(opts: BenchOptions) -> dict:
         HappysadError: bad data, or a model that cannot be loaded.
     """
     check_models(opts.models)
-    labels, paths, y, images = load_labelled(opts)
+    labels, paths, y, images, votes = load_labelled(opts)
     _log(
         f"{len(images)} labelled images; per model and thread count: {opts.warmup} warm-up + "
         f"at least {opts.runs} timed runs"
@@ -334,7 +332,7 @@ def run_bench(opts: BenchOptions) -> dict:
     start = time.perf_counter()
     for i, model in enumerate(opts.models, 1):
         _log(f"[{i}/{len(opts.models)}] {model} ({time.perf_counter() - start:.0f} s elapsed)")
-        results.extend(bench_model(model, labels, y, images, paths[0], opts))
+        results.extend(bench_model(model, labels, y, images, paths[0], opts, votes))
     add_comparisons(results)
     settings = {
         "images": len(images),

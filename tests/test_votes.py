@@ -37,6 +37,13 @@ def write_votes(path: Path, rows: list) -> Path:
     return path
 
 
+def bench_split(model, run, tmp_path, *extra):
+    """``happysad-bench MODEL --split RUN/split.json`` in a few quick runs, JSON to tmp_path/b.json."""
+    quick = ("--runs", "5", "--warmup", "1", "--cold-runs", "0")
+    return run_module("benchmarks", model, "--split", run / "split.json", *quick, "--json", tmp_path / "b.json",
+                      *extra, timeout=300)  # fmt: skip
+
+
 def test_majority_follows_ferplus_rule():
     assert majority(votes_row(happiness=6, neutral=4)) == "happiness"
     # Single votes are dropped first: 5 of the 9 left is a majority.
@@ -204,23 +211,7 @@ def test_a_votes_model_exports_benchmarks_and_classifies_three_ways(vote_run, tm
     rng = np.random.default_rng(11)
     said = [clf.classify(draw_face(rng, "neutral")).label for _ in range(20)]
     assert said.count("neutral") >= 14, said
-    bench = run_module(
-        "benchmarks",
-        model,
-        "--split",
-        out / "split.json",
-        "--runs",
-        "5",
-        "--warmup",
-        "1",
-        "--cold-runs",
-        "0",
-        "--json",
-        tmp_path / "b.json",
-        "--markdown",
-        tmp_path / "b.md",
-        timeout=300,
-    )
+    bench = bench_split(model, out, tmp_path, "--markdown", tmp_path / "b.md")
     assert bench.returncode == 0, bench.stderr
     row = json.loads((tmp_path / "b.json").read_text())["results"][0]
     assert row["ferplus"]["n"] == sum("votes" in e for e in split["test"])
@@ -263,21 +254,7 @@ def test_a_two_way_model_trains_exports_and_benchmarks_from_the_same_votes(vote_
     assert res.returncode == 0, res.stderr
     model = out / "export" / "model_int8.tflite"
     assert list(read_metadata(model).labels) == ["happy", "sad"]
-    bench = run_module(
-        "benchmarks",
-        model,
-        "--split",
-        out / "split.json",
-        "--runs",
-        "5",
-        "--warmup",
-        "1",
-        "--cold-runs",
-        "0",
-        "--json",
-        tmp_path / "b.json",
-        timeout=300,
-    )
+    bench = bench_split(model, out, tmp_path)
     assert bench.returncode == 0, bench.stderr
     assert json.loads((tmp_path / "b.json").read_text())["results"][0]["ferplus"]["forced"] is not None
 
