@@ -28,18 +28,24 @@ BENCH_OUT ?= $(RUN)/bench
 BENCH_MODELS = $(RUN)/export/model_float32.tflite $(RUN)/export/model_int8.tflite \
 	$(RUN)/export/model_float32.onnx $(RUN)/export/model_int8.onnx
 
-.PHONY: demo accurate docs test wheel fuzz bench bench-wild quant-check edge-speed soak pi-check newcomer venv clean
+.PHONY: demo accurate docs lock test wheel fuzz bench bench-wild quant-check edge-speed soak pi-check newcomer venv clean
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Exact versions from constraints.txt (pyproject.toml's extras give ranges).
+$(VENV)/.installed: pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# setuptools >= 77 reads the SPDX licence field; the wheel test builds
 	# without isolation, with the venv's own setuptools.
 	$(PY) -m pip install --quiet "setuptools==80.9.0" "wheel==0.45.1"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	@touch $@
+
+# Rewrite constraints.txt from the venv, after an extra in pyproject.toml changed.
+lock: venv
+	@{ sed -n '1,/^# Regenerate/p' constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^happysad'; } > constraints.txt.tmp
+	@mv constraints.txt.tmp constraints.txt
 
 demo: venv
 	@test -d "$(DATA)" || { echo "make demo: no photos at $(DATA). Lay out your own as DIR/happy/*.jpg and DIR/sad/*.jpg and run: make demo DATA=DIR" >&2; exit 1; }

@@ -16,15 +16,17 @@ from pathlib import Path
 import numpy as np
 
 from happysad.edge import HappysadError, load_image, read_metadata
-from happysad.edge.backends import default_backend, model_format
-from happysad.edge.cli_util import Progress
-from happysad.edge.cli_util import log as _log
+from happysad.edge.console import log as _log
+from happysad.edge.console import progress
 from happysad.edge.dataset import labelled_images, read_split, split_items, split_votes
 from happysad.edge.errors import UsageError
 from happysad.edge.faces import DEFAULT_DETECTOR
 from happysad.edge.metrics import classification_metrics, vote_metrics
+from happysad.edge.runtime.backends import default_backend, model_format
 
 from .coldstart import cold_start
+from .comparisons import add_comparisons
+from .comparisons import reference_for as reference_for
 from .machine import machine_info
 from .runners import import_keras, is_keras_path, load_runner
 from .timing import STAGES, fps, percentiles, time_once, time_stages
@@ -104,9 +106,9 @@ def load_labelled(opts: BenchOptions):
     else:
         raise HappysadError("give labelled images with --data DIR or --split RUN_DIR/split.json")
     paths, ys, images, kept = [], [], [], []
-    progress = Progress(len(items), "decoding")
+    bar = progress(len(items), "decoding")
     for k, (path, y) in enumerate(items):
-        progress.update()
+        bar.update()
         try:
             images.append(load_image(path))
         except HappysadError as exc:
@@ -115,7 +117,7 @@ def load_labelled(opts: BenchOptions):
         paths.append(path)
         ys.append(y)
         kept.append(k)
-    progress.close()
+    bar.close()
     if not images:
         raise HappysadError("no labelled image could be read; check --data or --split")
     return list(labels), paths, np.array(ys, dtype=np.int64), images, None if votes is None else votes[kept]
@@ -268,46 +270,6 @@ def accuracy_figures(y, preds, probs, labels, votes=None) -> dict:
     if votes is not None and np.isfinite(votes).any():
         out["ferplus"] = vote_metrics(probs, labels, votes)
     return out
-
-
-def reference_for(result: dict, results: list) -> dict:
-    """The model a result's accuracy is compared with: for a row with
-    test-time augmentation, the same file without it (its drop is minus
-    the augmentation's gain); else the float32 file of the same format
-    family (TFLite or ONNX) when one was measured, else the Keras model,
-    else the first model given."""
-    if result.get("tta", "none") != "none":
-        for r in results:
-            if r["model"] == result["model"] and r.get("tta", "none") == "none":
-                return r
-    results = [r for r in results if r.get("tta", "none") == "none"] or results
-    family = result["format"].split("-")[0]
-    for want in (f"{family}-float32", "keras-float32"):
-        for r in results:
-            if r["format"] == want:
-                return r
-    return results[0]
-
-
-def add_comparisons(results: list[dict]) -> None:
-    """Add reference, drop_pp, agreement, and the ratios against Keras, in place.
-
-    drop_pp: reference accuracy minus this accuracy, in percentage points.
-    agreement: share (0..1) of images given the reference's label.
-    speedup: Keras p50 / this p50 (x); memory_ratio: Keras cold-start peak
-    RSS / this one (x); both None without a Keras row.
-    """
-    keras_row = next((r for r in results if r["format"] == "keras-float32"), None)
-    for r in results:
-        ref = reference_for(r, results)
-        r["reference"] = ref["model"]
-        r["drop_pp"] = (ref["accuracy"] - r["accuracy"]) * 100
-        r["agreement"] = float(np.mean(np.array(r["predictions"]) == np.array(ref["predictions"])))
-        r["speedup"] = r["memory_ratio"] = None
-        if keras_row is not None:
-            r["speedup"] = keras_row["latency_ms"]["p50"] / r["latency_ms"]["p50"]
-            if keras_row["cold_start"] and r["cold_start"]:
-                r["memory_ratio"] = keras_row["cold_start"]["peak_rss_mb"] / r["cold_start"]["peak_rss_mb"]
 
 
 def run_bench(opts: BenchOptions) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from happysad.edge.cli_util import ArgumentParser, float_range, non_negative_int, positive_int, run_main
+from happysad.edge.console import ArgumentParser, float_range, non_negative_int, positive_int, run_main
 from happysad.edge.errors import HappysadError
 from happysad.edge.faces import DEFAULT_DETECTOR, DETECTORS
 from happysad.edge.fileio import write_json

@@ -66,7 +66,7 @@ _CHILD_EDGE = (
     _CHILD_COMMON
     + """
 from happysad.edge import Classifier, load_image
-from happysad.edge.backends import default_backend, model_format
+from happysad.edge.runtime.backends import default_backend, model_format
 mark("edge")
 if model_format(sys.argv[1]) == "onnx":
     import onnxruntime

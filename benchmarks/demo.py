@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 from happysad.edge.dataset import read_split, split_items
+from happysad.edge.device.verify import MANIFEST_NAME
 from happysad.edge.errors import HappysadError
 from happysad.edge.fileio import read_json
-from happysad.edge.verify import MANIFEST_NAME
 
 PROG = "make demo"
 #: The files the demo benchmarks, in the order of the table.
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
         return 1
     models = [str(export_dir / n) for n in BENCH_FILES if n in written]
     from happysad.benchmarks.cli import main as bench
-    from happysad.edge.cli import main as edge
+    from happysad.edge.cli.parser import main as edge
 
     code = 0
     if models:

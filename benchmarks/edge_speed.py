@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from happysad.edge import Classifier, HappysadError
-from happysad.edge.camera import CAMERA_DETECTOR, DETECT_EVERY, DETECT_WIDTH, MIN_FACE, CameraOptions
-from happysad.edge.camera import run as run_camera
-from happysad.edge.cli_util import ArgumentParser, positive_int, run_main
+from happysad.edge.camera.loop import run as run_camera
+from happysad.edge.camera.options import CAMERA_DETECTOR, DETECT_EVERY, DETECT_WIDTH, MIN_FACE, CameraOptions
+from happysad.edge.console import ArgumentParser, positive_int, run_main
 from happysad.edge.errors import UsageError
 from happysad.edge.faces import DETECTORS, make_detector
 from happysad.edge.fileio import write_json
@@ -97,7 +97,7 @@ def detector_race(model, frames, video: Path) -> dict:
     the loop's frame time spent detecting (from the loop's own JSON lines).
     Haar's loop runs with ``--detect-every 1``, as the camera ran before
     there was a choice. The goals are read on the camera's default
-    detector (:data:`edge.camera.CAMERA_DETECTOR`).
+    detector (:data:`edge.camera.loop.CAMERA_DETECTOR`).
     """
     import json
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from happysad.edge.cli_util import ArgumentParser, run_main
+from happysad.edge.console import ArgumentParser, run_main
 from happysad.edge.fileio import write_bytes
 
 PROG = "python -m happysad.benchmarks.flags"
@@ -21,7 +21,7 @@ PROG = "python -m happysad.benchmarks.flags"
 def _parsers() -> list[tuple[str, argparse.ArgumentParser]]:
     """(name, parser) of each tool and each ``happysad-edge`` command."""
     from happysad.benchmarks.cli import build_parser as bench
-    from happysad.edge.cli import build_parser as edge
+    from happysad.edge.cli.parser import build_parser as edge
     from happysad.export.cli import build_parser as export
     from happysad.train.cli import build_parser as train
 

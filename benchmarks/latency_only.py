@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad.edge.cli_util import log as _log
+from happysad.edge.console import log as _log
 
 from .bench import BenchOptions, check_models, latency_row
 from .coldstart import cold_start

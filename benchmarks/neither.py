@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from happysad.edge import Classifier, load_image
-from happysad.edge.cli_util import ArgumentParser, Progress, run_main
+from happysad.edge.console import ArgumentParser, progress, run_main
 from happysad.edge.dataset import labelled_images
 from happysad.edge.errors import HappysadError
 from happysad.edge.fileio import read_json, write_json
-from happysad.edge.metadata import UNCERTAIN
+from happysad.edge.runtime.metadata import UNCERTAIN
 
 PROG = "benchmarks.neither"
 #: Confidence histogram bin edges: the best class's score, 0..1.
@@ -63,11 +63,11 @@ def measure(clf: Classifier, faces: dict[str, list[Path]]) -> dict:
     confidence histogram (counts per :data:`BINS` bin); shares 0..1."""
     out = {}
     total = sum(len(v) for v in faces.values())
-    progress = Progress(total, "classified")
+    bar = progress(total, "classified")
     for name, paths in faces.items():
         labels, conf = [], []
         for path in paths:
-            progress.update()
+            bar.update()
             p = clf.classify_image(load_image(path))
             labels.append(p.label)
             conf.append(p.confidence)
@@ -81,7 +81,7 @@ def measure(clf: Classifier, faces: dict[str, list[Path]]) -> dict:
                 f"{lo:.1f}-{min(hi, 1.0):.1f}": int(c) for lo, hi, c in zip(BINS[:-1], BINS[1:], hist)
             },
         }
-    progress.close()
+    bar.close()
     return out
 
 

@@ -37,7 +37,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from happysad.edge.cli_util import run_main
+from happysad.edge.console import run_main
 from happysad.edge.errors import HappysadError
 
 from .pi_roots import ARCHES, ensure_host, ensure_rootfs, in_root, install, mounted, run_cmd

@@ -3,7 +3,7 @@
 For a folder of labelled photos of any size (one sub-folder per class), each
 detector in turn runs the path ``happysad-edge classify`` runs
 (:meth:`edge.Classifier.classify_photo`): detect, crop the largest face
-(:func:`edge.crop.face_crop`), classify; with no face, the whole photo.
+(:func:`edge.faces.crop.face_crop`), classify; with no face, the whole photo.
 Per detector it reports the share of photos with a face found, the accuracy
 where one was found, the accuracy over all photos (whole-photo fallback),
 the accuracy when photos without a face abstain (``--no-face skip``: the
@@ -34,6 +34,19 @@ def _ms(values: list) -> dict:
     )
 
 
+def _classify_face(clf: Classifier, image: np.ndarray, face, ms: dict):
+    """Crop ``face`` from ``image`` and classify it (:class:`edge.Prediction`),
+    appending the crop and classification times (ms) to ``ms["crop"]`` and
+    ``ms["classify"]``."""
+    t1 = time.perf_counter()
+    region = clf.crop_face(image, face)
+    t2 = time.perf_counter()
+    pred = clf.classify(region, face=face)
+    ms["crop"].append((t2 - t1) * 1e3)
+    ms["classify"].append((time.perf_counter() - t2) * 1e3)
+    return pred
+
+
 def evaluate_detector(clf: Classifier, images: list, y: np.ndarray, detector) -> dict:
     """One detector's figures over decoded photos.
 
@@ -61,18 +74,13 @@ def evaluate_detector(clf: Classifier, images: list, y: np.ndarray, detector) ->
     # is also scored "forced", comparing only these classes' scores.
     present = [clf.labels[i] for i in sorted(set(np.asarray(y).tolist()))]
     by_class = np.zeros(len(clf.labels), np.int64)
-    detect_ms, crop_ms, classify_ms = [], [], []
+    ms = {"detect": [], "crop": [], "classify": []}
     for image, label in zip(images, y):
         t0 = time.perf_counter()
         faces = detector.detect(image)
-        detect_ms.append((time.perf_counter() - t0) * 1e3)
+        ms["detect"].append((time.perf_counter() - t0) * 1e3)
         if faces:
-            t1 = time.perf_counter()
-            region = clf.crop_face(image, faces[0])
-            t2 = time.perf_counter()
-            pred = clf.classify(region, face=faces[0])
-            crop_ms.append((t2 - t1) * 1e3)
-            classify_ms.append((time.perf_counter() - t2) * 1e3)
+            pred = _classify_face(clf, image, faces[0], ms)
             found += 1
             by_class[label] += 1
             ok = clf.labels.index(pred.label) == label
@@ -94,7 +102,7 @@ def evaluate_detector(clf: Classifier, images: list, y: np.ndarray, detector) ->
         "accuracy_all": round(right_all / n, 4),
         "answered_skip": round(found / n, 4),
         "accuracy_skip": round(right_face / found, 4) if found else None,
-        "ms": {"detect": _ms(detect_ms), "crop": _ms(crop_ms), "classify": _ms(classify_ms)},
+        "ms": {stage: _ms(values) for stage, values in ms.items()},
     }
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from happysad.edge import Classifier, load_image, preprocess
-from happysad.edge.cli_util import ArgumentParser, positive_int, run_main
+from happysad.edge.console import ArgumentParser, positive_int, run_main
 from happysad.edge.dataset import read_split, split_items
 from happysad.edge.fileio import write_bytes, write_json
 from happysad.edge.metrics import decide

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from happysad.edge import HappysadError
-from happysad.edge.cli_util import ArgumentParser, run_main
+from happysad.edge.console import ArgumentParser, run_main
 from happysad.edge.errors import UsageError
 from happysad.edge.fileio import write_bytes
 

@@ -3,11 +3,12 @@ a comparison with an earlier run.
 
 A report is the dict :func:`benchmarks.bench.run_bench` returns. Every
 function here is pure over it, except the writers, which write atomically.
+The tables, the Markdown and the CSV are made in :mod:`benchmarks.report_tables`
+(and importable from here).
 """
 
 from __future__ import annotations
 
-import csv
 import io
 import os
 from pathlib import Path
@@ -15,237 +16,18 @@ from pathlib import Path
 from happysad.edge import HappysadError
 from happysad.edge.fileio import read_json, write_bytes
 
-from .timing import STAGES
-
-
-def _num(fmt: str, value) -> str:
-    return "n/a" if value is None else fmt.format(value)
-
-
-def _threads(row: dict) -> str:
-    return "default" if row["threads"] is None else str(row["threads"])
-
-
-def _cold(row: dict, key: str):
-    return row["cold_start"][key] if row.get("cold_start") else None
-
-
-def _ratio(value) -> str:
-    return "n/a" if value is None else f"{value:.1f}x"
-
-
-def _vote_cell(row: dict, key: str) -> str:
-    """A figure against the FER+ majority (0..1) as a percentage; n/a without votes."""
-    v = (row.get("ferplus") or {}).get(key)
-    return "n/a" if v is None else f"{100 * v:.2f}%"
-
-
-#: Columns of the stdout table: (header, cell function).
-CONSOLE_COLUMNS = [
-    ("model", lambda r: r["name"]),
-    ("format", lambda r: r["format"]),
-    ("runtime", lambda r: r["backend"]),
-    ("threads", _threads),
-    ("size MB", lambda r: f"{r['size_mb']:.3f}"),
-    ("load ms", lambda r: f"{r['load_ms']:.1f}"),
-    ("p50 ms", lambda r: f"{r['latency_ms']['p50']:.3f}"),
-    ("p99 ms", lambda r: f"{r['latency_ms']['p99']:.3f}"),
-    ("FPS", lambda r: f"{r['fps']:.0f}"),
-    ("accuracy", lambda r: f"{r['accuracy']:.4f}"),
-    ("drop pp", lambda r: f"{r['drop_pp']:+.2f}"),
-    ("agreement", lambda r: f"{r['agreement']:.4f}"),
-    ("FER+ forced", lambda r: _vote_cell(r, "forced")),
-    ("FER+ 3-way", lambda r: _vote_cell(r, "three_way")),
-    ("neutral called", lambda r: _vote_cell(r, "neutral_called_expression")),
-]
-
-#: Columns of the Markdown latency-and-cost table.
-COST_COLUMNS = [
-    ("model", lambda r: f"`{r['name']}`"),
-    ("runtime", lambda r: r["backend"]),
-    ("threads", _threads),
-    ("size MB", lambda r: f"{r['size_mb']:.3f}"),
-    ("params", lambda r: _num("{:,}", r["params"])),
-    ("MMACs", lambda r: _num("{:.1f}", None if r["macs"] is None else r["macs"] / 1e6)),
-    ("load ms", lambda r: f"{r['load_ms']:.1f}"),
-    ("first ms", lambda r: f"{r['first_ms']:.2f}"),
-    ("mean ms", lambda r: f"{r['latency_ms']['mean']:.3f}"),
-    ("std ms", lambda r: f"{r['latency_ms']['std']:.3f}"),
-    ("p50 ms", lambda r: f"{r['latency_ms']['p50']:.3f}"),
-    ("p90 ms", lambda r: f"{r['latency_ms']['p90']:.3f}"),
-    ("p99 ms", lambda r: f"{r['latency_ms']['p99']:.3f}"),
-    ("pre / invoke / post p50 ms", lambda r: " / ".join(f"{r['stages_ms'][s]['p50']:.3f}" for s in STAGES)),
-    ("FPS", lambda r: f"{r['fps']:.0f}"),
-    ("cold start ms", lambda r: _num("{:.0f}", _cold(r, "ms"))),
-    ("peak RSS MB", lambda r: _num("{:.0f}", _cold(r, "peak_rss_mb"))),
-    ("speed-up", lambda r: _ratio(r.get("speedup"))),
-    ("memory", lambda r: _ratio(r.get("memory_ratio"))),
-]
-
-#: Columns of the Markdown accuracy table (one row per model file and test-time augmentation).
-ACCURACY_COLUMNS = [
-    ("model", lambda r: f"`{r['name']}`"),
-    ("accuracy", lambda r: f"{r['accuracy']:.4f}"),
-    ("balanced acc.", lambda r: f"{r['balanced_accuracy']:.4f}"),
-    ("precision", lambda r: f"{r['precision']:.4f}"),
-    ("recall", lambda r: f"{r['recall']:.4f}"),
-    ("F1", lambda r: f"{r['f1']:.4f}"),
-    ("confusion matrix", lambda r: " / ".join(" ".join(map(str, row)) for row in r["confusion_matrix"])),
-    ("reference", lambda r: f"`{Path(r['reference']).name}`"),
-    ("drop pp", lambda r: f"{r['drop_pp']:+.2f}"),
-    ("agreement", lambda r: f"{r['agreement']:.4f}"),
-]
-
-
-def _vote(key: str):
-    def cell(r):
-        v = (r.get("ferplus") or {}).get(key)
-        return f"{v:.3f}" if key == "vote_mae" and v is not None else _vote_cell(r, key)
-
-    return cell
-
-
-#: Columns of the Markdown table against crowd votes (runs trained with
-#: ``--votes``; :func:`edge.metrics.vote_metrics`).
-VOTE_COLUMNS = [
-    ("model", lambda r: f"`{r['name']}`"),
-    ("forced", _vote("forced")),
-    ("three-way balanced", _vote("three_way")),
-    ("neutral called an expression", _vote("neutral_called_expression")),
-    ("majority accuracy", _vote("majority")),
-    ("score-vote MAE", _vote("vote_mae")),
-    ("faces with votes", lambda r: str((r.get("ferplus") or {}).get("n", "n/a"))),
-]
-
-
-def machine_line(report: dict) -> str:
-    """One line: CPU, cores, OS, Python, runtime versions."""
-    m = report["machine"]
-    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
-    return f"{m['cpu']} ({m['cores']} cores, {m['machine']}), {m['os']}, Python {m['python']}; {versions}"
-
-
-def settings_line(report: dict) -> str:
-    """One line: what latency and accuracy were measured on."""
-    s = report["settings"]
-    timed = f"at least {s['runs']} timed runs" + (f" and {s['min_seconds']:g} s" if s["min_seconds"] else "")
-    source = f"{s['images']} images of {s['source']}" + (f" ({s['part']})" if s.get("part") else "")
-    cold = f"median of {s['cold_runs']} fresh processes after an untimed one" if s["cold_runs"] else "not measured"
-    return (
-        f"latency: one image, preprocess + invoke + postprocess, {s['warmup']} warm-up runs "
-        f"excluded, {timed}; accuracy on {source}; cold start: {cold}"
-    )
-
-
-def format_table(report: dict) -> str:
-    """The stdout table (columns aligned), then the settings and machine lines."""
-    header = [name for name, _ in CONSOLE_COLUMNS]
-    rows = [[cell(r) for _, cell in CONSOLE_COLUMNS] for r in report["results"]]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-
-    def line(cells):
-        return "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-
-    return "\n".join(
-        [
-            line(header),
-            *(line(r) for r in rows),
-            settings_line(report) + "; drop pp: accuracy below the float reference",
-            "machine: " + machine_line(report),
-        ]
-    )
-
-
-def _md_table(columns, rows) -> str:
-    head = "| " + " | ".join(name for name, _ in columns) + " |"
-    rule = "| " + " | ".join("---" if i == 0 else "---:" for i in range(len(columns))) + " |"
-    body = ["| " + " | ".join(cell(r) for _, cell in columns) + " |" for r in rows]
-    return "\n".join([head, rule, *body])
-
-
-def format_markdown(report: dict) -> str:
-    """Two Markdown tables (latency and cost per model and thread count;
-    accuracy per model file and ``--tta``) with the machine and settings, ending in a newline."""
-    results = report["results"]
-    # One accuracy row per file and test-time augmentation (the labels do
-    # not depend on the thread count; they do on --tta flip).
-    per_file = list({(r["model"], r.get("tta", "none")): r for r in reversed(results)}.values())[::-1]
-    s = report["settings"]
-    return "\n".join(
-        [
-            f"Measured {s['date']} on {machine_line(report)}; the run took {s['seconds']:.0f} s.",
-            "",
-            _md_table(COST_COLUMNS, results),
-            "",
-            _md_table(ACCURACY_COLUMNS, per_file),
-            "",
-            *(
-                [
-                    "Against the FER+ majority of ten crowd votes (forced: happy vs sad on faces whose "
-                    "majority is one of them; three-way: happy / sad / neither, balanced, on faces whose "
-                    "majority is happiness, sadness or neutral; MAE: scores against vote shares):",
-                    "",
-                    _md_table(VOTE_COLUMNS, per_file),
-                    "",
-                ]
-                if any(r.get("ferplus") for r in per_file)
-                else []
-            ),
-            settings_line(report) + "; confusion matrix: one row per true class, "
-            f"predicted counts in label order ({', '.join(s.get('labels', []))}).",
-            "",
-        ]
-    )
-
-
-def flat_row(row: dict) -> dict:
-    """One result as a flat dict of scalars (the CSV columns)."""
-    out = {
-        k: row[k]
-        for k in (
-            "name",
-            "model",
-            "format",
-            "backend",
-            "threads",
-            "size_mb",
-            "params",
-            "macs",
-            "load_ms",
-            "first_ms",
-            "fps",
-            "accuracy",
-            "balanced_accuracy",
-            "precision",
-            "recall",
-            "f1",
-            "drop_pp",
-            "agreement",
-            "speedup",
-            "memory_ratio",
-            "reference",
-            "n",
-        )
-    }
-    out.update({f"latency_{k}_ms": v for k, v in row["latency_ms"].items()})
-    for stage in STAGES:
-        out.update({f"{stage}_{k}_ms": row["stages_ms"][stage][k] for k in ("mean", "p50", "p99")})
-    out["cold_start_ms"] = _cold(row, "ms")
-    out["cold_start_peak_rss_mb"] = _cold(row, "peak_rss_mb")
-    out["confusion_matrix"] = row["confusion_matrix"]
-    return out
-
-
-def format_csv(report: dict) -> str:
-    """Every scalar figure, one row per model and thread count; the machine
-    in ``#`` comment lines first."""
-    buf = io.StringIO()
-    buf.write(f"# machine: {machine_line(report)}\n# {settings_line(report)}\n")
-    rows = [flat_row(r) for r in report["results"]]
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
+# The tables, the Markdown and the CSV, importable from here as before.
+from .report_tables import ACCURACY_COLUMNS as ACCURACY_COLUMNS
+from .report_tables import CONSOLE_COLUMNS as CONSOLE_COLUMNS
+from .report_tables import COST_COLUMNS as COST_COLUMNS
+from .report_tables import VOTE_COLUMNS as VOTE_COLUMNS
+from .report_tables import flat_row as flat_row
+from .report_tables import format_csv as format_csv
+from .report_tables import format_markdown as format_markdown
+from .report_tables import format_table as format_table
+from .report_tables import machine_line as machine_line
+from .report_tables import settings_line as settings_line
+from .report_tables import threads_label
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -265,7 +47,7 @@ def check_gates(
     """
     reasons = []
     for r in report["results"]:
-        who = f"{r['name']} (threads {_threads(r)})"
+        who = f"{r['name']} (threads {threads_label(r)})"
         if max_drop is not None and r["drop_pp"] > max_drop:
             reasons.append(f"{who}: accuracy drop {r['drop_pp']:.2f} pp exceeds --max-drop {max_drop:g}")
         if max_p50_ms is not None and r["latency_ms"]["p50"] > max_p50_ms:
@@ -311,7 +93,7 @@ def compare_reports(new: dict, old: dict, tolerance_pct: float = 20.0, tolerance
         o = before.get(_key(r))
         if o is None:
             continue
-        who = f"{r['name']} (threads {_threads(r)})"
+        who = f"{r['name']} (threads {threads_label(r)})"
         p50, p50_old = r["latency_ms"]["p50"], o["latency_ms"]["p50"]
         if p50 > p50_old * (1 + tolerance_pct / 100):
             reasons.append(
@@ -351,7 +133,7 @@ def write_plot(report: dict, path: str | os.PathLike) -> None:
     (bars, pp, values written on them)."""
     plt = import_pyplot()
     results = report["results"]
-    names = [f"{r['name']}\n{r['backend']}, threads {_threads(r)}" for r in results]
+    names = [f"{r['name']}\n{r['backend']}, threads {threads_label(r)}" for r in results]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 0.45 * len(results) + 3), gridspec_kw={"width_ratios": [3, 2]})
     ax1.boxplot([r["samples_ms"] for r in results], vert=False, showfliers=True, flierprops={"markersize": 2})
     ax1.set_yticks(range(1, len(results) + 1), names, fontsize=7)

@@ -8,7 +8,7 @@ when it is built.
 
 Each runner splits one image's path into three stages, timed apart:
 
-- ``preprocess``: :func:`edge.preprocess` of the decoded image, then the
+- ``preprocess``: :func:`edge.runtime.preprocess` of the decoded image, then the
   write into the input tensor (quantized with the input's scale and zero
   point for an int8 model);
 - ``invoke``: the interpreter run;
@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from happysad.edge import Classifier, HappysadError, preprocess
-from happysad.edge.crop import face_region
 from happysad.edge.errors import UsageError
 from happysad.edge.faces import DEFAULT_DETECTOR, make_detector
-from happysad.edge.metadata import ModelMetadata
+from happysad.edge.faces.crop import face_region
 from happysad.edge.metrics import class_probabilities, decide
+from happysad.edge.runtime.metadata import ModelMetadata
 
 from .cost import file_size_mb, keras_cost, onnx_cost, tflite_cost
 from .timing import time_once
@@ -211,7 +211,7 @@ class KerasRunner:
         return pre, invoke, post
 
     def _face_or_whole(self, image: np.ndarray) -> np.ndarray:
-        """The pixels :func:`edge.crop.face_region` chooses, as the edge runtime does."""
+        """The pixels :func:`edge.faces.crop.face_region` chooses, as the edge runtime does."""
         if isinstance(self._detector, str):
             self._detector = make_detector(self._detector)
         return face_region(image, self._detector, self.size, self.meta.face_margin, self.meta.face_shift)[0]

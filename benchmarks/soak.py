@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 from happysad.edge import Classifier
-from happysad.edge.camera import CAMERA_DETECTOR, DETECT_WIDTH, MIN_FACE, CameraOptions
-from happysad.edge.camera import run as run_camera
-from happysad.edge.cli_util import ArgumentParser, positive_int, run_main
+from happysad.edge.camera.loop import run as run_camera
+from happysad.edge.camera.options import CAMERA_DETECTOR, DETECT_WIDTH, MIN_FACE, CameraOptions
+from happysad.edge.console import ArgumentParser, positive_int, run_main
 from happysad.edge.faces import make_detector
 
 from .video import face_frames, write_video

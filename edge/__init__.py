@@ -1,6 +1,8 @@
 """happysad on the device: numpy, OpenCV and one interpreter, never TensorFlow.
 
-The pieces, each importable alone:
+The public API, each name loaded on first use (PEP 562), so that importing
+one small module (``happysad.edge.errors``, say) loads neither OpenCV nor an
+interpreter:
 
 - :func:`preprocess`: the one preprocessing function (training, calibration,
   evaluation and the device all call it).
@@ -8,8 +10,23 @@ The pieces, each importable alone:
 - :class:`Classifier`, :class:`Prediction`: load a model once, classify many.
 - :func:`read_metadata`, :class:`ModelMetadata`: what a model file says about itself.
 - :class:`HappysadError`: the one-line, user-fixable error.
+
+The rooms, lowest first (the import contracts in ``pyproject.toml`` keep
+this order; ``docs/reference.md`` says what each module holds):
+
+- this package's own modules (``errors``, ``fileio``, ``images``,
+  ``dataset``, ``votes``, ``metrics``): what training, export and the
+  benchmarks share with the device; no interpreter;
+- :mod:`.runtime`: interpreters, model metadata, preprocessing, prediction,
+  signatures;
+- :mod:`.faces`: the face detectors and the crop;
+- :mod:`.classifier`: a model plus a face finder;
+- :mod:`.camera` (the camera loop and its outputs) and :mod:`.device`
+  (install, verify);
+- :mod:`.cli`: ``happysad-edge``.
 """
 
+import importlib as _importlib
 import os as _os
 
 # OpenCV reads its decoders' pixel limit once, when it loads: set it before
@@ -18,24 +35,33 @@ import os as _os
 # imported cv2 before edge keeps OpenCV's default (2^30 pixels).
 _os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", "50000000")
 
-from .classifier import Classifier, read_metadata  # noqa: E402
-from .errors import HappysadError  # noqa: E402
-from .images import IMAGE_SUFFIXES, find_images, load_image  # noqa: E402
-from .metadata import ModelMetadata  # noqa: E402
-from .prediction import Prediction  # noqa: E402
-from .preprocess import preprocess  # noqa: E402
-
 __version__ = "0.1.0"
 
-__all__ = [
-    "Classifier",
-    "Prediction",
-    "read_metadata",
-    "HappysadError",
-    "IMAGE_SUFFIXES",
-    "find_images",
-    "load_image",
-    "ModelMetadata",
-    "preprocess",
-    "__version__",
-]
+#: Public name -> module that defines it.
+_PUBLIC = {
+    "Classifier": "classifier",
+    "read_metadata": "classifier",
+    "HappysadError": "errors",
+    "IMAGE_SUFFIXES": "images",
+    "find_images": "images",
+    "load_image": "images",
+    "ModelMetadata": "runtime.metadata",
+    "Prediction": "runtime.prediction",
+    "preprocess": "runtime.preprocess",
+}
+
+__all__ = [*_PUBLIC, "__version__"]
+
+
+def __getattr__(name: str):
+    """PEP 562: the public names, imported on first use."""
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])

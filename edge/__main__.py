@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from happysad.edge.cli.parser import main
 
 sys.exit(main())

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import Backend, load_backend, model_format
-from .crop import face_crop
-from .embedding import read_onnx_metadata, read_tflite_metadata
-from .errors import HappysadError, UsageError
-from .faces import DEFAULT_DETECTOR, Box, Face, make_detector, plausible
-from .metadata import UNCERTAIN, ModelMetadata
-from .metrics import class_probabilities, decide
-from .prediction import Prediction
-from .preprocess import channels_of, preprocess
+from happysad.edge.errors import HappysadError, UsageError
+from happysad.edge.faces import DEFAULT_DETECTOR, Box, Face, make_detector, plausible
+from happysad.edge.faces.crop import face_crop
+from happysad.edge.metrics import class_probabilities, decide
+from happysad.edge.runtime.backends import Backend, load_backend, model_format
+from happysad.edge.runtime.embedding import read_onnx_metadata, read_tflite_metadata
+from happysad.edge.runtime.metadata import UNCERTAIN, ModelMetadata
+from happysad.edge.runtime.prediction import Prediction
+from happysad.edge.runtime.preprocess import channels_of, preprocess
 
 #: ``tta`` choices: none, or the face and its mirror image averaged (two inferences).
 TTA_MODES = ("none", "flip")
@@ -31,7 +31,7 @@ def read_metadata(path: str | os.PathLike) -> ModelMetadata:
     fmt = model_format(path)
     if fmt == "tflite":
         return read_tflite_metadata(path)
-    from .backends import OnnxBackend
+    from happysad.edge.runtime.backends import OnnxBackend
 
     return _onnx_metadata(OnnxBackend(path), path)
 
@@ -89,7 +89,7 @@ class Classifier:
             suggests (chosen on validation data at export); None or 0: off.
         tta: ``"none"`` or ``"flip"``: average the scores of the face and
             its mirror image (two inferences per face).
-        public_key: an Ed25519 public key (:func:`edge.signing.load_public_key`):
+        public_key: an Ed25519 public key (:func:`edge.runtime.signing.load_public_key`):
             the file must carry a matching ``MODEL.sig``, checked before any
             interpreter reads it; None: no signature asked for.
 
@@ -123,7 +123,7 @@ class Classifier:
         if public_key is not None:
             # Read once, checked, and loaded from those very bytes: a file
             # swapped in after the check is never what runs.
-            from .signing import verify_file
+            from happysad.edge.runtime.signing import verify_file
 
             content = _read_model(real)
             verify_file(real, public_key, content=content)
@@ -189,7 +189,7 @@ class Classifier:
         the mean of the input's and its mirror image's).
 
         Args:
-            pixels: uint8 (H, W, C) from :func:`edge.preprocess` with this
+            pixels: uint8 (H, W, C) from :func:`edge.runtime.preprocess` with this
                 model's size and color.
 
         Returns:
@@ -287,7 +287,7 @@ class Classifier:
 
     def crop_face(self, frame: np.ndarray, face: Face | Box) -> np.ndarray:
         """The face cut out, levelled and framed as this model's metadata
-        says (``face_margin``, ``face_shift``): :func:`edge.crop.face_crop`.
+        says (``face_margin``, ``face_shift``): :func:`edge.faces.crop.face_crop`.
 
         Raises:
             UsageError: the box is not on the frame (:func:`edge.faces.plausible`).

@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import HappysadError, UsageError
-from .fileio import read_json
-from .images import find_images
+from happysad.edge.errors import HappysadError, UsageError
+from happysad.edge.fileio import read_json
+from happysad.edge.images import find_images
 
 SPLIT_PARTS = ("train", "val", "test")
 
@@ -142,7 +142,7 @@ def split_votes(split: dict, part: str):
     """
     import numpy as np
 
-    from .votes import EMOTIONS
+    from happysad.edge.votes import EMOTIONS
 
     if not split.get("votes"):
         return None

@@ -16,7 +16,7 @@ import os
 import stat
 from pathlib import Path
 
-from .errors import HappysadError, UsageError
+from happysad.edge.errors import HappysadError, UsageError
 
 
 def output_target(path: str | os.PathLike) -> tuple[Path, bool]:
@@ -69,11 +69,41 @@ def atomic_path(path: str | os.PathLike):
         path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except OSError as exc:
         raise HappysadError(f"{path}: cannot write ({exc.strerror or exc}); check free space and permissions") from None
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flush a folder's entries (a rename into it) to disk, so that after a
+    power loss the new name is there; a file system that cannot sync a
+    folder is let be."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def copy_file(src: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Copy ``src`` to ``dest`` atomically and durably: written under a
+    temporary name in 1 MiB blocks, fsync'd, renamed over ``dest``, the
+    folder fsync'd (:func:`atomic_path`).
+
+    Raises:
+        OSError: ``src`` cannot be read.
+        HappysadError: ``dest`` cannot be written.
+    """
+    import shutil
+
+    with open(src, "rb") as fin, atomic_path(dest) as tmp, open(tmp, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
+        fout.flush()
+        os.fsync(fout.fileno())
 
 
 def write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = None) -> None:
@@ -113,3 +143,25 @@ def read_json(path: str | os.PathLike, what: str = "file") -> dict:
     if not isinstance(obj, dict):
         raise HappysadError(f"{path}: {what} is not a JSON object")
     return obj
+
+
+def file_digest(path: Path) -> tuple[int, str]:
+    """(size in bytes, sha256 hex) of a file, read in 1 MiB blocks.
+
+    Raises:
+        HappysadError: the file is missing or unreadable.
+    """
+    import hashlib  # here, not at import: OpenSSL's libcrypto adds 4 MB to every edge process
+
+    h = hashlib.sha256()
+    size = 0
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+                size += len(block)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such model file; check the path") from None
+    except OSError as exc:
+        raise HappysadError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return size, h.hexdigest()

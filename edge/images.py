@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import HappysadError, UsageError
+from happysad.edge.errors import HappysadError, UsageError
 
 #: File suffixes read as images (case-insensitive).
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp")
@@ -34,6 +34,9 @@ FORMATS = "JPEG, PNG, BMP or WebP"
 #: JPEG start-of-frame markers (SOF0..SOF15 without DHT C4, JPG C8, DAC CC),
 #: ITU-T T.81 table B.1; the frame header gives height then width.
 _JPEG_SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+#: A rectangle in an image: x, y, width, height in pixels (ints); a face's box.
+Box = tuple[int, int, int, int]
 
 
 def image_format(data: bytes) -> str | None:
@@ -163,7 +166,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     Returns:
         uint8 array of shape (H, W, 3) in BGR order, with EXIF orientation
         applied and any alpha channel dropped; gray files come back with three
-        equal channels, which :func:`edge.preprocess` turns back into the
+        equal channels, which :func:`edge.runtime.preprocess` turns back into the
         same gray values exactly.
 
     Raises:

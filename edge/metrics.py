@@ -120,7 +120,7 @@ def class_probabilities(raw, output: str = "sigmoid") -> np.ndarray:
         raw: float (N, K) or (K,) outputs of a model: K = 1 for a
             ``sigmoid`` model (p of the second label), K = the number of
             labels for a ``softmax`` model.
-        output: ``"sigmoid"`` or ``"softmax"`` (:data:`edge.metadata.OUTPUTS`).
+        output: ``"sigmoid"`` or ``"softmax"`` (:data:`edge.runtime.metadata.OUTPUTS`).
 
     Returns:
         float32 (N, C) (or (C,) for a 1-D ``raw``), each row in 0..1 and
@@ -251,7 +251,7 @@ def vote_metrics(probs, labels, votes, bins: int = 10) -> dict:
         qualifies) and ``n`` (faces with votes), ``counts`` (faces per
         majority used).
     """
-    from .votes import emotion_of, majorities, shares
+    from happysad.edge.votes import emotion_of, majorities
 
     p = np.asarray(probs, dtype=np.float64).reshape(len(votes), -1)
     emotions = [emotion_of(lab) for lab in labels]
@@ -259,17 +259,47 @@ def vote_metrics(probs, labels, votes, bins: int = 10) -> dict:
     pred = np.argmax(p, axis=1) if len(p) else np.zeros(0, np.int64)
     expr = [i for i, lab in enumerate(labels) if lab != NEUTRAL]
     emo_expr = [emotions[i] for i in expr]
-
-    def rate(mask, ok):
-        return float(np.mean(ok[mask])) if mask.any() else None
-
-    in_model = np.array([m in emotions for m in maj], bool)
     truth = np.array([emotions.index(m) if m in emotions else -1 for m in maj])
-    out = {"n": int(sum(m is not None for m in maj)), "majority": rate(in_model, pred == truth)}
     is_expr = np.array([m in emo_expr for m in maj], bool)
+    forced, forced_recall = _forced(p, pred, truth, labels, expr, is_expr)
+    three_way, three_way_recall, neutral_called = _three_way(pred, maj, labels, expr, emo_expr, is_expr)
+    vote_mae, reliability = _against_shares(p, pred, votes, labels, bins)
+    return {
+        "n": int(sum(m is not None for m in maj)),
+        "majority": _rate(np.array([m in emotions for m in maj], bool), pred == truth),
+        "forced": forced,
+        "three_way": three_way,
+        "three_way_recall": three_way_recall,
+        "forced_recall": forced_recall,
+        "neutral_called_expression": neutral_called,
+        "vote_mae": vote_mae,
+        "reliability": reliability,
+        "counts": {m: int(sum(x == m for x in maj)) for m in sorted({m for m in maj if m is not None})},
+    }
+
+
+def _rate(mask, ok) -> float | None:
+    """The share (0..1) of ``ok`` among the faces of bool (N,) ``mask``; None where none is masked."""
+    return float(np.mean(ok[mask])) if mask.any() else None
+
+
+def _forced(p, pred, truth, labels, expr: list, is_expr) -> tuple[float | None, dict]:
+    """:func:`vote_metrics`'s ``forced`` and ``forced_recall``: on faces whose
+    majority is an expression class (bool (N,) ``is_expr``), the expression
+    class (indices ``expr``) with the highest score in float (N, C) ``p``
+    against int (N,) ``truth``; with no expression class, ``pred``."""
     forced = np.array(expr)[np.argmax(p[:, expr], axis=1)] if len(p) and expr else pred
-    out["forced"] = rate(is_expr, forced == truth)
-    # Three-way: expression classes 0..E-1, "neither" E.
+    recall = {labels[i]: _rate(is_expr & (truth == i), forced == truth) for i in expr}
+    return _rate(is_expr, forced == truth), {k: v for k, v in recall.items() if v is not None}
+
+
+def _three_way(pred, maj: list, labels, expr: list, emo_expr: list, is_expr) -> tuple[float | None, dict, float | None]:
+    """:func:`vote_metrics`'s ``three_way``, ``three_way_recall`` and
+    ``neutral_called_expression``: answers and majorities as expression
+    classes 0..E-1 (indices ``expr``, emotions ``emo_expr``) or "neither" E,
+    scored on faces whose majority is an expression class or neutral."""
+    from happysad.edge.votes import emotion_of
+
     is_neutral = np.array([m == emotion_of(NEUTRAL) for m in maj], bool)
     answer = np.array([expr.index(k) if k in expr else len(expr) for k in pred], np.int64)
     true3 = np.array([emo_expr.index(m) if m in emo_expr else len(expr) for m in maj], np.int64)
@@ -279,18 +309,25 @@ def vote_metrics(probs, labels, votes, bins: int = 10) -> dict:
         for c in range(len(expr) + 1)
         if np.any((true3 == c) & (is_expr | is_neutral))
     }
-    out["three_way"] = float(np.mean(list(recall3.values()))) if recall3 else None
-    out["three_way_recall"] = recall3
-    forced_recall = {labels[i]: rate(is_expr & (truth == i), forced == truth) for i in expr}
-    out["forced_recall"] = {k: v for k, v in forced_recall.items() if v is not None}
-    out["neutral_called_expression"] = rate(is_neutral, answer < len(expr))
+    three_way = float(np.mean(list(recall3.values()))) if recall3 else None
+    return three_way, recall3, _rate(is_neutral, answer < len(expr))
+
+
+def _against_shares(p, pred, votes, labels, bins: int) -> tuple[float | None, list]:
+    """:func:`vote_metrics`'s ``vote_mae`` and ``reliability``: float (N, C)
+    scores ``p`` against the vote shares over ``labels`` (faces with no vote
+    on them left out), and per confidence bin of the top score the mean
+    confidence, the mean share of the class given (int (N,) ``pred``) and
+    the face count."""
+    from happysad.edge.votes import shares
+
     s = shares(votes, labels)
     known = np.all(np.isfinite(s), axis=1)
-    out["vote_mae"] = float(np.mean(np.abs(p[known] - s[known]))) if known.any() else None
+    vote_mae = float(np.mean(np.abs(p[known] - s[known]))) if known.any() else None
     conf = p[known].max(axis=1) if known.any() else np.zeros(0)
     given = s[known][np.arange(int(known.sum())), pred[known]] if known.any() else np.zeros(0)
     which = np.minimum((conf * bins).astype(np.int64), bins - 1)
-    out["reliability"] = [
+    reliability = [
         {
             "bin": [b / bins, (b + 1) / bins],
             "confidence": float(conf[which == b].mean()),
@@ -300,5 +337,4 @@ def vote_metrics(probs, labels, votes, bins: int = 10) -> dict:
         for b in range(bins)
         if np.any(which == b)
     ]
-    out["counts"] = {m: int(sum(x == m for x in maj)) for m in sorted({m for m in maj if m is not None})}
-    return out
+    return vote_mae, reliability

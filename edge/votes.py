@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from .errors import HappysadError
+from happysad.edge.errors import HappysadError
 
 #: The ten vote columns of FER+, in its order.
 EMOTIONS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF")

@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from happysad.edge.cli_util import ArgumentParser, float_range, positive_int, require_workstation, run_main
+from happysad.edge.console import ArgumentParser, float_range, positive_int, require_workstation, run_main
 from happysad.edge.errors import HappysadError
 
 from . import CALIB_SAMPLES, CALIBRATIONS, FORMATS, IO_TYPES, MAX_DROP_PP, MIN_ACCURACY

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from happysad.edge import HappysadError, __version__, load_image, preprocess
-from happysad.edge.cli_util import log as _log
+from happysad.edge.console import log as _log
 from happysad.edge.dataset import read_split, split_items
 from happysad.edge.errors import UsageError
 from happysad.edge.fileio import read_json, write_bytes
@@ -83,7 +83,7 @@ class ExportOptions:
             int8 format.
         min_accuracy: least validation accuracy (0..1) of the Keras model
             for anything to be exported.
-        sign: an Ed25519 private key file (:func:`edge.signing.keygen`):
+        sign: an Ed25519 private key file (:func:`edge.runtime.signing.keygen`):
             each written file gets ``MODEL.sig``; None: unsigned (a stale
             ``.sig`` of a replaced file is removed).
     """
@@ -211,7 +211,7 @@ def _signature(path: Path, key) -> dict:
     """Sign a written file (``MODEL.sig``) and return the manifest's
     ``signature`` and ``signed_by`` fields; without a key remove a stale
     signature and return {}."""
-    from happysad.edge.signing import key_fingerprint, sign_file, signature_path
+    from happysad.edge.runtime.signing import key_fingerprint, sign_file, signature_path
 
     if key is None:
         signature_path(path).unlink(missing_ok=True)
@@ -306,7 +306,7 @@ def export_run(opts: ExportOptions) -> dict:
     out = Path(opts.out_dir) if opts.out_dir else run_dir / "export"
     signing_key = None
     if opts.sign:
-        from happysad.edge.signing import load_private_key
+        from happysad.edge.runtime.signing import load_private_key
 
         signing_key = load_private_key(opts.sign)  # before minutes of converting, not after
     model, split, metrics = load_run(run_dir)

@@ -8,8 +8,8 @@ import hashlib
 from pathlib import Path
 
 from happysad.edge import __version__
-from happysad.edge.crop import DEFAULT_FACE_MARGIN, DEFAULT_FACE_SHIFT
-from happysad.edge.metadata import ModelMetadata
+from happysad.edge.faces.crop import DEFAULT_FACE_MARGIN, DEFAULT_FACE_SHIFT
+from happysad.edge.runtime.metadata import ModelMetadata
 
 from .to_onnx import CALIBRATION_NAMES
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from happysad.edge import HappysadError
-from happysad.edge.backends import is_tflite_bytes, load_backend
-from happysad.edge.embedding import append_to_tflite, strip_tflite_metadata
+from happysad.edge.device.verify import MANIFEST_NAME, file_digest
 from happysad.edge.fileio import atomic_path, read_json, write_json
-from happysad.edge.metadata import ONNX_KEY, ModelMetadata, encode
-from happysad.edge.verify import MANIFEST_NAME, file_digest
+from happysad.edge.runtime.backends import is_tflite_bytes, load_backend
+from happysad.edge.runtime.embedding import append_to_tflite, strip_tflite_metadata
+from happysad.edge.runtime.metadata import ONNX_KEY, ModelMetadata, encode
 
 from .validate import compare, file_probabilities, missed_by
 
@@ -25,7 +25,7 @@ def embed(data: bytes, meta: ModelMetadata) -> bytes:
     TFLite: the TFLite Model Metadata block set in the flatbuffer
     (:mod:`export.tflite_metadata`), then the zip of this project's metadata
     and ``labels.txt`` appended. ONNX: the JSON set in ``metadata_props``
-    under :data:`edge.metadata.ONNX_KEY`. Either way the graph and weights
+    under :data:`edge.runtime.metadata.ONNX_KEY`. Either way the graph and weights
     are what they were (TFLite's tables are re-serialized, values unchanged).
     """
     if is_tflite_bytes(data):
@@ -48,7 +48,7 @@ def embed(data: bytes, meta: ModelMetadata) -> bytes:
 
 
 def file_record(path: Path) -> dict:
-    """{"size_bytes", "sha256"} of a written file (:func:`edge.verify.file_digest`, which verify checks against)."""
+    """{"size_bytes", "sha256"} of a written file (:func:`edge.fileio.file_digest`, which verify checks against)."""
     size, digest = file_digest(path)
     return {"size_bytes": size, "sha256": digest}
 

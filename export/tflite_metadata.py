@@ -9,8 +9,11 @@ model's ``metadata`` list, with the labels as an associated file
 model, the layout TFLite Support's ``MetadataPopulator`` writes and
 Netron, the Task Library and MediaPipe read.
 
-Written here with the ``flatbuffers`` package from the schema's field slots
-(each noted below): the well-kept writers (``tflite-support``,
+Built with the schema's own generated Python code (its object API:
+``ModelMetadataT``, ``SubGraphMetadataT``, ``TensorMetadataT``, ...,
+packed with the ``flatbuffers`` package), vendored unmodified from the
+mediapipe wheel in :mod:`happysad.export._vendor` (provenance, licence and
+checksum in its NOTICE): the well-kept writers (``tflite-support``,
 ``mediapipe``'s ``metadata_writers``) do not install beside this project's
 pins (tflite-support needs protobuf < 4, TensorFlow 2.21 needs 5 or later;
 mediapipe brings opencv-contrib-python, which overwrites the pinned
@@ -22,7 +25,9 @@ from __future__ import annotations
 
 import flatbuffers
 
-from happysad.edge.metadata import ModelMetadata
+from happysad.edge.runtime.metadata import ModelMetadata
+
+from ._vendor import metadata_schema_py_generated as schema
 
 #: The name TFLite tools look the block up by (``MetadataPopulator.METADATA_FIELD_NAME``).
 METADATA_NAME = "TFLITE_METADATA"
@@ -33,42 +38,6 @@ LABEL_FILE = "labels.txt"
 #: Oldest metadata parser that reads every field written here (all are in schema 1.0).
 MIN_PARSER_VERSION = "1.0.0"
 
-# Enum values of metadata_schema.fbs.
-_GRAYSCALE, _RGB = 2, 1  # ColorSpaceType
-_FEATURE_PROPERTIES, _IMAGE_PROPERTIES = 1, 2  # ContentProperties
-_NORMALIZATION_OPTIONS = 1  # ProcessUnitOptions
-_TENSOR_AXIS_LABELS = 2  # AssociatedFileType
-
-
-def _floats(b: flatbuffers.Builder, values) -> int:
-    b.StartVector(4, len(values), 4)
-    for v in reversed(values):
-        b.PrependFloat32(float(v))
-    return b.EndVector()
-
-
-def _tables(b: flatbuffers.Builder, offsets) -> int:
-    b.StartVector(4, len(offsets), 4)
-    for o in reversed(offsets):
-        b.PrependUOffsetTRelative(o)
-    return b.EndVector()
-
-
-def _table(b: flatbuffers.Builder, slots: int, fields) -> int:
-    """A table of ``slots`` fields; ``fields``: (slot, kind, value), kind one
-    of "off" (table, string or vector), "i8", "u8", "u32"."""
-    b.StartObject(slots)
-    for slot, kind, value in fields:
-        if kind == "off":
-            b.PrependUOffsetTRelativeSlot(slot, value, 0)
-        elif kind == "i8":
-            b.PrependInt8Slot(slot, value, 0)
-        elif kind == "u8":
-            b.PrependUint8Slot(slot, value, 0)
-        else:
-            b.PrependUint32Slot(slot, value, 0)
-    return b.EndObject()
-
 
 def output_labels(meta: ModelMetadata) -> list[str]:
     """The labels of the output tensor's axis: every label of a softmax model;
@@ -76,43 +45,56 @@ def output_labels(meta: ModelMetadata) -> list[str]:
     return list(meta.labels) if meta.output == "softmax" else [meta.labels[1]]
 
 
-def _input_tensor(b: flatbuffers.Builder, meta: ModelMetadata) -> int:
-    name = b.CreateString("image")
+def _stats(max_: float, min_: float) -> schema.StatsT:
+    stats = schema.StatsT()
+    stats.max, stats.min = [max_], [min_]
+    return stats
+
+
+def _input_tensor(meta: ModelMetadata) -> schema.TensorMetadataT:
     h, w = meta.image_size
-    desc = b.CreateString(
+    size = schema.ImageSizeT()
+    size.width, size.height = w, h
+    image = schema.ImagePropertiesT()
+    image.colorSpace = schema.ColorSpaceType.GRAYSCALE if meta.color == "gray" else schema.ColorSpaceType.RGB
+    image.defaultSize = size
+    content = schema.ContentT()
+    content.contentPropertiesType, content.contentProperties = schema.ContentProperties.ImageProperties, image
+    # NormalizationOptions (mean 0, std 1): pixels go in as they are.
+    norm = schema.NormalizationOptionsT()
+    norm.mean, norm.std = [0.0], [1.0]
+    unit = schema.ProcessUnitT()
+    unit.optionsType, unit.options = schema.ProcessUnitOptions.NormalizationOptions, norm
+    tensor = schema.TensorMetadataT()
+    tensor.name = "image"
+    tensor.description = (
         f"{'Gray' if meta.color == 'gray' else 'RGB'} face crop, {w}x{h}, NHWC, raw pixels 0-255 "
         "(the model rescales them itself)"
     )
-    size = _table(b, 2, [(0, "u32", w), (1, "u32", h)])  # ImageSize: width 0, height 1
-    props = _table(b, 2, [(0, "i8", _GRAYSCALE if meta.color == "gray" else _RGB), (1, "off", size)])  # ImageProperties
-    content = _table(b, 3, [(0, "u8", _IMAGE_PROPERTIES), (1, "off", props)])  # Content: type 0, properties 1
-    # NormalizationOptions (mean 0, std 1): pixels go in as they are.
-    norm = _table(b, 2, [(0, "off", _floats(b, [0.0])), (1, "off", _floats(b, [1.0]))])
-    unit = _table(b, 2, [(0, "u8", _NORMALIZATION_OPTIONS), (1, "off", norm)])  # ProcessUnit: type 0, options 1
-    units = _tables(b, [unit])
-    stats = _table(b, 2, [(0, "off", _floats(b, [255.0])), (1, "off", _floats(b, [0.0]))])  # Stats: max 0, min 1
-    # TensorMetadata: name 0, description 1, content 3, process_units 4, stats 5, associated_files 6.
-    return _table(b, 7, [(0, "off", name), (1, "off", desc), (3, "off", content), (4, "off", units), (5, "off", stats)])
+    tensor.content, tensor.processUnits, tensor.stats = content, [unit], _stats(255.0, 0.0)
+    return tensor
 
 
-def _output_tensor(b: flatbuffers.Builder, meta: ModelMetadata) -> int:
-    name = b.CreateString("probability")
+def _output_tensor(meta: ModelMetadata) -> schema.TensorMetadataT:
+    labels = schema.AssociatedFileT()
+    labels.name, labels.description = LABEL_FILE, "Labels of the output's last axis, one a line."
+    labels.type = schema.AssociatedFileType.TENSOR_AXIS_LABELS
+    content = schema.ContentT()
+    content.contentPropertiesType = schema.ContentProperties.FeatureProperties
+    content.contentProperties = schema.FeaturePropertiesT()  # no fields
+    tensor = schema.TensorMetadataT()
+    tensor.name = "probability"
     if meta.output == "softmax":
-        text = "Probability of each label, in the order of labels.txt (softmax)."
+        tensor.description = "Probability of each label, in the order of labels.txt (softmax)."
     else:
-        text = f"Probability of '{meta.labels[1]}' (sigmoid); '{meta.labels[0]}' is 1 minus it."
-    desc = b.CreateString(text)
-    file_name, file_desc = b.CreateString(LABEL_FILE), b.CreateString("Labels of the output's last axis, one a line.")
-    labels = _table(b, 5, [(0, "off", file_name), (1, "off", file_desc), (2, "i8", _TENSOR_AXIS_LABELS)])
-    files = _tables(b, [labels])
-    features = _table(b, 0, [])  # FeatureProperties: no fields
-    content = _table(b, 3, [(0, "u8", _FEATURE_PROPERTIES), (1, "off", features)])
-    stats = _table(b, 2, [(0, "off", _floats(b, [1.0])), (1, "off", _floats(b, [0.0]))])
-    return _table(b, 7, [(0, "off", name), (1, "off", desc), (3, "off", content), (5, "off", stats), (6, "off", files)])
+        tensor.description = f"Probability of '{meta.labels[1]}' (sigmoid); '{meta.labels[0]}' is 1 minus it."
+    tensor.content, tensor.stats, tensor.associatedFiles = content, _stats(1.0, 0.0), [labels]
+    return tensor
 
 
 def metadata_buffer(meta: ModelMetadata, version: str) -> bytes:
-    """The ``TFLITE_METADATA`` FlatBuffer of a model.
+    """The ``TFLITE_METADATA`` FlatBuffer of a model, built with the schema's
+    generated object API (``ModelMetadataT`` ... packed).
 
     Args:
         meta: the model's own metadata (labels, output kind, image size, colour).
@@ -121,33 +103,18 @@ def metadata_buffer(meta: ModelMetadata, version: str) -> bytes:
     Returns:
         the FlatBuffer bytes, file identifier ``M001``.
     """
-    b = flatbuffers.Builder(1024)
-    inp, out = _input_tensor(b, meta), _output_tensor(b, meta)
-    inputs, outputs = _tables(b, [inp]), _tables(b, [out])
-    # SubGraphMetadata: input_tensor_metadata 2, output_tensor_metadata 3.
-    subgraph = _table(b, 10, [(2, "off", inputs), (3, "off", outputs)])
-    subgraphs = _tables(b, [subgraph])
-    name = b.CreateString(f"happysad {'/'.join(meta.labels)} expression classifier")
-    desc = b.CreateString(
+    subgraph = schema.SubGraphMetadataT()
+    subgraph.inputTensorMetadata, subgraph.outputTensorMetadata = [_input_tensor(meta)], [_output_tensor(meta)]
+    root = schema.ModelMetadataT()
+    root.name = f"happysad {'/'.join(meta.labels)} expression classifier"
+    root.description = (
         f"Classifies a face crop as {', '.join(meta.labels)}. Labels in labels.txt; this project's own "
         "metadata (preprocessing, threshold, figures) in happysad_metadata.json beside it."
     )
-    ver, author, lic, parser = (b.CreateString(s) for s in (version, "happysad", "Apache-2.0", MIN_PARSER_VERSION))
-    # ModelMetadata: name 0, description 1, version 2, subgraph_metadata 3, author 4, license 5, min_parser_version 7.
-    root = _table(
-        b,
-        8,
-        [
-            (0, "off", name),
-            (1, "off", desc),
-            (2, "off", ver),
-            (3, "off", subgraphs),
-            (4, "off", author),
-            (5, "off", lic),
-            (7, "off", parser),
-        ],
-    )
-    b.Finish(root, file_identifier=FILE_IDENTIFIER)
+    root.version, root.subgraphMetadata = version, [subgraph]
+    root.author, root.license, root.minParserVersion = "happysad", "Apache-2.0", MIN_PARSER_VERSION
+    b = flatbuffers.Builder(1024)
+    b.Finish(root.Pack(b), file_identifier=FILE_IDENTIFIER)
     return bytes(b.Output())
 
 

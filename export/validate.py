@@ -1,7 +1,7 @@
 """Verification of an exported file against the Keras model it came from.
 
 Both see the same validation images through the same preprocessing
-(:func:`edge.preprocess`); the file runs in the edge runtime
+(:func:`edge.runtime.preprocess`); the file runs in the edge runtime
 (:class:`edge.Classifier`), exactly as a device would run it.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from happysad.edge import Classifier, HappysadError, load_image, preprocess
-from happysad.edge.cli_util import Progress
+from happysad.edge.console import progress
 from happysad.edge.dataset import split_items, split_votes
 from happysad.edge.metrics import class_probabilities, decide, suggest_min_confidence
 from happysad.edge.votes import emotion_of, majorities
@@ -49,19 +49,19 @@ def validation_set(split: dict, part: str = VERIFY_SPLIT) -> tuple[np.ndarray, n
             "train again with a non-zero validation ratio"
         )
     size, color = tuple(split["image"]["size"]), split["image"]["color"]
-    progress = Progress(len(items), f"reading the {part} split")
+    bar = progress(len(items), f"reading the {part} split")
     pixels = []
     for path, _ in items:
-        progress.update()
+        bar.update()
         pixels.append(preprocess(load_image(path), size, color))
-    progress.close()
+    bar.close()
     pixels = np.stack(pixels)
     return pixels, np.array([label for _, label in items], dtype=np.int64)
 
 
 def output_kind(model) -> str:
     """``"sigmoid"`` for a Keras model with one output unit, else ``"softmax"``
-    (:data:`edge.metadata.OUTPUTS`)."""
+    (:data:`edge.runtime.metadata.OUTPUTS`)."""
     return "sigmoid" if model.output_shape[-1] == 1 else "softmax"
 
 

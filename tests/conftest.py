@@ -78,3 +78,18 @@ def real_data() -> Path:
     if not REAL_DATA.is_dir():
         pytest.skip(f"real faces not present at {REAL_DATA}")
     return REAL_DATA
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    """An amqtt MQTT broker on a free loopback port; its port."""
+    from helpers import free_port, start_broker
+
+    pytest.importorskip("amqtt")
+    port = free_port()
+    proc = start_broker(tmp_path_factory.mktemp("broker"), port)
+    try:
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -19,7 +19,7 @@ from hypothesis.extra import numpy as hnp
 
 from happysad.edge import HappysadError, load_image, preprocess
 from happysad.edge.images import MAX_PIXELS
-from happysad.edge.metadata import TFLITE_MEMBER
+from happysad.edge.runtime.metadata import TFLITE_MEMBER
 
 from helpers import REPO, examples
 from synth import draw_face
@@ -33,7 +33,8 @@ AS_ROOT = os.geteuid() == 0
 # nobody before touching the files under test.
 DROP_ROOT = """
 import os, runpy, sys
-import happysad.edge.cli, happysad.edge.backends, ai_edge_litert.interpreter, tqdm
+import happysad.edge.cli.parser, happysad.edge.cli.commands, happysad.edge.runtime.backends, ai_edge_litert.interpreter
+import happysad.edge.classifier, happysad.edge.faces.blazeface, tqdm, queue
 import happysad.train.cli, happysad.train.trainer, happysad.train.data
 import encodings.idna, encodings.cp437, json, zipfile
 os.setgid(65534); os.setuid(65534)

@@ -17,9 +17,9 @@ import cv2
 import numpy as np
 import pytest
 
-from happysad.edge.outputs import annotate
-from happysad.edge.prediction import Prediction
-from happysad.edge.smoothing import ScoreSmoother
+from happysad.edge.camera.outputs.draw import annotate
+from happysad.edge.camera.smoothing import ScoreSmoother
+from happysad.edge.runtime.prediction import Prediction
 
 from helpers import REPO, camera_cmd, free_port, run_camera, write_video
 from synth import draw_face
@@ -171,7 +171,7 @@ def test_mjpeg_preview_page_stream_and_404(export_dir, long_video):
     proc = serve(export_dir, long_video, port)
     try:
         page = wait_for_url(f"http://127.0.0.1:{port}/")
-        assert b'<img src="/stream.mjpg"' in page
+        assert b'<img id="stream" src="/stream.mjpg"' in page
         frames = read_mjpeg_frames(f"http://127.0.0.1:{port}/stream.mjpg", 3)
         assert all(f is not None and f.shape == (120, 160, 3) for f in frames)
         with pytest.raises(urllib.error.HTTPError) as err:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from happysad.edge import Classifier, HappysadError, read_metadata
-from happysad.edge.metadata import UNCERTAIN, ModelMetadata, decode, encode
 from happysad.edge.metrics import class_probabilities, decide, suggest_min_confidence
+from happysad.edge.runtime.metadata import UNCERTAIN, ModelMetadata, decode, encode
 
 from helpers import run_camera, run_module, write_video
 from synth import draw_face, make_dataset

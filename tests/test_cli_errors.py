@@ -178,7 +178,7 @@ def test_a_model_with_the_wrong_extension_says_rename_it(export_dir, tmp_path, d
 def test_progress_draws_only_on_a_terminal():
     import io
 
-    from happysad.edge.cli_util import Progress
+    from happysad.edge.console import progress
 
     class Tty(io.StringIO):
         def isatty(self):
@@ -186,11 +186,13 @@ def test_progress_draws_only_on_a_terminal():
 
     tty, log = Tty(), io.StringIO()
     for stream in (tty, log):
-        p = Progress(3, "images", stream)
+        p = progress(3, "images", stream)
         for _ in range(3):
             p.update()
         p.close()
-    assert "\rimages: 3/3" in tty.getvalue() and tty.getvalue().endswith("\r\033[K")
+    drawn = tty.getvalue()
+    assert drawn.startswith("\rimages:") and "/3" in drawn
+    assert drawn.endswith("\r") and drawn.rsplit("\r", 2)[1].strip() == ""  # erased when closed
     assert log.getvalue() == ""  # a log file or a pipe gets nothing
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from happysad.edge import Classifier, load_image, preprocess, read_metadata
-from happysad.edge.crop import DEFAULT_FACE_MARGIN
 from happysad.edge.dataset import read_split, split_items
+from happysad.edge.faces.crop import DEFAULT_FACE_MARGIN
 
 FIVE = ("model_float32.tflite", "model_float16.tflite", "model_int8.tflite", "model_float32.onnx", "model_int8.onnx")
 

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from happysad.edge import Classifier
-from happysad.edge.blazeface import BLAZEFACE, decode_blazeface, ssd_anchors, weighted_nms
-from happysad.edge.camera import FaceTracker
-from happysad.edge.crop import eye_angle, face_crop
+from happysad.edge.camera.loop import FaceTracker
 from happysad.edge.errors import HappysadError, UsageError
 from happysad.edge.faces import DETECTORS, Face, HaarDetector, YuNetDetector, make_detector, plausible
+from happysad.edge.faces.blazeface import BLAZEFACE, decode_blazeface, ssd_anchors, weighted_nms
+from happysad.edge.faces.crop import eye_angle, face_crop
 
 from helpers import REPO
 
@@ -145,9 +145,9 @@ def test_face_crop_geometry_without_keypoints():
 
 
 def test_tampered_detector_model_is_refused_and_another_takes_over(tmp_path, monkeypatch, capsys):
-    import happysad.edge.faces as faces
-    from happysad.edge.blazeface import BlazeFaceDetector
-    from happysad.edge.cli_util import install_log_handler
+    import happysad.edge.faces.base as faces
+    from happysad.edge.console import install_log_handler
+    from happysad.edge.faces.blazeface import BlazeFaceDetector
 
     install_log_handler()  # warnings on stderr, as a command shows them
     for name in faces.ASSET_SHA256:
@@ -175,8 +175,8 @@ def test_an_opencv_too_old_for_yunet_gets_blazeface(monkeypatch, capsys):
     YuNet's graph at the first frame: refused up front, BlazeFace full range instead."""
     import cv2
 
-    from happysad.edge.blazeface import BlazeFaceDetector
-    from happysad.edge.cli_util import install_log_handler
+    from happysad.edge.console import install_log_handler
+    from happysad.edge.faces.blazeface import BlazeFaceDetector
 
     install_log_handler()
     monkeypatch.setattr(cv2, "__version__", "4.6.0")
@@ -184,7 +184,7 @@ def test_an_opencv_too_old_for_yunet_gets_blazeface(monkeypatch, capsys):
         make_detector("yunet", fallback=False)
     assert isinstance(make_detector("yunet"), BlazeFaceDetector)
     assert "falling back to --detector blazeface-full" in capsys.readouterr().err
-    from happysad.edge.doctor import _detectors_line
+    from happysad.edge.cli.doctor import _detectors_line
 
     status, _, detail = _detectors_line()  # doctor: a note naming what loads and why YuNet does not
     assert status == "note" and detail.startswith("blazeface, blazeface-full, haar load; yunet: OpenCV 4.6.0")

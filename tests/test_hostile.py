@@ -234,7 +234,7 @@ def test_models_that_lie_are_refused_at_load(export_dir, tmp_path):
     import zipfile
 
     from happysad.edge import Classifier
-    from happysad.edge.embedding import strip_tflite_metadata
+    from happysad.edge.runtime.embedding import strip_tflite_metadata
 
     body = strip_tflite_metadata((export_dir / "model_float32.tflite").read_bytes())
     # Metadata stored with an unsupported compression method (bzip2).
@@ -316,7 +316,7 @@ def test_nan_weights_are_refused_at_load(export_dir, tmp_path):
 )
 def test_malformed_manifest_records_are_one_line(tmp_path_factory, size, digest):
     """verify on a manifest whose record holds the wrong types: a HappysadError, never a traceback."""
-    from happysad.edge.verify import verify
+    from happysad.edge.device.verify import verify
 
     folder = tmp_path_factory.mktemp("manifest")
     model = folder / "model_int8.tflite"
@@ -443,7 +443,7 @@ def test_opencv_limit_is_the_second_gate(tmp_path):
     code = (
         "import sys, happysad.edge, happysad.edge.images as im\n"
         "im.image_dimensions = lambda data: None  # as if the header could not be read\n"
-        "from happysad.edge.cli_util import run_main\n"
+        "from happysad.edge.console import run_main\n"
         "sys.exit(run_main('probe', lambda argv: im.load_image(argv[0]) is None, [sys.argv[1]]))\n"
     )
     res = subprocess.run(

@@ -5,8 +5,8 @@ import zipfile
 import pytest
 
 from happysad.edge import HappysadError, ModelMetadata
-from happysad.edge.embedding import append_to_tflite, read_tflite_metadata, strip_tflite_metadata
-from happysad.edge.metadata import MAX_METADATA_BYTES, TFLITE_MEMBER, decode, encode
+from happysad.edge.runtime.embedding import append_to_tflite, read_tflite_metadata, strip_tflite_metadata
+from happysad.edge.runtime.metadata import MAX_METADATA_BYTES, TFLITE_MEMBER, decode, encode
 
 META = ModelMetadata(("happy", "sad"), (48, 48), "gray", 0.5, 0.1, extra={"format": "tflite-int8"})
 

@@ -68,7 +68,7 @@ def test_load_image_reasons(tmp_path):
 
 
 def test_int8_xor_fast_path_equals_affine_quantization():
-    from happysad.edge.quantization import quantize
+    from happysad.edge.runtime.quantization import quantize
 
     x = np.arange(256, dtype=np.uint8)
     flipped = np.bitwise_xor(x, 0x80).view(np.int8)
@@ -77,8 +77,8 @@ def test_int8_xor_fast_path_equals_affine_quantization():
 
 
 def test_face_crop_samples_whole_multiples_of_the_input_about_the_box_centre():
-    from happysad.edge.crop import face_crop
     from happysad.edge.faces import Face
+    from happysad.edge.faces.crop import face_crop
 
     image = np.zeros((480, 640), np.uint8)
     image[175, 195] = 255  # the box centre

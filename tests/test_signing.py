@@ -9,8 +9,8 @@ import shutil
 import pytest
 
 from happysad.edge import Classifier, HappysadError
-from happysad.edge.hotswap import ModelWatcher
-from happysad.edge.signing import load_public_key, signature_path
+from happysad.edge.camera.hotswap import ModelWatcher
+from happysad.edge.runtime.signing import load_public_key, signature_path
 
 from helpers import assert_one_line_error, run_module
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from happysad.edge.embedding import read_tflite_metadata
+from happysad.edge.runtime.embedding import read_tflite_metadata
 from happysad.export.ship import embed
 
 #: The MediaPipe release whose generated metadata reader is used.

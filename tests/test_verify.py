@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from happysad.edge import read_metadata
-from happysad.edge.cli import main
+from happysad.edge.cli.parser import main
 
 from helpers import REPO
 
@@ -107,7 +107,7 @@ def test_verify_runs_without_tensorflow(export_dir, tmp_path):
     path = _copy(export_dir, tmp_path, "model_int8.tflite")
     code = (
         "import sys, json\n"
-        "from happysad.edge.cli import main\n"
+        "from happysad.edge.cli.parser import main\n"
         f"rc = main(['verify', {str(path)!r}, '--json'])\n"
         "heavy = ('tensorflow', 'keras', 'tf2onnx', 'onnx', 'happysad.train', 'happysad.export')\n"
         "bad = [m for m in heavy if m in sys.modules]\n"

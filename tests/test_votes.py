@@ -267,7 +267,7 @@ ALLOWED = {
     ("edge/votes.py", "CLASS_TO_EMOTION"),
     ("edge/votes.py", "EMOTIONS"),
     ("edge/metrics.py", "NEUTRAL"),
-    ("edge/outputs.py", "LABEL_COLORS"),
+    ("edge/camera/outputs/draw.py", "LABEL_COLORS"),
     ("train/split.py", "DEFAULT_VOTE_CLASSES"),
 }
 
@@ -275,7 +275,9 @@ ALLOWED = {
 def test_no_module_hard_codes_the_class_names():
     found = []
     for package in ("edge", "train", "export", "benchmarks"):
-        for path in sorted((REPO / package).glob("*.py")):
+        for path in sorted((REPO / package).rglob("*.py")):
+            if "_vendor" in path.parts:  # third-party code, unmodified
+                continue
             tree = ast.parse(path.read_text())
             owners = {}
             for node in ast.walk(tree):
@@ -287,7 +289,7 @@ def test_no_module_hard_codes_the_class_names():
                                 owners[id(sub)] = t.id
             for node in ast.walk(tree):
                 if isinstance(node, ast.Constant) and node.value in ("happy", "sad", "neutral"):
-                    rel = f"{package}/{path.name}"
+                    rel = path.relative_to(REPO).as_posix()
                     if (rel, owners.get(id(node))) not in ALLOWED:
                         found.append(f"{rel}:{node.lineno} {node.value!r}")
     assert not found, found

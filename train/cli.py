@@ -6,7 +6,7 @@ import argparse
 import sys
 from dataclasses import MISSING, fields
 
-from happysad.edge.cli_util import ArgumentParser, float_range, positive_int, require_workstation, run_main
+from happysad.edge.console import ArgumentParser, float_range, positive_int, require_workstation, run_main
 
 from . import ARCHS, DEFAULT_ARCH, STRATEGIES
 from .split import parse_ratios

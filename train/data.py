@@ -1,7 +1,7 @@
 """Scanning a labelled photo folder, reporting what is wrong with it, and
 making a leak-free, stratified split.
 
-Every image goes through :func:`edge.preprocess`, the function the device
+Every image goes through :func:`edge.runtime.preprocess`, the function the device
 runs, so the checks (and training) see exactly what the device will see.
 """
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from happysad.edge import load_image, preprocess
-from happysad.edge.cli_util import log as _log
+from happysad.edge.console import log as _log
 from happysad.edge.errors import HappysadError
-from happysad.edge.preprocess import channels_of
+from happysad.edge.runtime.preprocess import channels_of
 
 
 def weights_sha256(model) -> str:
@@ -118,7 +118,7 @@ def image_dataset(
 ):
     """A ``tf.data`` pipeline of (float32 NHWC pixels 0..255, float32 label) batches.
 
-    Files are decoded and preprocessed by :func:`edge.preprocess` (inside
+    Files are decoded and preprocessed by :func:`edge.runtime.preprocess` (inside
     ``tf.numpy_function``) on the first pass and cached as uint8, to
     ``cache`` (a file prefix) or to memory when ``cache`` is "".
 

@@ -70,7 +70,7 @@ def samples(images, true_labels, predicted, path: Path, cols: int = 8) -> None:
     """A grid of test images titled "true / predicted"; wrong ones in red with a red frame.
 
     Args:
-        images: uint8 (H, W, C) arrays from :func:`edge.preprocess`.
+        images: uint8 (H, W, C) arrays from :func:`edge.runtime.preprocess`.
     """
     plt = _pyplot()
     n = len(images)

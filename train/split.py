@@ -10,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad.edge.cli_util import log as _log
+from happysad.edge.console import log as _log
 from happysad.edge.errors import HappysadError
 from happysad.edge.fileio import write_json
 from happysad.edge.votes import OTHER, read_votes, shares, votes_for
 
-from .data import NEAR_DUPLICATE_DISTANCE, Scan, hamming_pairs, scan
+from .auxiliary import auxiliary as auxiliary
+from .data import Scan
 from .report import check_data
 
 #: The classes a run on votes answers unless ``--classes`` says otherwise.
@@ -72,53 +73,6 @@ def parse_ratios(text: str) -> tuple[float, float, float]:
     if len(parts) != 3 or any(p < 0 for p in parts) or abs(sum(parts) - 1) > 1e-6 or parts[0] <= 0 or parts[2] <= 0:
         raise ValueError("give three fractions train,val,test summing to 1, e.g. 0.7,0.2,0.1")
     return tuple(parts)
-
-
-def auxiliary(main: Scan, aux_dirs, size=(48, 48), color="gray", progress: bool = False) -> tuple[Scan, list]:
-    """Scan auxiliary class folders and drop what would leak or double-count.
-
-    An auxiliary image that is byte-identical to an image of ``main``, or a
-    near-duplicate of one (pHash within :data:`NEAR_DUPLICATE_DISTANCE`
-    bits), is left out: the copy under ``main``'s label is the one used, on
-    whichever side of the split it fell, so no face is counted under two
-    labels and none reaches training through the back door.
-
-    Args:
-        main: the scan of the model's own classes.
-        aux_dirs: labelled folders (see :func:`scan`).
-
-    Returns:
-        (the auxiliary scan, kept files only; [{"path", "copy_of"}] left out).
-    """
-    aux = scan(list(aux_dirs), size, color, progress, min_classes=1)
-    main_digests = {d: p for d, p in zip(main.sha256, main.paths)}
-    dropped, keep = [], []
-    near = {}
-    if len(aux.paths) and len(main.paths):
-        both = np.concatenate([main.phash, aux.phash])
-        for a, b in hamming_pairs(both, NEAR_DUPLICATE_DISTANCE):
-            if a < len(main.paths) <= b:
-                near.setdefault(b - len(main.paths), main.paths[a])
-    for i, (path, digest) in enumerate(zip(aux.paths, aux.sha256)):
-        copy = main_digests.get(digest) or near.get(i)
-        if copy is not None:
-            dropped.append({"path": path, "copy_of": copy})
-        else:
-            keep.append(i)
-    kept = Scan(
-        aux.data_dir,
-        aux.labels,
-        paths=[aux.paths[i] for i in keep],
-        y=aux.y[keep],
-        sha256=[aux.sha256[i] for i in keep],
-        phash=aux.phash[keep],
-        sizes=[aux.sizes[i] for i in keep],
-        colors=[aux.colors[i] for i in keep],
-        skipped=aux.skipped,
-        conflicts=aux.conflicts,
-        groups=[aux.groups[i] for i in keep],
-    )
-    return kept, dropped
 
 
 def _entry(s: Scan, i: int, votes) -> dict:
@@ -289,22 +243,9 @@ def prepare_vote_data(opts, out: Path, size) -> RunData:
     part = make_split(s.y, s.groups, opts.ratios, opts.seed)
     paths = np.array([Path(s.data_dir) / p for p in s.paths])
     votes = votes_for(table, paths)
-    split = split_record(s, part, opts, votes)
-    split["labels"] = shipped
-    split["folder_labels"] = list(s.labels)
-    split["votes"] = {
-        "file": str(Path(opts.votes).resolve()),
-        "trained_as": shipped + [OTHER],
-        "left_out": "unknown and NF votes; files without votes",
-    }
-    aux = aux_part = None
-    if opts.aux_dirs:
-        aux, aux_part = auxiliary_part(s, opts, size, split, table)
+    split = _vote_split_record(s, part, opts, votes, shipped)
+    aux_paths, aux_votes, aux_part = _auxiliary_votes(s, opts, size, split, table)
     write_json(out / "split.json", split)
-    labels = shipped + [OTHER]
-    aux_paths = np.array([Path(aux.data_dir) / p for p in aux.paths]) if aux else np.zeros(0, object)
-    aux_votes = votes_for(table, aux_paths) if aux else np.zeros((0, 10))
-    aux_part = aux_part if aux else np.zeros(0, np.int8)
 
     def gather(k):
         both_paths = np.concatenate([paths[part == k], aux_paths[aux_part == k]])
@@ -318,18 +259,13 @@ def prepare_vote_data(opts, out: Path, size) -> RunData:
             f"--votes {opts.votes}: no training image has votes; pass --votes-root, the folder its paths start from"
         )
     n_train = int(np.sum(part == 0) + np.sum(aux_part == 0))
-    _log(
-        f"split: train {len(split['train'])}, val {len(split['val'])}, test {len(split['test'])} "
-        f"(seed {opts.seed}) -> {out / 'split.json'}; on votes: {len(train_paths)} of {n_train} train-part images "
-        f"trained on (those with expression votes), {len(val_paths)} validation images; classes {', '.join(shipped)} "
-        f"(+ {OTHER}, trained, not shipped)"
-    )
+    _log_vote_split(opts, out, split, shipped, n_train, len(train_paths), len(val_paths))
     te = aux_part == 2
     return RunData(
         s,
         part,
         paths,
-        labels,
+        shipped + [OTHER],
         train_paths,
         train_y,
         shipped=shipped,
@@ -338,4 +274,39 @@ def prepare_vote_data(opts, out: Path, size) -> RunData:
         votes=votes,
         aux_test_paths=aux_paths[te],
         aux_test_votes=aux_votes[te],
+    )
+
+
+def _vote_split_record(s: Scan, part: np.ndarray, opts, votes, shipped: list) -> dict:
+    """:func:`split_record` for a run on votes: ``labels`` the classes it
+    ships, ``folder_labels`` the folders', and the votes table it read."""
+    split = split_record(s, part, opts, votes)
+    split["labels"] = shipped
+    split["folder_labels"] = list(s.labels)
+    split["votes"] = {
+        "file": str(Path(opts.votes).resolve()),
+        "trained_as": shipped + [OTHER],
+        "left_out": "unknown and NF votes; files without votes",
+    }
+    return split
+
+
+def _auxiliary_votes(s: Scan, opts, size, split: dict, table: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``--aux`` folders of a run on votes, split and recorded in
+    ``split`` (:func:`auxiliary_part`): (image paths, float64 (N, 10)
+    FER+ counts (NaN: none), int8 (N,) parts); empty without ``--aux``."""
+    if not opts.aux_dirs:
+        return np.zeros(0, object), np.zeros((0, 10)), np.zeros(0, np.int8)
+    aux, aux_part = auxiliary_part(s, opts, size, split, table)
+    aux_paths = np.array([Path(aux.data_dir) / p for p in aux.paths])
+    return aux_paths, votes_for(table, aux_paths), aux_part
+
+
+def _log_vote_split(opts, out: Path, split: dict, shipped: list, n_train: int, n_trained: int, n_val: int) -> None:
+    """Say how a run on votes was split, and how many images it trains and validates on."""
+    _log(
+        f"split: train {len(split['train'])}, val {len(split['val'])}, test {len(split['test'])} "
+        f"(seed {opts.seed}) -> {out / 'split.json'}; on votes: {n_trained} of {n_train} train-part images "
+        f"trained on (those with expression votes), {n_val} validation images; classes {', '.join(shipped)} "
+        f"(+ {OTHER}, trained, not shipped)"
     )

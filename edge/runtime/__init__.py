@@ -1,0 +1,2 @@
+"""Interpreters, model metadata, preprocessing, prediction and signatures:
+what runs a model file, with no face finder and no camera."""

@@ -1,0 +1,1 @@
+"""Third-party code vendored unmodified; provenance, licence and checksums in NOTICE."""
