@@ -28,7 +28,7 @@ BENCH_OUT ?= $(RUN)/bench
 BENCH_MODELS = $(RUN)/export/model_float32.tflite $(RUN)/export/model_int8.tflite \
 	$(RUN)/export/model_float32.onnx $(RUN)/export/model_int8.onnx
 
-.PHONY: demo accurate docs lock test wheel fuzz bench bench-wild quant-check edge-speed soak pi-check newcomer venv clean
+.PHONY: demo accurate docs lock test wheel fuzz bench bench-wild quant-check edge-speed preview-cost soak pi-check newcomer venv clean
 
 venv: $(VENV)/.installed
 
@@ -136,6 +136,12 @@ bench-wild: venv
 edge-speed: venv
 	@test -f $(RUN)/export/model_int8.tflite || { echo "make edge-speed: run make demo first" >&2; exit 1; }
 	$(PY) -m happysad.benchmarks.edge_speed $(RUN)/export/model_int8.tflite --keras $(RUN)/model.keras --data "$(DATA)"
+
+# CPU per frame of the camera loop without --serve, with it and no viewer,
+# and with one viewer (exit 3 when the preview costs over 5% unwatched).
+preview-cost: venv
+	@test -f $(RUN)/export/model_int8.tflite || { echo "make preview-cost: run make demo first" >&2; exit 1; }
+	$(PY) -m happysad.benchmarks.preview_cost $(RUN)/export/model_int8.tflite --data "$(DATA)"
 
 # The camera loop over a 10,000-frame video: frames, errors, memory growth.
 soak: venv

@@ -258,15 +258,12 @@ def vote_metrics(probs, labels, votes, bins: int = 10) -> dict:
     maj = majorities(votes)
     pred = np.argmax(p, axis=1) if len(p) else np.zeros(0, np.int64)
     expr = [i for i, lab in enumerate(labels) if lab != NEUTRAL]
-    emo_expr = [emotions[i] for i in expr]
-    truth = np.array([emotions.index(m) if m in emotions else -1 for m in maj])
-    is_expr = np.array([m in emo_expr for m in maj], bool)
-    forced, forced_recall = _forced(p, pred, truth, labels, expr, is_expr)
-    three_way, three_way_recall, neutral_called = _three_way(pred, maj, labels, expr, emo_expr, is_expr)
+    majority, forced, forced_recall = _majority_and_forced(p, pred, maj, labels, emotions, expr)
+    three_way, three_way_recall, neutral_called = _three_way(pred, maj, labels, emotions, expr)
     vote_mae, reliability = _against_shares(p, pred, votes, labels, bins)
     return {
         "n": int(sum(m is not None for m in maj)),
-        "majority": _rate(np.array([m in emotions for m in maj], bool), pred == truth),
+        "majority": majority,
         "forced": forced,
         "three_way": three_way,
         "three_way_recall": three_way_recall,
@@ -283,23 +280,31 @@ def _rate(mask, ok) -> float | None:
     return float(np.mean(ok[mask])) if mask.any() else None
 
 
-def _forced(p, pred, truth, labels, expr: list, is_expr) -> tuple[float | None, dict]:
-    """:func:`vote_metrics`'s ``forced`` and ``forced_recall``: on faces whose
-    majority is an expression class (bool (N,) ``is_expr``), the expression
-    class (indices ``expr``) with the highest score in float (N, C) ``p``
-    against int (N,) ``truth``; with no expression class, ``pred``."""
+def _majority_and_forced(p, pred, maj: list, labels, emotions: list, expr: list) -> tuple:
+    """:func:`vote_metrics`'s ``majority``, ``forced`` and ``forced_recall``
+    (float (N, C) scores ``p``, int (N,) most probable classes ``pred``,
+    majorities ``maj``, expression classes at indices ``expr``): rates
+    0..1 or None, and {label: rate}."""
+    truth = np.array([emotions.index(m) if m in emotions else -1 for m in maj])
+    in_model = np.array([m in emotions for m in maj], bool)
+    emo_expr = [emotions[i] for i in expr]
+    is_expr = np.array([m in emo_expr for m in maj], bool)
     forced = np.array(expr)[np.argmax(p[:, expr], axis=1)] if len(p) and expr else pred
     recall = {labels[i]: _rate(is_expr & (truth == i), forced == truth) for i in expr}
-    return _rate(is_expr, forced == truth), {k: v for k, v in recall.items() if v is not None}
+    recall = {k: v for k, v in recall.items() if v is not None}
+    return _rate(in_model, pred == truth), _rate(is_expr, forced == truth), recall
 
 
-def _three_way(pred, maj: list, labels, expr: list, emo_expr: list, is_expr) -> tuple[float | None, dict, float | None]:
+def _three_way(pred, maj: list, labels, emotions: list, expr: list) -> tuple:
     """:func:`vote_metrics`'s ``three_way``, ``three_way_recall`` and
-    ``neutral_called_expression``: answers and majorities as expression
-    classes 0..E-1 (indices ``expr``, emotions ``emo_expr``) or "neither" E,
-    scored on faces whose majority is an expression class or neutral."""
+    ``neutral_called_expression``: answers (int (N,) ``pred``) and
+    majorities as expression classes 0..E-1 (indices ``expr``) or
+    "neither" E, scored on faces whose majority is an expression class or
+    neutral; rates 0..1 or None, and {class or "neither": recall}."""
     from happysad.edge.votes import emotion_of
 
+    emo_expr = [emotions[i] for i in expr]
+    is_expr = np.array([m in emo_expr for m in maj], bool)
     is_neutral = np.array([m == emotion_of(NEUTRAL) for m in maj], bool)
     answer = np.array([expr.index(k) if k in expr else len(expr) for k in pred], np.int64)
     true3 = np.array([emo_expr.index(m) if m in emo_expr else len(expr) for m in maj], np.int64)

@@ -17,6 +17,8 @@ from happysad.benchmarks.timing import STAGES, fps, percentiles, time_stages
 from happysad.edge import Classifier, HappysadError, load_image, preprocess
 from happysad.edge.dataset import labelled_images
 
+from helpers import FakeClock
+
 MODELS = ("model_float32.tflite", "model_int8.tflite", "model_float32.onnx", "model_int8.onnx")
 
 
@@ -43,22 +45,27 @@ def test_percentiles_follow_linear_interpolation_between_ranks():
     assert fps(s["p50"]) == pytest.approx(1000 / 51)
 
 
-def test_time_stages_feeds_each_stage_and_honours_runs_warmup_and_min_seconds():
+def test_time_stages_feeds_each_stage_and_honours_runs_warmup_and_min_seconds(monkeypatch):
     calls = []
     stages = (lambda: calls.append("pre") or 3, lambda x: x * 2, lambda x: calls.append(x))
     rows = time_stages(stages, runs=5, warmup=2, min_seconds=0)
     assert rows.shape == (5, 3) and (rows >= 0).all()
     assert calls == ["pre", 6] * 7  # 2 warm-up + 5 timed, each fed its predecessor's value
-    t0 = time.perf_counter()
-    rows = time_stages((lambda: None, lambda _: None, lambda _: None), runs=1, warmup=0, min_seconds=0.05)
-    assert time.perf_counter() - t0 >= 0.05 and len(rows) > 1
+    # On a clock that moves 8 ms per run (and only when a stage runs), 0.05 s of runs is exactly 7.
+    clock = FakeClock()
+    monkeypatch.setattr(time, "perf_counter", clock)
+    rows = time_stages([lambda: clock.advance(0.008)], runs=1, warmup=0, min_seconds=0.05)
+    assert len(rows) == 7 and clock() == pytest.approx(0.056)
 
 
-def test_time_stages_puts_each_stage_in_its_column():
-    stages = (lambda: None, lambda _: time.sleep(0.003), lambda _: None)
-    rows = time_stages(stages, runs=10, warmup=0)
-    assert np.median(rows[:, 1]) >= 3.0  # ms: sleep lasts at least its argument
-    assert np.median(rows[:, 1]) > 10 * max(np.median(rows[:, 0]), np.median(rows[:, 2]))
+def test_time_stages_puts_each_stage_in_its_column(monkeypatch):
+    """Each stage's time in its own column, in ms: on a clock the stages
+    themselves move (1, 5 and 2 ms), exactly those; warm-up runs are not rows."""
+    clock = FakeClock()
+    monkeypatch.setattr(time, "perf_counter", clock)
+    stages = (lambda: clock.advance(0.001), lambda _: clock.advance(0.005), lambda _: clock.advance(0.002))
+    rows = time_stages(stages, runs=10, warmup=3)
+    np.testing.assert_allclose(rows, [[1.0, 5.0, 2.0]] * 10)
 
 
 @pytest.mark.parametrize("name", MODELS)

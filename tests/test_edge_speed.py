@@ -47,14 +47,21 @@ def test_figures_are_ratios_of_what_was_measured(speed):
     res, fig = speed
     assert res.returncode in (0, 3), res.stderr
     assert fig["per_face_over_invoke"] == pytest.approx(fig["per_face_p50_ms"] / fig["invoke_p50_ms"])
-    assert fig["per_face_p50_ms"] > fig["invoke_p50_ms"] > 0
+    assert fig["per_face_p50_ms"] > 0 and fig["invoke_p50_ms"] > 0
     assert fig["loop_over_allowed"] == pytest.approx(fig["loop_fps"] / fig["allowed_fps"])
     assert fig["frames"] == 40 and 0 < fig["frames_with_face"] <= 40
     assert fig["cold_speedup"] == pytest.approx(fig["keras_ms"] / fig["edge_ms"])
     assert fig["cold_memory"] == pytest.approx(fig["keras_peak_rss_mb"] / fig["edge_peak_rss_mb"])
-    # The floor is part of the edge process, so it allows at least the measured ratios.
-    assert fig["floor_ms"] < fig["edge_ms"] and fig["floor_peak_rss_mb"] < fig["edge_peak_rss_mb"]
-    assert fig["floor_speedup"] > fig["cold_speedup"] and fig["floor_memory"] > fig["cold_memory"]
+    # The floor: the edge process's first stages (Python, numpy, OpenCV, the
+    # interpreter library), their times summed; its ratios are Keras's over it.
+    # (Which of two measured times is smaller is for the benchmark's report,
+    # not a test: a loaded machine can swap them.)
+    floor = [st for st in fig["edge_stages"] if st["stage"] in ("python", "numpy", "opencv", "interpreter library")]
+    assert len(floor) == 4
+    assert fig["floor_ms"] == pytest.approx(sum(st["ms"] for st in floor))
+    assert fig["floor_speedup"] == pytest.approx(fig["keras_ms"] / fig["floor_ms"])
+    assert fig["floor_memory"] == pytest.approx(fig["keras_peak_rss_mb"] / fig["floor_peak_rss_mb"])
+    assert 0 < fig["floor_peak_rss_mb"] < fig["edge_peak_rss_mb"]  # memory: the floor is part of the process
     assert fig["edge_stages"][-1]["peak_rss_mb"] == fig["edge_peak_rss_mb"]
     dets = fig["detectors"]
     assert set(dets) == {"yunet", "blazeface", "blazeface-full", "haar"}

@@ -323,6 +323,7 @@ def test_odd_image_shapes_never_crash_a_detector(export_dir, name):
     for shape in ((49, 1, 3), (1, 49, 3), (2, 3000, 3), (3000, 2, 3), (60, 60, 3), (49, 49)):
         (pred,) = clf.classify_photo(rng.integers(0, 255, shape, dtype=np.uint8))
         assert pred.label in ("happy", "sad")
+        assert (pred.basis, pred.face) == ("whole-image", None), (shape, pred.face)
 
 
 def test_garbage_boxes_are_not_faces():

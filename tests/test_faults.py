@@ -5,13 +5,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from happysad.edge import Classifier, read_metadata
 
-from helpers import REPO
+from helpers import REPO, wait_until
 
 FINAL = (
     "model_float32.tflite",
@@ -54,11 +53,22 @@ def export_until_first_file_then(sig, run_dir, out):
         text=True,
         cwd=REPO,
     )
-    deadline = time.monotonic() + 120
-    while not (out / "model_float32.tflite").exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(sig)
-    out_text, err = proc.communicate(timeout=60)
+    # The signal goes once the first file is in place (polled for, never a
+    # guessed sleep), while the other four are still being made.
+    try:
+        wait_until(
+            lambda: (out / "model_float32.tflite").exists() or proc.poll() is not None,
+            600,
+            "the export's first file",
+            interval=0.02,
+        )
+        assert proc.poll() is None, "the export ended before it was signalled: " + proc.stderr.read()[-3000:]
+        proc.send_signal(sig)
+        out_text, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=60)
     return proc.returncode, err
 
 

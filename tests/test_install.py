@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-import random
 import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from happysad.edge import Classifier
 
-from helpers import REPO, assert_one_line_error, run_module
+from helpers import REPO, assert_one_line_error, run_module, wait_until
 
 
 def edge(*args):
@@ -64,33 +62,86 @@ def test_a_file_that_fails_verification_changes_nothing(two_models, tmp_path):
     assert_one_line_error(edge("rollback", "--to", to), 1, r"no previous model to go back to")
 
 
-def test_sigkill_at_random_points_leaves_current_whole(two_models, tmp_path):
-    """20 installs killed at random instants: `current` always names one of
-    the two files, whole, and it loads."""
+#: Runs ``happysad-edge install SRC --to DIR`` and numbers the file-system
+#: steps that make an install durable (os.fsync, os.symlink, os.replace);
+#: with a step number, it writes MARKER and waits to be killed just before
+#: that step. The install itself is the real one: nothing is replaced.
+PAUSED_INSTALL = """
+import os, sys, time
+from happysad.edge.cli import main
+
+src, to, marker, pause_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+steps = []
+
+def paused(name, real):
+    def step(*args, **kwargs):
+        steps.append(name)
+        if len(steps) == pause_at:
+            with open(marker, "w") as f:
+                f.write(name)
+            while True:
+                time.sleep(60)  # killed here
+        return real(*args, **kwargs)
+    return step
+
+for name in ("fsync", "symlink", "replace"):
+    setattr(os, name, paused(name, getattr(os, name)))
+try:
+    code = main(["install", src, "--to", to])
+except SystemExit as stop:
+    code = stop.code
+with open(marker, "w") as f:
+    f.write(" ".join(steps))
+sys.exit(code)
+"""
+
+
+def paused_install(src, to, marker, pause_at):
+    return subprocess.Popen(
+        [sys.executable, "-c", PAUSED_INSTALL, str(src), str(to), str(marker), str(pause_at)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_sigkill_at_every_step_leaves_current_whole(two_models, tmp_path):
+    """An install killed just before each of its file-system steps in turn
+    (where a power loss could land): `current` always names one of the two
+    files, whole, and it loads; it names the new one exactly once the link
+    was renamed into place."""
     a, b = two_models
     to = tmp_path / "device"
-    start = time.perf_counter()
     assert edge("install", a, "--to", to).returncode == 0
-    took = time.perf_counter() - start  # kill anywhere from the start to the end of an install
-    rng = random.Random(0)
-    whole = {sha(a), sha(b)}
-    outcomes = set()
-    for i in range(20):
-        src = b if i % 2 == 0 else a
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "happysad.edge", "install", str(src), "--to", str(to)],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(rng.uniform(0.0, took))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        assert sha(to / "current") in whole
-        outcomes.add(sha(to / "current") == sha(src))
+    whole = {sha(a): a, sha(b): b}
+    marker = tmp_path / "marker"
+    # A whole install, counted: its steps in order.
+    proc = paused_install(b, to, marker, 0)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    steps = marker.read_text().split()
+    assert sha(to / "current") == sha(b)
+    # The steps: the copy's fsync and rename, the folder's fsync, then for
+    # each link (previous, then current) a new link, its rename, an fsync.
+    switch = len(steps) - 1  # step number of the new `current` link's rename (then its folder's fsync)
+    assert steps[switch - 1 :] == ["replace", "fsync"] and steps.count("replace") >= 3, steps
+    outcomes = []
+    for k in range(1, len(steps) + 1):
+        marker.unlink(missing_ok=True)
+        old = whole[sha(to / "current")]
+        src = b if old == a else a
+        proc = paused_install(src, to, marker, k)
+        try:
+            wait_until(lambda p=proc: marker.exists() or p.poll() is not None, 300, f"the install to reach step {k}")
+            assert marker.exists(), proc.stderr.read()
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+        assert sha(to / "current") in whole  # whole, one of the two
+        outcomes.append(sha(to / "current") == sha(src))
         Classifier(to / "current")
-    # Some kills landed before the switch, some after it.
-    assert outcomes == {True, False}
+    # Killed before the new link's rename: the old model; after it: the new one.
+    assert outcomes == [k > switch for k in range(1, len(steps) + 1)], (steps, outcomes)
     leftovers = [p.name for p in (to / "models").iterdir() if ".tmp-" in p.name]
     # A killed copy may leave its temporary file; it is never what a link names.
     links = [os.readlink(to / link) for link in ("current", "previous") if (to / link).is_symlink()]

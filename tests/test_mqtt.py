@@ -343,7 +343,7 @@ def test_rate_limit_coalescing_and_heartbeat_on_an_injected_clock(broker):
         for frame, label in ((2, "sad"), (3, "happy"), (4, "sad"), (5, "sad")):
             clock.advance(0.2)  # within the interval: events 2..4 wait, no state goes
             pub.update([face(label)], frame)
-        clock.advance(0.5)
+        clock.advance(0.1)
         pub.update([], 6)  # no face: no event; the state it makes replaces frame 5's
         assert pub.events == 4
         sent_at = []
