@@ -22,7 +22,7 @@ SEED ?= 0
 # file may have; MAX_DROP=0 forces a refusal to see how the demo reports it.
 MAX_DROP ?= 1
 # make bench: thread counts to sweep, and where its files go (the README's
-# performance table is copied from $(BENCH_OUT)/bench.md).
+# results table is made from $(BENCH_OUT)/bench.json; bench.md holds every column).
 BENCH_THREADS ?= 1,2
 BENCH_OUT ?= $(RUN)/bench
 BENCH_MODELS = $(RUN)/export/model_float32.tflite $(RUN)/export/model_int8.tflite \
@@ -115,7 +115,7 @@ bench: venv
 	    --threads $(BENCH_THREADS) --runs 1000 --min-seconds 2 --warmup 50 --cold-runs 5 \
 	    --json $(BENCH_OUT)/bench.json --csv $(BENCH_OUT)/bench.csv \
 	    --markdown $(BENCH_OUT)/bench.md --plot $(BENCH_OUT)/bench.png
-	$(PY) -m happysad.benchmarks.readme $(BENCH_OUT)/bench.md README.md
+	$(PY) -m happysad.benchmarks.readme $(BENCH_OUT)/bench.json README.md
 
 # int8 against float32 for models trained with 10 seeds (short runs): the
 # README's quantization table. Slow: about 3 minutes a seed on 2 cores.

@@ -21,6 +21,7 @@ from happysad.edge.console import progress
 from happysad.edge.dataset import labelled_images, read_split, split_items, split_votes
 from happysad.edge.errors import UsageError
 from happysad.edge.faces import DEFAULT_DETECTOR
+from happysad.edge.fileio import report_path
 from happysad.edge.metrics import classification_metrics, vote_metrics
 from happysad.edge.runtime.backends import default_backend, model_format
 
@@ -299,14 +300,14 @@ def run_bench(opts: BenchOptions) -> dict:
     settings = {
         "images": len(images),
         "labels": labels,
-        "source": opts.split or opts.data,
+        "source": report_path(opts.split or opts.data),
         "part": opts.part if opts.split else None,
         "threads": opts.threads,
         "runs": opts.runs,
         "warmup": opts.warmup,
         "min_seconds": opts.min_seconds,
         "cold_runs": opts.cold_runs,
-        "latency_image": str(paths[0]),
+        "latency_image": report_path(paths[0]),
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "seconds": time.perf_counter() - start,
     }

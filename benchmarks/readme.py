@@ -1,10 +1,12 @@
 """Put a Markdown file between two marker comments of another, in place.
 
-``make bench`` uses it to copy the table it writes into the README, between
+``make bench`` uses it to put its results into the README, between
 ``<!-- bench:start -->`` and ``<!-- bench:end -->``; the rest of the README
-is left byte for byte as it was.
+is left byte for byte as it was. A ``.json`` block (``happysad-bench
+--json``) is set as the one summary table of :mod:`.summary`; any other
+file is inserted as it is.
 
-    python -m happysad.benchmarks.readme runs/demo/bench/bench.md README.md
+    python -m happysad.benchmarks.readme runs/demo/bench/bench.json README.md
 """
 
 from __future__ import annotations
@@ -44,14 +46,28 @@ def replace_between_markers(text: str, block: str, start: str = START, end: str 
     return f"{head}{start}\n{block.rstrip()}\n{end}{tail}"
 
 
+def _summary(path: str) -> str:
+    """The summary table of a happysad-bench JSON report (one-line error when it is not one)."""
+    from happysad.edge.fileio import read_json
+
+    from .summary import format_summary
+
+    try:
+        return format_summary(read_json(path, "benchmark report"))
+    except (KeyError, TypeError, AttributeError):
+        raise HappysadError(f"{path}: not a happysad-bench --json report; run make bench again") from None
+
+
 def _body(argv) -> int:
     p = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    p.add_argument("block", help="Markdown file to insert (happysad-bench --markdown)")
+    p.add_argument("block", help="happysad-bench --json report (its summary table), or a Markdown file to insert")
     p.add_argument("target", help="file with the two markers, e.g. README.md")
     args = p.parse_args(argv)
     try:
         block = Path(args.block).read_text()
         text = Path(args.target).read_text()
+        if args.block.endswith(".json"):
+            block = _summary(args.block)
     except FileNotFoundError as exc:
         raise UsageError(f"{exc.filename}: no such file; check the path") from None
     except OSError as exc:

@@ -36,6 +36,19 @@ def output_target(path: str | os.PathLike) -> tuple[Path, bool]:
     return target, not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
+def report_path(path: str | os.PathLike) -> str:
+    """``path`` as a report written for others shows it, never a machine's
+    absolute path: as given when relative, relative to the working folder
+    when inside it, else its last two parts (``demo/split.json``)."""
+    path = Path(path)
+    if not path.is_absolute():
+        return path.as_posix()
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return Path(*path.parts[-2:]).as_posix()
+
+
 def temp_name(path: Path) -> Path:
     """The temporary name next to ``path`` that :func:`atomic_path` writes
     first: hidden, with the process id, keeping the suffix (some writers,

@@ -400,6 +400,34 @@ def test_readme_step_copies_the_markdown_and_refuses_a_file_without_markers(full
     assert readme.read_text() == "# no markers\n"
 
 
+def test_readme_step_makes_one_summary_table_from_the_json_report(full_run, tmp_path):
+    _, out, _ = full_run
+    report = json.loads((out / "b.json").read_text())
+    readme = tmp_path / "README.md"
+    readme.write_text("# results\n\n<!-- bench:start -->\nSTALE\n<!-- bench:end -->\n")
+    res = subprocess.run(
+        [sys.executable, "-m", "happysad.benchmarks.readme", out / "b.json", readme],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    block = readme.read_text().split("<!-- bench:start -->")[1].split("<!-- bench:end -->")[0]
+    rows = [line for line in block.splitlines() if line.startswith("| `")]
+    names = list(dict.fromkeys(r["name"] for r in report["results"]))
+    # One row per model file (at its fewest threads), then the peer's.
+    assert [row.split("`")[1] for row in rows] == [*names, "fer"]
+    one_thread = {r["name"]: r for r in report["results"] if r.get("threads") in (1, None)}
+    for row, name in zip(rows, names):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[3] == f"{one_thread[name]['latency_ms']['p50']:.3f}"
+    assert block.count("\n| ---") == 1  # one table
+    # No machine's absolute path in what the tools write for others.
+    for text in (block, (out / "b.md").read_text(), json.dumps(report["settings"])):
+        assert str(REPO) not in text and "/tmp/" not in text
+
+
 def test_no_data_measures_latency_and_memory_only(export_dir, tmp_path):
     """happysad-bench MODEL with no data: latency on a synthetic input and peak RSS, marked as having no accuracy."""
     out = tmp_path / "lat.json"

@@ -267,19 +267,18 @@ def test_model_replaced_under_the_loop(export_dir, long_video, tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_signal_releases_and_finalizes_outputs(export_dir, long_video, tmp_path, sig):
     rec = tmp_path / "rec.avi"
-    proc = subprocess.Popen(
-        camera_cmd(export_dir / "model_int8.tflite", long_video, "--pace", "--record", rec),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
-    seen = [proc.stdout.readline() for _ in range(10)]  # ten frames in: the loop is running
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    # Lines reads stdout in a thread: every line is kept (communicate() after
+    # readline() loses what readline had buffered ahead, which a loaded machine shows).
+    run = Lines(camera_cmd(export_dir / "model_int8.tflite", long_video, "--pace", "--record", rec))
+    try:
+        run.wait_for(lambda r: len(r.out) >= 10, what="ten frames")  # the loop is running
+        run.proc.send_signal(sig)
+        code = run.finish(timeout=60)
+    finally:
+        run.kill()
+    assert code == 130, run.stderr
     assert not list(tmp_path.glob(".rec.tmp-*"))  # the recording is under its final name
-    n = len(seen) + len(out.splitlines())
+    n = len(run.out)
     assert 10 <= n < LONG_FRAMES
     assert int(cv2.VideoCapture(str(rec)).get(cv2.CAP_PROP_FRAME_COUNT)) == n
 

@@ -59,7 +59,9 @@ def _loaded_after(imports: str) -> list[str]:
 def test_errors_load_neither_opencv_nor_an_interpreter():
     # What train, export and the benchmarks share loads nothing heavy: the
     # package's __init__ is lazy (PEP 562).
-    assert _loaded_after("import happysad.edge, happysad.edge.errors, happysad.edge.fileio, happysad.edge.console") == []
+    assert (
+        _loaded_after("import happysad.edge, happysad.edge.errors, happysad.edge.fileio, happysad.edge.console") == []
+    )
     assert _loaded_after("import happysad.edge.votes, happysad.edge.metrics") == ["numpy"]
     assert "cv2" in _loaded_after("from happysad.edge import load_image")  # the lazy name still loads
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad.edge.fileio import write_json
+from happysad.edge.fileio import report_path, write_json
 from happysad.edge.images import display_path
 
 from .data import NEAR_BLANK_STD, NEAR_DUPLICATE_DISTANCE, Scan, scan
@@ -26,7 +26,7 @@ def data_report(s: Scan) -> dict:
     standard deviation).
     """
     return {
-        "data_dir": str(Path(s.data_dir).resolve()),
+        "data_dir": report_path(s.data_dir),
         "labels": s.labels,
         "files_per_class": {name: int(n) for name, n in zip(s.labels, np.bincount(s.y, minlength=len(s.labels)))},
         "images": len(s.paths),
