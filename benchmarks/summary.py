@@ -62,7 +62,10 @@ def format_summary(report: dict) -> str:
         best = fewest.get(r["name"])
         if best is None or (r.get("threads") or 0) < (best.get("threads") or 0):
             fewest[r["name"]] = r
-    threads = sorted({str(r.get("threads") or "default") for r in fewest.values()})
+    counts = sorted({r["threads"] for r in fewest.values() if r.get("threads")})
+    threads = f"{', '.join(map(str, counts)) or 'default'} thread(s)" + (
+        "; Keras: TensorFlow's own" if any(not r.get("threads") for r in fewest.values()) and counts else ""
+    )
     s = report["settings"]
     votes = next((r["ferplus"].get("n") for r in fewest.values() if r.get("ferplus")), None)
     faces = f"{s['images']} test faces" + (f", {votes} of them with FER+ votes" if votes else "")
@@ -72,7 +75,7 @@ def format_summary(report: dict) -> str:
             *(_row(r) for r in fewest.values()),
             PEER_ROW,
             "",
-            f"Measured {s['date']} by `make bench` on {faces}; p50: one image, {', '.join(threads)} thread(s); "
+            f"Measured {s['date']} by `make bench` on {faces}; p50: one image, {threads}; "
             "forced: happy vs sad where the ten-vote majority is one of them; three-way: happy / sad / neither, "
             "balanced; drop: against the float reference, percentage points. "
             f"Machine: {machine_line(report)}. All columns: [docs/results.md](docs/results.md).",
