@@ -24,7 +24,7 @@ def test_each_pi_resolves_to_its_interpreter_by_markers(tmp_path):
     wheel = _wheel_with_this_metadata(tmp_path)
     names = lambda reqs: {r.split("=")[0].split("<")[0].split(">")[0] for r in reqs}  # noqa: E731
     armhf = requirements(wheel, "edge", "armv7l")
-    assert "tflite-runtime==2.14.0" in armhf and "numpy<2,>=1.23" in armhf
+    assert "tflite-runtime==2.14.0" in armhf and "numpy<2,>=1.24" in armhf
     assert not names(armhf) & {"ai-edge-litert", "onnxruntime"}
     arm64 = requirements(wheel, "edge-onnx", "aarch64")
     assert {"ai-edge-litert", "onnxruntime", "numpy", "opencv-python-headless"} <= names(arm64)
