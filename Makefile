@@ -105,7 +105,8 @@ wheel: venv
 FUZZ_EXAMPLES ?= 300000
 fuzz: venv
 	HAPPYSAD_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider \
-	    tests/test_hostile.py tests/test_hostile2.py tests/test_bad_input.py -k "arbitrary or malformed or preprocessing"
+	    tests/test_hostile.py tests/test_hostile2.py tests/test_hostile_outputs.py tests/test_bad_input.py \
+	    -k "arbitrary or malformed or preprocessing or special_files_as_camera_outputs"
 
 # The suite behind the README's performance table, on an existing run: the
 # four exported files and the Keras model, on the run's test split. It never

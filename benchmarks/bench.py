@@ -15,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad.edge import HappysadError, load_image, read_metadata
+from happysad.edge import HappysadError, read_metadata
 from happysad.edge.console import log as _log
 from happysad.edge.console import progress
-from happysad.edge.dataset import labelled_images, read_split, split_items, split_votes
+from happysad.edge.dataset import labelled_images, read_split, split_digests, split_items, split_votes
 from happysad.edge.errors import UsageError
 from happysad.edge.faces import DEFAULT_DETECTOR
 from happysad.edge.fileio import report_path
+from happysad.edge.images import decode_image, read_image_bytes
 from happysad.edge.metrics import classification_metrics, vote_metrics
 from happysad.edge.runtime.backends import default_backend, model_format
 
@@ -56,6 +57,8 @@ class BenchOptions:
         tta: also measure each model file with this test-time augmentation
             (``"flip"``: the face and its mirror image averaged, two
             inferences), in rows of their own; None: not.
+        allow_changed: score a split's images whose sha256 differs from
+            the one it records (reported in the settings), instead of refusing.
     """
 
     models: list
@@ -70,6 +73,7 @@ class BenchOptions:
     cold_runs: int = 3
     detector: str = DEFAULT_DETECTOR
     tta: str | None = None
+    allow_changed: bool = False
 
 
 def model_labels(models) -> list[str] | None:
@@ -86,42 +90,72 @@ def load_labelled(opts: BenchOptions):
 
     A ``data`` folder's classes are taken in the order of the first model
     file's labels (its sub-folders of those names; others are left out), so
-    any folder with the model's classes can be measured.
+    any folder with the model's classes can be measured. A split's entries
+    are checked (:func:`edge.dataset.split_items`), each image's bytes
+    against the sha256 the split records.
 
     Returns:
         (labels, paths, y int64 (N,), images: list of uint8 BGR arrays,
         votes: float (N, 10) FER+ counts of a split that records them, NaN
-        rows for files without, else None). Files that do not decode are
-        reported on stderr and left out.
+        rows for files without, else None, changed: paths of images scored
+        though changed, with ``allow_changed``). Files that do not decode
+        are reported on stderr and left out.
 
     Raises:
-        HappysadError: no data given, or no image decodes.
+        HappysadError: no data given, a malformed split, an image changed
+            since the split was written (without ``allow_changed``), or no
+            image decodes.
     """
-    votes = None
+    votes = digests = None
     if opts.split:
         split = read_split(opts.split, opts.data_root)
         labels, items = split["labels"], split_items(split, opts.part)
-        votes = split_votes(split, opts.part)
+        votes, digests = split_votes(split, opts.part), split_digests(split, opts.part)
     elif opts.data:
         labels, items = labelled_images(opts.data, model_labels(opts.models))
     else:
         raise HappysadError("give labelled images with --data DIR or --split RUN_DIR/split.json")
-    paths, ys, images, kept = [], [], [], []
+    kept, images, changed = _decode(items, digests)
+    if changed and not opts.allow_changed:
+        more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
+        raise HappysadError(
+            f"{report_path(changed[0])}{more}: changed since {report_path(opts.split)} was written (sha256 "
+            "differs), so the scores would be of other images than the split names; restore the images, "
+            "or score them anyway with --allow-changed"
+        )
+    if changed:
+        _log(f"note: {len(changed)} images changed since the split was written, scored anyway (--allow-changed)")
+    if not images:
+        raise HappysadError("no labelled image could be read; check --data or --split")
+    paths, ys = [items[k][0] for k in kept], [items[k][1] for k in kept]
+    return list(labels), paths, np.array(ys, dtype=np.int64), images, None if votes is None else votes[kept], changed
+
+
+def _decode(items, digests) -> tuple[list, list, list]:
+    """Decode each (path, label) of ``items``, checking its bytes against
+    ``digests`` (sha256 hex per item, None: not recorded) where given.
+
+    Returns:
+        (indices of the items decoded, their uint8 BGR images, the paths
+        whose sha256 differs); a file that does not decode is logged and left out.
+    """
+    import hashlib
+
+    kept, images, changed = [], [], []
     bar = progress(len(items), "decoding")
-    for k, (path, y) in enumerate(items):
+    for k, (path, _) in enumerate(items):
         bar.update()
         try:
-            images.append(load_image(path))
+            data = read_image_bytes(path)
+            if digests and digests[k] and hashlib.sha256(data).hexdigest() != digests[k]:
+                changed.append(path)
+            images.append(decode_image(data, path))
         except HappysadError as exc:
             _log(f"skipped: {exc}")
             continue
-        paths.append(path)
-        ys.append(y)
         kept.append(k)
     bar.close()
-    if not images:
-        raise HappysadError("no labelled image could be read; check --data or --split")
-    return list(labels), paths, np.array(ys, dtype=np.int64), images, None if votes is None else votes[kept]
+    return kept, images, changed
 
 
 def check_models(models) -> None:
@@ -284,7 +318,7 @@ def run_bench(opts: BenchOptions) -> dict:
         HappysadError: bad data, or a model that cannot be loaded.
     """
     check_models(opts.models)
-    labels, paths, y, images, votes = load_labelled(opts)
+    labels, paths, y, images, votes, changed = load_labelled(opts)
     _log(
         f"{len(images)} labelled images; per model and thread count: {opts.warmup} warm-up + "
         f"at least {opts.runs} timed runs"
@@ -302,6 +336,8 @@ def run_bench(opts: BenchOptions) -> dict:
         "labels": labels,
         "source": report_path(opts.split or opts.data),
         "part": opts.part if opts.split else None,
+        "allow_changed": opts.allow_changed,
+        "changed_images": [report_path(p) for p in changed],
         "threads": opts.threads,
         "runs": opts.runs,
         "warmup": opts.warmup,

@@ -49,6 +49,11 @@ def build_parser() -> ArgumentParser:
     p.add_argument(
         "--data-root", metavar="DIR", default=None, help="where the split's images are now, if the folder moved"
     )
+    p.add_argument(
+        "--allow-changed",
+        action="store_true",
+        help="score --split images whose sha256 differs from the split's (else refused); reported in the settings",
+    )
     _photo_and_latency_args(p)
     _output_and_gate_args(p)
     return p
@@ -256,6 +261,7 @@ def _labelled(args, detector: str) -> int:
             part=args.part,
             data_root=args.data_root,
             tta=None if args.tta == "none" else args.tta,
+            allow_changed=args.allow_changed,
         )
     )
     print(format_table(report), flush=True)
@@ -279,9 +285,17 @@ def _labelled(args, detector: str) -> int:
 
 
 def _write_outputs(args, report: dict) -> None:
-    """The --json, --csv, --markdown and --plot files asked for."""
+    """The --json, --csv, --markdown and --plot files asked for, each tried:
+    one that cannot be written (a FIFO with no reader, a folder, a full
+    disk) does not keep the others from being written.
+
+    Raises:
+        HappysadError: the last output that could not be written (exit 1),
+            once all were tried; the errors of those before it printed first.
+    """
     from .report import format_csv, format_markdown, write_plot, write_text
 
+    failed: list[HappysadError] = []
     for path, write in (
         (args.json, lambda p: write_json(p, report)),
         (args.csv, lambda p: write_text(p, format_csv(report))),
@@ -289,8 +303,16 @@ def _write_outputs(args, report: dict) -> None:
         (args.plot, lambda p: write_plot(report, p)),
     ):
         if path:
-            write(path)
+            try:
+                write(path)
+            except HappysadError as exc:
+                failed.append(exc)
+                continue
             print(f"wrote {path}", file=sys.stderr)
+    for exc in failed[:-1]:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+    if failed:
+        raise failed[-1]
 
 
 def _verdict(args, report: dict, old, reasons: list, regressions: list) -> int:

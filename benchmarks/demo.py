@@ -16,7 +16,7 @@ from pathlib import Path
 from happysad.edge.dataset import read_split, split_items
 from happysad.edge.device.verify import MANIFEST_NAME
 from happysad.edge.errors import HappysadError
-from happysad.edge.fileio import read_json
+from happysad.edge.jsonfile import read_json
 
 PROG = "make demo"
 #: The files the demo benchmarks, in the order of the table.
@@ -27,7 +27,7 @@ CLASSIFY_EVERY = 300
 
 def _written(export_dir: Path) -> tuple[list[str], dict]:
     """(names of files this export wrote, refused files' records), from its manifest."""
-    manifest = read_json(export_dir / MANIFEST_NAME, "export manifest")
+    manifest = read_json(export_dir / MANIFEST_NAME, "manifest")
     return list(manifest.get("written", [])), dict(manifest.get("refused", {}))
 
 

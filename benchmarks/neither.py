@@ -21,9 +21,10 @@ import numpy as np
 
 from happysad.edge import Classifier, load_image
 from happysad.edge.console import ArgumentParser, progress, run_main
-from happysad.edge.dataset import labelled_images
+from happysad.edge.dataset import labelled_images, split_entries
 from happysad.edge.errors import HappysadError
-from happysad.edge.fileio import read_json, write_json
+from happysad.edge.fileio import write_json
+from happysad.edge.jsonfile import check_fields, read_json
 from happysad.edge.runtime.metadata import UNCERTAIN
 
 PROG = "benchmarks.neither"
@@ -38,18 +39,20 @@ def foreign_faces(data: str | None, split: str | None, part: str = "test") -> di
         HappysadError: neither source given, or the split has no auxiliary classes.
     """
     if split:
-        s = read_json(split, "split file")
+        s = read_json(split, "split")
         aux = s.get("auxiliary")
         if not isinstance(aux, dict) or not isinstance(aux.get(part), list):
             raise HappysadError(
                 f"{split}: no auxiliary classes in this split (train with --aux); use --data DIR instead"
             )
+        check_fields(aux, {"data_dir": str, "data_dir_absolute?": str}, f"{split}: split file auxiliary")
         root = Path(split).parent / aux["data_dir"]
-        if not root.is_dir():
+        if not root.is_dir() and isinstance(aux.get("data_dir_absolute"), str):
             root = Path(aux["data_dir_absolute"])
         out: dict[str, list[Path]] = {}
-        for e in aux[part]:
-            out.setdefault(e["label"], []).append(root / e["path"])
+        # Each entry checked as the main parts' are: an object, its path inside the folder.
+        for path, e in split_entries({**aux, "split_file": split}, part, root, f"auxiliary.{part}"):
+            out.setdefault(e["label"], []).append(path)
         return dict(sorted(out.items()))
     if data:
         labels, items = labelled_images(data)

@@ -48,12 +48,12 @@ def replace_between_markers(text: str, block: str, start: str = START, end: str 
 
 def _summary(path: str) -> str:
     """The summary table of a happysad-bench JSON report (one-line error when it is not one)."""
-    from happysad.edge.fileio import read_json
+    from happysad.edge.jsonfile import read_json
 
     from .summary import format_summary
 
     try:
-        return format_summary(read_json(path, "benchmark report"))
+        return format_summary(read_json(path, "report"))
     except (KeyError, TypeError, AttributeError):
         raise HappysadError(f"{path}: not a happysad-bench --json report; run make bench again") from None
 

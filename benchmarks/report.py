@@ -14,7 +14,8 @@ import os
 from pathlib import Path
 
 from happysad.edge import HappysadError
-from happysad.edge.fileio import read_json, write_bytes
+from happysad.edge.fileio import write_bytes
+from happysad.edge.jsonfile import check_fields, json_type, read_json
 
 # The tables, the Markdown and the CSV, importable from here as before.
 from .report_tables import ACCURACY_COLUMNS as ACCURACY_COLUMNS
@@ -57,18 +58,37 @@ def check_gates(
     return reasons
 
 
+#: The fields of a report's result row that :func:`compare_reports` reads, and their types.
+RESULT_FIELDS = {"model": str, "latency_ms": dict, "accuracy": float, "threads?": int, "tta?": str}
+
+
 def read_report(path: str | os.PathLike) -> dict:
-    """An earlier ``--json`` report.
+    """An earlier ``--json`` report, each field :func:`compare_reports` reads type-checked.
 
     Raises:
-        HappysadError: missing, not JSON, or not a happysad-bench report.
+        UsageError: no such file (exit status 2).
+        HappysadError: not a regular file, too large or deep, not JSON, or
+            not a happysad-bench report: one line naming the file and the
+            field (``(results[2] field 'accuracy' is a string, expected a number)``).
     """
-    old = read_json(path, "benchmark report")
-    if not isinstance(old.get("results"), list) or not all(
-        isinstance(r, dict) and "latency_ms" in r and "accuracy" in r for r in old["results"]
-    ):
-        raise HappysadError(f"{path}: not a happysad-bench report; write one with --json")
+    old = read_json(path, "report")
+    try:
+        _check_report(old)
+    except HappysadError as exc:
+        raise HappysadError(f"{path}: not a happysad-bench report; write one with --json ({exc})") from None
     return old
+
+
+def _check_report(old: dict) -> None:
+    """Raise a HappysadError naming the first field of a report of the wrong type (``results[2] field 'accuracy'``)."""
+    check_fields(old, {"results": list, "machine?": dict}, "the report")
+    for i, r in enumerate(old["results"]):
+        if not isinstance(r, dict):
+            raise HappysadError(f"results[{i}] is {json_type(r)}, expected an object")
+        check_fields(r, RESULT_FIELDS, f"results[{i}]")
+        check_fields(r["latency_ms"], {"p50": float}, f"results[{i}].latency_ms")
+        if not r["latency_ms"]["p50"] > 0:
+            raise HappysadError(f"results[{i}].latency_ms field 'p50' is {r['latency_ms']['p50']}, not above 0")
 
 
 def _key(row: dict) -> tuple:

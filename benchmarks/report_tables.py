@@ -157,9 +157,12 @@ def settings_line(report: dict) -> str:
     timed = f"at least {s['runs']} timed runs" + (f" and {s['min_seconds']:g} s" if s["min_seconds"] else "")
     source = f"{s['images']} images of {s['source']}" + (f" ({s['part']})" if s.get("part") else "")
     cold = f"median of {s['cold_runs']} fresh processes after an untimed one" if s["cold_runs"] else "not measured"
+    changed = ""
+    if s.get("allow_changed"):
+        changed = f"; --allow-changed: {len(s.get('changed_images') or [])} images changed since the split, scored"
     return (
         f"latency: one image, preprocess + invoke + postprocess, {s['warmup']} warm-up runs "
-        f"excluded, {timed}; accuracy on {source}; cold start: {cold}"
+        f"excluded, {timed}; accuracy on {source}{changed}; cold start: {cold}"
     )
 
 

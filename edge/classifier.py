@@ -12,6 +12,7 @@ from happysad.edge.errors import HappysadError, UsageError
 from happysad.edge.faces import DEFAULT_DETECTOR, Box, Face, make_detector, plausible
 from happysad.edge.faces.crop import face_crop
 from happysad.edge.metrics import class_probabilities, decide
+from happysad.edge.reading import read_regular
 from happysad.edge.runtime.backends import Backend, load_backend, model_format
 from happysad.edge.runtime.embedding import read_onnx_metadata, read_tflite_metadata
 from happysad.edge.runtime.metadata import UNCERTAIN, ModelMetadata
@@ -39,26 +40,6 @@ def read_metadata(path: str | os.PathLike) -> ModelMetadata:
 def _onnx_metadata(backend, path) -> ModelMetadata:
     custom = backend.session.get_modelmeta().custom_metadata_map
     return read_onnx_metadata(custom, str(path))
-
-
-#: Largest model file read into memory to check its signature, bytes.
-MAX_MODEL_BYTES = 256 * 1024 * 1024
-
-
-def _read_model(path: Path) -> bytes:
-    """A model file's bytes (at most :data:`MAX_MODEL_BYTES`).
-
-    Raises:
-        HappysadError: unreadable, or larger than that.
-    """
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_MODEL_BYTES + 1)
-    except OSError as exc:
-        raise HappysadError(f"{path}: cannot read model ({exc.strerror or exc}); check the path") from None
-    if len(data) > MAX_MODEL_BYTES:
-        raise HappysadError(f"{path}: over {MAX_MODEL_BYTES // 2**20} MiB, not a model this runtime loads")
-    return data
 
 
 def stat_stamp(path: Path):
@@ -119,13 +100,13 @@ class Classifier:
         # checked is the file loaded, even if the link moves meanwhile.
         real = self.path.resolve() if self.path.is_symlink() else self.path
         fmt = model_format(real)
-        content = None
+        # Read once, through the regular-file gate (a FIFO put in the
+        # model's place is refused, never waited on), and loaded from those
+        # very bytes: a file swapped in after the checks is never what runs.
+        content = read_regular(real, "model")
         if public_key is not None:
-            # Read once, checked, and loaded from those very bytes: a file
-            # swapped in after the check is never what runs.
             from happysad.edge.runtime.signing import verify_file
 
-            content = _read_model(real)
             verify_file(real, public_key, content=content)
         meta = read_tflite_metadata(real, content) if fmt == "tflite" else None
         self.backend: Backend = load_backend(real, threads, backend, content)

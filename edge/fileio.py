@@ -5,18 +5,26 @@ name and never destroys the previous good one.
 The one output gate: a path that is a symlink is followed and its target
 replaced (the link stays); a FIFO, a character device or a socket is
 written directly, never replaced, since the program reading it would be cut
-off and the user's pipe destroyed.
+off and the user's pipe destroyed. Written directly, it is opened with
+``O_NONBLOCK`` (:func:`open_direct`): a FIFO that no process reads within
+:data:`DIRECT_STALL_S` seconds is one line (:class:`NoReader`), never an
+open that waits for a reader forever, and a reader that takes no byte for
+that long ends the write with one line (:func:`write_direct`). (The camera's
+outputs wait for nothing: :mod:`edge.camera.outputs.pipe`.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import select
 import stat
 from pathlib import Path
 
-from happysad.edge.errors import HappysadError, UsageError
+from happysad.edge.errors import HappysadError
+from happysad.edge.reading import open_regular, shown
 
 
 def output_target(path: str | os.PathLike) -> tuple[Path, bool]:
@@ -34,6 +42,59 @@ def output_target(path: str | os.PathLike) -> tuple[Path, bool]:
     except OSError:
         return target, False
     return target, not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+#: How long a direct write (:func:`write_direct`) waits for its reader to
+#: take more bytes before it gives up, seconds.
+DIRECT_STALL_S = 5.0
+
+
+class NoReader(HappysadError):
+    """A FIFO that no process has open for reading (or a socket, which
+    cannot be opened as a file): writing to it would wait forever."""
+
+
+def open_direct(path: str | os.PathLike, wait_s: float = 0.0) -> int:
+    """A raw write descriptor on a FIFO or device, opened with ``O_NONBLOCK``
+    (and kept so: its writes never block either); a FIFO with no reader is
+    tried again every 50 ms for up to ``wait_s`` seconds (a reader started
+    beside the writer, as in ``tool --json FIFO & cat FIFO``).
+
+    Raises:
+        NoReader: a FIFO no process reads (or a socket); the message names the path.
+        HappysadError: any other failure to open (permissions, a vanished path).
+    """
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise HappysadError(f"{path}: cannot open for writing ({exc.strerror or exc})") from None
+        if time.monotonic() >= deadline:
+            raise NoReader(f"{path}: no process reads this FIFO (or it is a socket); start its reader first")
+        time.sleep(0.05)
+
+
+def write_direct(fd: int, data: bytes, stall_s: float = DIRECT_STALL_S) -> None:
+    """Write all of ``data`` to a non-blocking ``fd`` (:func:`open_direct`),
+    waiting at most ``stall_s`` seconds at a time for the reader to make room.
+
+    Raises:
+        TimeoutError: the reader took no byte for ``stall_s`` seconds.
+        OSError: the write failed (EPIPE: the reader went away; ENOSPC).
+    """
+    view = memoryview(data)
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            if not poller.poll(stall_s * 1e3):
+                raise TimeoutError(errno.ETIMEDOUT, f"the reader took no byte for {stall_s:g} s") from None
 
 
 def report_path(path: str | os.PathLike) -> str:
@@ -64,18 +125,24 @@ def atomic_path(path: str | os.PathLike):
     the format from it). On an exception the temporary file is removed and
     ``path`` is left as it was. Through :func:`output_target`: a symlink's
     target is replaced, and a FIFO or device is yielded as it is, to be
-    written directly.
+    written directly, once :func:`open_direct` found a reader (waiting up
+    to :data:`DIRECT_STALL_S` s; its descriptor held open meanwhile, so the
+    reader sees no end of file before the caller's own open).
 
     Raises:
+        NoReader: a FIFO no process reads within :data:`DIRECT_STALL_S` s.
         HappysadError: the folder cannot be created or written (read-only,
             full disk); the message names the path.
     """
     path, direct = output_target(path)
     if direct:
+        probe = open_direct(path, DIRECT_STALL_S)
         try:
             yield path
         except OSError as exc:
             raise HappysadError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        finally:
+            os.close(probe)
         return
     tmp = temp_name(path)
     try:
@@ -102,18 +169,21 @@ def fsync_dir(path: str | os.PathLike) -> None:
             os.close(fd)
 
 
-def copy_file(src: str | os.PathLike, dest: str | os.PathLike) -> None:
+def copy_file(src: str | os.PathLike, dest: str | os.PathLike, kind: str = "model") -> None:
     """Copy ``src`` to ``dest`` atomically and durably: written under a
     temporary name in 1 MiB blocks, fsync'd, renamed over ``dest``, the
-    folder fsync'd (:func:`atomic_path`).
+    folder fsync'd (:func:`atomic_path`). ``src`` is opened through the
+    read gate (:func:`edge.reading.open_regular` with ``kind``'s size cap):
+    a FIFO swapped in is refused, never waited on.
 
     Raises:
-        OSError: ``src`` cannot be read.
-        HappysadError: ``dest`` cannot be written.
+        UsageError: ``src`` does not exist.
+        HappysadError: ``src`` is not a regular file, is over the cap or
+            cannot be read; ``dest`` cannot be written.
     """
     import shutil
 
-    with open(src, "rb") as fin, atomic_path(dest) as tmp, open(tmp, "wb") as fout:
+    with open_regular(src, kind) as fin, atomic_path(dest) as tmp, open(tmp, "wb") as fout:
         shutil.copyfileobj(fin, fout, 1 << 20)
         fout.flush()
         os.fsync(fout.fileno())
@@ -122,7 +192,25 @@ def copy_file(src: str | os.PathLike, dest: str | os.PathLike) -> None:
 def write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = None) -> None:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_path`);
     ``mode``: the file's permission bits, set before any byte is written
-    (0o600 for a private key)."""
+    (0o600 for a private key). A FIFO or device is written directly and
+    never waits long (:func:`open_direct`, :func:`write_direct`); ``mode``
+    leaves it as it is.
+
+    Raises:
+        NoReader: a FIFO no process reads within :data:`DIRECT_STALL_S` s.
+        HappysadError: the file cannot be written, or a FIFO's reader took
+            no byte for :data:`DIRECT_STALL_S` seconds (what it took stays taken).
+    """
+    target, direct = output_target(path)
+    if direct:
+        fd = open_direct(target, DIRECT_STALL_S)
+        try:
+            write_direct(fd, data)
+        except OSError as exc:
+            raise HappysadError(f"{target}: cannot write ({exc.strerror or exc})") from None
+        finally:
+            os.close(fd)
+        return
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             if mode is not None:
@@ -138,43 +226,27 @@ def write_json(path: str | os.PathLike, obj) -> None:
     write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
-def read_json(path: str | os.PathLike, what: str = "file") -> dict:
-    """Read a JSON object, with a one-line error when it is missing or broken.
+def file_digest(path: str | os.PathLike, kind: str = "model") -> tuple[int, str]:
+    """(size in bytes, sha256 hex) of a file, read in 1 MiB blocks through
+    the regular-file gate (:func:`edge.reading.open_regular`: a FIFO, a
+    device or a folder is refused, never waited on).
+
+    Args:
+        kind: the file's kind in :data:`edge.reading.LIMITS`, for its size cap and messages.
 
     Raises:
-        HappysadError: missing, unreadable, not JSON or not an object.
-    """
-    path = Path(path)
-    try:
-        obj = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such {what}; check the path") from None
-    except OSError as exc:
-        raise HappysadError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
-    except (ValueError, UnicodeDecodeError):
-        raise HappysadError(f"{path}: {what} is not valid JSON") from None
-    if not isinstance(obj, dict):
-        raise HappysadError(f"{path}: {what} is not a JSON object")
-    return obj
-
-
-def file_digest(path: Path) -> tuple[int, str]:
-    """(size in bytes, sha256 hex) of a file, read in 1 MiB blocks.
-
-    Raises:
-        HappysadError: the file is missing or unreadable.
+        UsageError: the file is missing (exit status 2).
+        HappysadError: not a regular file, over the kind's cap, or unreadable.
     """
     import hashlib  # here, not at import: OpenSSL's libcrypto adds 4 MB to every edge process
 
     h = hashlib.sha256()
     size = 0
-    try:
-        with open(path, "rb") as fh:
+    with open_regular(path, kind) as fh:
+        try:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
                 size += len(block)
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such model file; check the path") from None
-    except OSError as exc:
-        raise HappysadError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        except OSError as exc:
+            raise HappysadError(f"{shown(path)}: cannot read ({exc.strerror or exc})") from None
     return size, h.hexdigest()

@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from happysad.edge.errors import HappysadError
+from happysad.edge.reading import read_regular
 
 #: The ten vote columns of FER+, in its order.
 EMOTIONS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF")
@@ -142,11 +143,13 @@ def read_votes(path: str | os.PathLike, root: str | os.PathLike | None = None) -
     """
     path = Path(path)
     root = Path(root) if root is not None else path.resolve().parent.parent
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise HappysadError(f"--votes {path}: no such file; give a votes table such as ferplus/votes.tsv") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    if not os.path.lexists(path):
+        raise HappysadError(f"--votes {path}: no such file; give a votes table such as ferplus/votes.tsv")
+    try:  # through the regular-file gate: a FIFO, device or folder is refused, never waited on
+        text = read_regular(path, "votes").decode("utf-8")
+    except HappysadError as exc:
+        raise HappysadError(f"--votes {exc}") from None
+    except UnicodeDecodeError as exc:
         raise HappysadError(f"--votes {path}: cannot be read as UTF-8 text ({exc})") from None
     rows = list(csv.reader(text.splitlines(), delimiter="\t"))
     if not rows:

@@ -21,7 +21,8 @@ from happysad.edge import HappysadError, __version__, load_image, preprocess
 from happysad.edge.console import log as _log
 from happysad.edge.dataset import read_split, split_items
 from happysad.edge.errors import UsageError
-from happysad.edge.fileio import read_json, write_bytes
+from happysad.edge.fileio import write_bytes
+from happysad.edge.jsonfile import read_json
 
 from . import CALIB_SAMPLES, CALIBRATIONS, FORMATS, IO_TYPES, MAX_DROP_PP, MIN_ACCURACY
 from .describe import base_metadata, file_metadata, quantization_record
@@ -115,7 +116,7 @@ def load_run(run_dir: Path):
     if not model_path.is_file():
         raise HappysadError(f"{model_path}: no trained model in this run folder; run happysad-train first")
     split = read_split(run_dir / "split.json")
-    metrics = read_json(run_dir / "metrics.json", "metrics file") if (run_dir / "metrics.json").is_file() else {}
+    metrics = read_json(run_dir / "metrics.json", "metrics") if (run_dir / "metrics.json").is_file() else {}
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 

@@ -11,7 +11,8 @@ import numpy as np
 
 from happysad.edge import HappysadError
 from happysad.edge.device.verify import MANIFEST_NAME, file_digest
-from happysad.edge.fileio import atomic_path, read_json, write_json
+from happysad.edge.fileio import atomic_path, write_json
+from happysad.edge.jsonfile import read_json
 from happysad.edge.runtime.backends import is_tflite_bytes, load_backend
 from happysad.edge.runtime.embedding import append_to_tflite, strip_tflite_metadata
 from happysad.edge.runtime.metadata import ONNX_KEY, ModelMetadata, encode

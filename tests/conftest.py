@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REAL_DATA
+from helpers import REAL_DATA, train_args
 from synth import make_dataset
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -39,26 +39,7 @@ def run_dir(dataset, tmp_path_factory) -> Path:
     # basic augmentation: 8 epochs on 120 drawn faces are too few to learn
     # through the camera distortions (a 16 px low-resolution copy loses the
     # drawn mouth); tests/test_pipeline.py trains with them.
-    assert (
-        main(
-            [
-                str(dataset),
-                "--out",
-                str(out),
-                "--epochs",
-                "8",
-                "--seed",
-                "1",
-                "--batch-size",
-                "16",
-                "--patience",
-                "8",
-                "--augment",
-                "basic",
-            ]
-        )
-        == 0
-    )
+    assert main(train_args(dataset, out, 8, "--patience", "8")) == 0
     return out
 
 

@@ -22,6 +22,16 @@ REAL_DATA = REPO.parent / "shared" / "data" / "fer2013-happy-sad"
 #: ``make fuzz`` sets HAPPYSAD_FUZZ_EXAMPLES to run the property-based tests
 #: far longer than ``make test`` does.
 FUZZ_EXAMPLES = int(os.environ.get("HAPPYSAD_FUZZ_EXAMPLES", "0") or 0)
+#: happysad-bench flags for a quick measurement: accuracy is what a test
+#: checks, latency only has to be there.
+QUICK_BENCH = ("--runs", "5", "--warmup", "1", "--cold-runs", "0")
+
+
+def train_args(data, out, epochs: int, *extra, seed: int = 1, batch_size: int = 16, augment: str = "basic") -> list:
+    """The happysad-train arguments the tests' small trainings share:
+    ``DATA --out OUT --epochs N --seed S --batch-size B --augment A`` then ``extra``."""
+    args = [data, "--out", out, "--epochs", epochs, "--seed", seed, "--batch-size", batch_size, "--augment", augment]
+    return [str(a) for a in (*args, *extra)]
 
 
 def examples(n: int) -> int:

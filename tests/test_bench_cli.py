@@ -13,11 +13,10 @@ import pytest
 
 from happysad.edge import Classifier, preprocess
 
-from helpers import REPO, assert_one_line_error
+from helpers import QUICK_BENCH, REPO, assert_one_line_error
 
 MODELS = ("model_float32.tflite", "model_int8.tflite", "model_float32.onnx", "model_int8.onnx")
 #: Few timed runs and no cold start: for tests about reports and gates, not speed.
-QUICK = ("--runs", "5", "--warmup", "1", "--cold-runs", "0")
 
 
 def bench(*args, timeout=300, prelude=""):
@@ -124,7 +123,7 @@ def test_gates_pass_when_every_model_meets_them(export_dir, run_dir):
         export_dir / "model_int8.tflite",
         "--split",
         run_dir / "split.json",
-        *QUICK,
+        *QUICK_BENCH,
         "--max-p50-ms",
         "10000",
         "--min-accuracy",
@@ -143,7 +142,7 @@ def test_flip_rows_have_their_own_accuracy_row_and_twice_the_macs(export_dir, ru
         run_dir / "split.json",
         "--tta",
         "flip",
-        *QUICK,
+        *QUICK_BENCH,
         "--json",
         tmp_path / "b.json",
         "--markdown",
@@ -164,7 +163,7 @@ def test_max_p50_gate_fails_with_the_reason_and_still_writes_the_report(export_d
         export_dir / "model_int8.tflite",
         "--split",
         run_dir / "split.json",
-        *QUICK,
+        *QUICK_BENCH,
         "--max-p50-ms",
         "0.000001",
         "--json",
@@ -185,7 +184,7 @@ def test_min_accuracy_gate_fails_on_mislabelled_images(export_dir, dataset, tmp_
     swapped = tmp_path / "swapped"
     shutil.copytree(dataset / "happy", swapped / "sad")
     shutil.copytree(dataset / "sad", swapped / "happy")
-    res = bench(export_dir / "model_int8.tflite", "--data", swapped, *QUICK, "--min-accuracy", "0.5")
+    res = bench(export_dir / "model_int8.tflite", "--data", swapped, *QUICK_BENCH, "--min-accuracy", "0.5")
     assert res.returncode == 3, res.stderr
     lines = gate_lines(res)
     assert len(lines) == 1 and "gate failed: model_int8.tflite (threads default): accuracy 0." in lines[0]
@@ -243,7 +242,13 @@ def test_max_drop_gate_fails_when_int8_loses_images_the_float_model_gets(export_
     for label in float_clf.labels:
         (data / label).mkdir(parents=True, exist_ok=True)
     res = bench(
-        export_dir / "model_float32.tflite", export_dir / "model_int8.tflite", "--data", data, *QUICK, "--max-drop", "1"
+        export_dir / "model_float32.tflite",
+        export_dir / "model_int8.tflite",
+        "--data",
+        data,
+        *QUICK_BENCH,
+        "--max-drop",
+        "1",
     )
     assert res.returncode == 3, res.stderr
     lines = gate_lines(res)
@@ -304,7 +309,7 @@ def test_compare_flags_slower_and_less_accurate_models(export_dir, run_dir, earl
         export_dir / "model_int8.tflite",
         "--split",
         run_dir / "split.json",
-        *QUICK,
+        *QUICK_BENCH,
         "--compare",
         faster,
         "--json",

@@ -20,6 +20,8 @@ import pytest
 from happysad.edge.runtime.embedding import read_tflite_metadata
 from happysad.export.ship import embed
 
+from helpers import train_args
+
 #: The MediaPipe release whose generated metadata reader is used.
 MEDIAPIPE = "mediapipe==1.2.3"
 MEMBER = "mediapipe/tasks/metadata/metadata_schema_py_generated.py"
@@ -135,8 +137,7 @@ def test_mediapipe_image_classifier_loads_an_rgb_uint8_export(dataset, export_di
     from happysad.train.cli import main as train_main
 
     run = tmp_path / "rgb"
-    args = [str(dataset), "--out", str(run), "--epochs", "2", "--seed", "1", "--batch-size", "16", "--color", "rgb"]
-    assert train_main([*args, "--augment", "basic"]) == 0
+    assert train_main(train_args(dataset, run, 2, "--color", "rgb")) == 0
     export_args = ["--formats", "tflite-int8", "--io-type", "uint8", "--calib-samples", "30", "--max-drop", "100"]
     assert export_main([str(run), *export_args, "--min-accuracy", "0"]) == 0
     venv = tmp_path / "venv"

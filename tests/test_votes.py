@@ -16,7 +16,7 @@ from happysad.edge import Classifier, HappysadError, read_metadata
 from happysad.edge.metrics import vote_metrics
 from happysad.edge.votes import EMOTIONS, majority, read_votes, shares
 
-from helpers import REPO, assert_one_line_error, run_module
+from helpers import QUICK_BENCH, REPO, assert_one_line_error, run_module, train_args
 from synth import draw_face
 
 HEADER = ["path", *EMOTIONS, "majority"]
@@ -39,8 +39,7 @@ def write_votes(path: Path, rows: list) -> Path:
 
 def bench_split(model, run, tmp_path, *extra):
     """``happysad-bench MODEL --split RUN/split.json`` in a few quick runs, JSON to tmp_path/b.json."""
-    quick = ("--runs", "5", "--warmup", "1", "--cold-runs", "0")
-    return run_module("benchmarks", model, "--split", run / "split.json", *quick, "--json", tmp_path / "b.json",
+    return run_module("benchmarks", model, "--split", run / "split.json", *QUICK_BENCH, "--json", tmp_path / "b.json",
                       *extra, timeout=300)  # fmt: skip
 
 
@@ -168,9 +167,8 @@ def vote_run(tmp_path_factory):
             rows.append((rel, None if i == len(drawn) - 1 else votes_row(**{emotion: 9, "unknown": 1})))
     table = write_votes(root / "votes.tsv", rows)
     out = root / "run"
-    args = [root / "main", "--aux", root / "other", "--votes", table, "--votes-root", root]
-    args += ["--out", out, "--epochs", "14", "--batch-size", "16", "--augment", "basic", "--seed", "2"]
-    res = run_module("train", *args, timeout=600)
+    votes = ["--aux", root / "other", "--votes", table, "--votes-root", root]
+    res = run_module("train", *train_args(root / "main", out, 14, *votes, seed=2), timeout=600)
     assert res.returncode == 0, res.stderr
     return root, out, res
 

@@ -7,5 +7,6 @@ TensorFlow is imported only once a run has passed its cheap checks, so
 #: Architecture names accepted by ``happysad-train --arch``.
 ARCHS = ("compact", "wide", "seed")
 DEFAULT_ARCH = "compact"
-#: ``--strategy`` choices: one device, or ``tf.distribute.MirroredStrategy``.
-STRATEGIES = ("default", "mirrored")
+#: ``--strategy`` choices: one device, ``tf.distribute.MirroredStrategy``, or
+#: ``MultiWorkerMirroredStrategy`` across the processes of ``TF_CONFIG``.
+STRATEGIES = ("default", "mirrored", "multi-worker")

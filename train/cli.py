@@ -136,7 +136,10 @@ def _training_args(p) -> None:
         "--strategy",
         choices=STRATEGIES,
         default=DEFAULTS["strategy"],
-        help="mirrored: tf.distribute.MirroredStrategy over this machine's GPUs",
+        help="mirrored: tf.distribute.MirroredStrategy over this machine's GPUs; multi-worker: "
+        "MultiWorkerMirroredStrategy across the processes TF_CONFIG lists, one per machine, each given "
+        "the same command (only the chief, worker 0, writes RUN_DIR; a lost worker's run resumes from "
+        "RUN_DIR/checkpoint; docs/tools.md)",
     )
     p.add_argument(
         "--cache",

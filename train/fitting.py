@@ -63,17 +63,23 @@ def start_tensorflow(opts: TrainOptions, out: Path):
     return keras, tf
 
 
+def make_optimizer(keras, opts: TrainOptions, steps_per_epoch: int):
+    """Adam on a warm-up (the first 5% of the steps) + cosine-decay schedule
+    peaking at ``opts.lr``, over ``opts.epochs * steps_per_epoch`` steps."""
+    steps = opts.epochs * steps_per_epoch
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, max(1, steps), warmup_target=opts.lr, warmup_steps=max(1, steps // 20)
+    )
+    return keras.optimizers.Adam(schedule)
+
+
 def _compile(keras, opts: TrainOptions, model, n_classes: int, n_images: int, soft: bool = False):
     """The model wrapped for training (augmentation, and the teacher when
     distilling), compiled with Adam on a warm-up + cosine schedule."""
     from .distill import distillation_trainer
     from .models import augmentation
 
-    steps = opts.epochs * int(np.ceil(n_images / opts.batch_size))
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, max(1, steps), warmup_target=opts.lr, warmup_steps=max(1, steps // 20)
-    )
-    optimizer = keras.optimizers.Adam(schedule)
+    optimizer = make_optimizer(keras, opts, int(np.ceil(n_images / opts.batch_size)))
     if opts.teachers:
         teachers = [load_teacher(keras, path) for path in opts.teachers]
         try:

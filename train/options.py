@@ -24,8 +24,10 @@ class TrainOptions:
         patience: epochs without a better validation loss before stopping.
         tune_threshold: choose the decision threshold on the validation split
             (maximum balanced accuracy) instead of 0.5.
-        strategy: "default" (one device) or "mirrored"
-            (``tf.distribute.MirroredStrategy`` over the local GPUs).
+        strategy: "default" (one device), "mirrored"
+            (``tf.distribute.MirroredStrategy`` over the local GPUs) or
+            "multi-worker" (``MultiWorkerMirroredStrategy`` across the
+            processes ``TF_CONFIG`` lists: :mod:`train.multiworker`).
         cache: "disk" caches decoded images in the run folder (memory stays
             flat however large the folder), "memory" keeps them in RAM.
         deterministic: make two runs with the same seed on the same machine

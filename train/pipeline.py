@@ -14,6 +14,7 @@ import numpy as np
 from happysad.edge import load_image, preprocess
 from happysad.edge.console import log as _log
 from happysad.edge.errors import HappysadError
+from happysad.edge.jsonfile import read_json
 from happysad.edge.runtime.preprocess import channels_of
 
 
@@ -71,13 +72,12 @@ def check_teacher_split(path: str, split: dict) -> None:
     if not own.is_file():
         _log(f"--teacher {path}: no split.json beside it, so it cannot be checked against this run's test split")
         return
-    import json
-
-    theirs = json.loads(own.read_text())
+    theirs = read_json(own, "split")  # bounded: a regular file, size and depth capped
 
     def digests(record, part):
-        rows = record.get(part, []) + record.get("auxiliary", {}).get(part, [])
-        return {row["sha256"] for row in rows}
+        aux = record.get("auxiliary") if isinstance(record.get("auxiliary"), dict) else {}
+        rows = [r for rows in (record.get(part), aux.get(part)) if isinstance(rows, list) for r in rows]
+        return {r["sha256"] for r in rows if isinstance(r, dict) and isinstance(r.get("sha256"), str)}
 
     trained = digests(theirs, "train")
     held_out = digests(split, "val") | digests(split, "test")
@@ -137,22 +137,8 @@ def image_dataset(
     """
     import tensorflow as tf
 
-    channels = channels_of(color)
-
-    def load(path):
-        return preprocess(load_image(path.decode()), size, color)
-
-    def decode(path):
-        pixels = tf.numpy_function(load, [path], tf.uint8)
-        return tf.ensure_shape(pixels, (*size, channels))
-
-    ds = tf.data.Dataset.from_tensor_slices([str(p) for p in paths])
     calls = tf.data.AUTOTUNE if parallel else None
-    ds = ds.map(decode, num_parallel_calls=calls, deterministic=True)
-    if y is not None:
-        ds = tf.data.Dataset.zip(ds, tf.data.Dataset.from_tensor_slices(np.asarray(y, np.float32)))
-    if cache is not None:
-        ds = ds.cache(cache)
+    ds = decoded_dataset(paths, y, size, color, cache, parallel)
     if shuffle_seed is not None:
         ds = ds.shuffle(min(len(paths), 20000), seed=shuffle_seed, reshuffle_each_iteration=True)
     if distort is not None:
@@ -166,6 +152,29 @@ def image_dataset(
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
     to_float = (lambda x, t: (tf.cast(x, tf.float32), t)) if y is not None else (lambda x: tf.cast(x, tf.float32))
     return ds.map(to_float).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def decoded_dataset(paths, y, size, color, cache=None, parallel: bool = True):
+    """A ``tf.data`` pipeline of uint8 (H, W, C) images (with float32 labels
+    when ``y`` is given), in file order, decoded and preprocessed by
+    :func:`edge.runtime.preprocess`; cached as :func:`image_dataset` says."""
+    import tensorflow as tf
+
+    channels = channels_of(color)
+
+    def load(path):
+        return preprocess(load_image(path.decode()), size, color)
+
+    def decode(path):
+        pixels = tf.numpy_function(load, [path], tf.uint8)
+        return tf.ensure_shape(pixels, (*size, channels))
+
+    ds = tf.data.Dataset.from_tensor_slices([str(p) for p in paths])
+    calls = tf.data.AUTOTUNE if parallel else None
+    ds = ds.map(decode, num_parallel_calls=calls, deterministic=True if calls else None)
+    if y is not None:
+        ds = tf.data.Dataset.zip(ds, tf.data.Dataset.from_tensor_slices(np.asarray(y, np.float32)))
+    return ds if cache is None else ds.cache(cache)
 
 
 def shipped_loss_callback(keras, model, val_ds, y_val: np.ndarray, n_own: int):

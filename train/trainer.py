@@ -74,15 +74,31 @@ def train(opts: TrainOptions) -> dict:
         HappysadError: bad data folder, or an output that cannot be written.
         UsageError: ``out`` holds a trained run and ``overwrite`` is off.
     """
+    if opts.strategy == "multi-worker":
+        from .multiworker import train_multi_worker
+
+        return train_multi_worker(opts)
     out = Path(opts.out)
     size = (opts.img_size, opts.img_size)
     data = _prepare(opts, out, size)
     keras, tf = start_tensorflow(opts, out)
-    from .models import count_macs
-
-    s, va, te = data.scan, data.indices(1), data.indices(2)
     train_ds, val_ds = make_datasets(opts, data, size, out / "cache")
     model, history, monitor, seconds = fit_model(keras, tf, opts, out, data, size, train_ds, val_ds)
+    return finish_run(model, opts, out, data, history, monitor, seconds, val_ds)
+
+
+def finish_run(model, opts: TrainOptions, out: Path, data: RunData, history, monitor, seconds, val_ds, extra=None):
+    """Save the trained model, evaluate it on the validation and test parts
+    and write the rest of the run folder (:func:`train`); ``extra``: more
+    entries for ``metrics.json``.
+
+    Returns:
+        the metrics dict written to ``metrics.json``.
+    """
+    from .models import count_macs
+
+    size = (opts.img_size, opts.img_size)
+    s, va, te = data.scan, data.indices(1), data.indices(2)
     model = save_model(model, out, data, history)
     # The validation pipeline is in order and already cached: no second decode
     # (on votes it holds other images: every folder's validation part).
@@ -98,6 +114,7 @@ def train(opts: TrainOptions) -> dict:
         metrics.update(_vote_figures(model, data, size, opts, p_val, p_test, parallel))
     macs = count_macs(model)
     metrics.update(_run_figures(model, opts, data, history, monitor, seconds, macs))
+    metrics.update(extra or {})
     write_report(out, metrics, data.shipped, data.paths[te][kt], y[te][kt], p_test[kt], size, opts.color, opts.seed)
     if data.soft:
         plots.reliability(metrics["ferplus"]["reliability"], out / "reliability.png")

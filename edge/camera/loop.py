@@ -160,7 +160,8 @@ def run(classifier: Classifier, options: CameraOptions, out=sys.stdout, threads=
         replaced before they were classified), reconnects, seconds, fps
         (Hz), stopped_by_signal (SIGINT, SIGTERM or SIGHUP ended it); with
         MQTT, ``mqtt``: the publisher's final counts (events, delivered,
-        dropped, :meth:`edge.camera.outputs.mqtt.MqttPublisher.stats`).
+        dropped, :meth:`edge.camera.outputs.mqtt.MqttPublisher.stats`); with a
+        FIFO output, ``outputs_dropped``: records not written, by output.
 
     Raises:
         HappysadError: the source cannot be opened, an output cannot be
@@ -236,8 +237,10 @@ def _summary(loop, capture, stopped_by_signal: bool, seconds: float, outputs: li
     """What :func:`run` returns (see there)."""
     frames = loop.frames if loop else 0
     mqtt = next((o.final for o in outputs if isinstance(o, Mqtt)), None)
+    drops = {name: n for o in outputs for name, n in o.drops().items()}
     return {
         **({"mqtt": mqtt} if mqtt is not None else {}),
+        **({"outputs_dropped": drops} if drops else {}),
         "frames": frames,
         "frames_with_face": loop.with_face if loop else 0,
         "errors": loop.errors if loop else 0,

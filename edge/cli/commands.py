@@ -17,6 +17,7 @@ from happysad.edge.classifier import Classifier
 from happysad.edge.console import progress
 from happysad.edge.errors import HappysadError, UsageError
 from happysad.edge.images import IMAGE_SUFFIXES, display_path, find_images, load_image
+from happysad.edge.reading import read_regular
 
 PROG = "happysad-edge"
 
@@ -159,10 +160,14 @@ def _remove_discovery(args, mqtt) -> int:
 
 
 def _print_camera_summary(summary: dict) -> None:
-    """The camera's last lines on stderr: frames, faces, drops, FPS, and MQTT's counts."""
+    """The camera's last lines on stderr: frames, faces, drops, FPS (and what
+    a FIFO or pipe output could not write), and MQTT's counts."""
+    units = {"log": "rows", "record": "frames", "stdout": "JSON lines"}
+    lost = [f"{name} {n} {units.get(name, '')}" for name, n in summary.get("outputs_dropped", {}).items() if n]
     print(
         f"{PROG}: {summary['frames']} frames, {summary['frames_with_face']} with a face, "
-        f"{summary['dropped']} dropped, {summary['reconnects']} reconnects, {summary['fps']} FPS",
+        f"{summary['dropped']} dropped, {summary['reconnects']} reconnects, {summary['fps']} FPS"
+        + (f"; outputs could not write: {', '.join(lost)}" if lost else ""),
         file=sys.stderr,
     )
     if summary.get("mqtt"):
@@ -210,9 +215,12 @@ def _serve_token(text: str | None) -> str | None:
         return text or None
     path = Path(text[1:])
     try:
-        token = path.read_text().strip().splitlines()[0].strip() if path.read_text().strip() else ""
-    except OSError as exc:
-        raise HappysadError(f"--serve-token {path}: cannot read ({exc.strerror or exc})") from None
+        lines = read_regular(path, "token").decode().strip().splitlines()
+    except UnicodeDecodeError:
+        raise HappysadError(f"--serve-token {path}: not UTF-8 text") from None
+    except HappysadError as exc:  # one line from the gate: missing, a FIFO, too large
+        raise type(exc)(f"--serve-token {exc}") from None
+    token = lines[0].strip() if lines else ""
     if not token:
         raise HappysadError(f"--serve-token {path}: the file holds no token")
     return token
@@ -221,7 +229,7 @@ def _serve_token(text: str | None) -> str | None:
 def info(args) -> int:
     """``happysad-edge info``; returns the exit code."""
     clf = _classifier(args)
-    data = Path(args.model).read_bytes()
+    data = read_regular(args.model, "model")
     b = clf.backend
     info = {
         "path": str(args.model),
@@ -269,8 +277,9 @@ def install(args) -> int:
     """``happysad-edge install``: verify MODEL, make it DIR/current."""
     from happysad.edge.device.install import install
 
-    r = install(args.model, args.to, args.manifest, args.public_key)
+    r = install(args.model, args.to, args.manifest, args.public_key, keep=args.keep)
     was = f"; previous: {r['previous']}" if r["previous"] else ""
+    was += f"; removed {len(r['removed'])} older versions (--keep {args.keep})" if r["removed"] else ""
     print(
         f"installed {args.to}/current -> {r['current']} (sha256 {r['sha256'][:16]}…, signature {r['signature']}){was}"
     )

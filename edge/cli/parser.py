@@ -7,6 +7,7 @@ import sys
 from happysad.edge.camera.options import CAMERA_DETECTOR, DETECT_EVERY, DETECT_WIDTH, MIN_FACE
 from happysad.edge.classifier import TTA_MODES
 from happysad.edge.console import ArgumentParser, float_range, non_negative_int, positive_int, run_main
+from happysad.edge.device.install import KEEP
 from happysad.edge.faces import DEFAULT_DETECTOR, DETECTORS
 from happysad.edge.runtime.backends import BACKENDS
 
@@ -265,7 +266,8 @@ def _tool_parsers(sub) -> None:
         help="verify a model file and make it DIR/current, keeping the one before",
         description="Copy MODEL into DIR/models/, verify the copy (manifest size and sha256, signature, "
         "metadata, a self-test inference), then point DIR/current at it by an atomic rename; the "
-        "model that was current becomes DIR/previous. A camera started on DIR/current switches to it.",
+        "model that was current becomes DIR/previous. A camera started on DIR/current switches to it. "
+        "A file that fails is removed with its .sig; older versions beyond --keep are removed.",
     )
     p.add_argument("model", metavar="MODEL", help="a .tflite or .onnx file from happysad-export")
     p.add_argument("--to", required=True, metavar="DIR", help="the install folder (DIR/current, DIR/previous)")
@@ -273,6 +275,8 @@ def _tool_parsers(sub) -> None:
         "-m", "--manifest", default=None, metavar="FILE", help="the export's manifest.json, if not beside MODEL"
     )
     p.add_argument("--public-key", metavar="FILE.pub", default=None, help="the signature must match this key")
+    keep = "older versions kept in DIR/models/ besides current and previous (the oldest others are removed)"
+    p.add_argument("--keep", type=non_negative_int, default=KEEP, metavar="N", help=keep)
     p = sub.add_parser(
         "rollback", help="make DIR/previous current again", description="Swap DIR/current and DIR/previous."
     )

@@ -14,7 +14,9 @@ import numpy as np
 
 from happysad.edge.classifier import Classifier
 from happysad.edge.errors import HappysadError, UsageError
-from happysad.edge.fileio import file_digest, read_json
+from happysad.edge.fileio import file_digest
+from happysad.edge.jsonfile import read_json
+from happysad.edge.reading import check_regular
 from happysad.edge.runtime.preprocess import channels_of
 from happysad.edge.runtime.signing import configured_key, signature_path, verify_file
 
@@ -152,9 +154,8 @@ def verify(
     """
     model = Path(model)
     manifest = Path(manifest) if manifest else model.parent / MANIFEST_NAME
-    if not model.is_file():
-        raise UsageError(f"{model}: no such model file; check the path")
-    if not manifest.is_file():
+    check_regular(model, "model")
+    if not manifest.exists():
         raise UsageError(
             f"{manifest}: no such manifest file; copy the export's manifest.json "
             "next to the model or pass it with --manifest FILE"
@@ -192,7 +193,7 @@ def signature_status(model: Path, public_key=None) -> str:
     key, key_name = configured_key(public_key)
     if key is not None:
         return f"valid, key {verify_file(model, key, key_name)}"
-    return "present, not checked (no public key)" if signature_path(model).is_file() else "unsigned"
+    return "present, not checked (no public key)" if signature_path(model).exists() else "unsigned"
 
 
 def summary_line(report: dict) -> str:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad.edge.errors import HappysadError, UsageError
+from happysad.edge.errors import HappysadError
+from happysad.edge.reading import open_regular, read_regular
 from happysad.edge.runtime.quantization import dequantize, quantize
 
 _log = logging.getLogger(__name__)
@@ -36,17 +37,15 @@ def model_format(path: str | os.PathLike) -> str:
     ONNX ModelProto begins with its ir_version field (byte 0x08).
 
     Raises:
-        HappysadError: the file is missing or unreadable, or its content is
-            the other format than its suffix says (the message says to rename it).
+        UsageError: missing. HappysadError: not a regular file (:func:`edge.reading.open_regular`),
+            unreadable, or of the other format than its suffix says (the message says to rename it).
     """
     path = Path(path)
-    try:
-        with open(path, "rb") as fh:
+    with open_regular(path, "model") as fh:  # a FIFO, device or folder: refused, never waited on
+        try:
             head = fh.read(8)
-    except (FileNotFoundError, NotADirectoryError):
-        raise UsageError(f"{path}: no such model file; check the path") from None
-    except OSError as exc:
-        raise HappysadError(f"{path}: cannot read model ({exc.strerror or exc}); check the path") from None
+        except OSError as exc:
+            raise HappysadError(f"{path}: cannot read model ({exc.strerror or exc}); check the path") from None
     is_tflite = is_tflite_bytes(head)
     suffix = path.suffix.lower()
     if suffix == ".onnx" and is_tflite:
@@ -192,10 +191,11 @@ class TFLiteBackend(Backend):
         self, path: str | os.PathLike, threads: int | None = None, name: str = "litert", content: bytes | None = None
     ):
         interpreter = tflite_interpreter_class(name)
+        if content is None:  # through the regular-file gate, never an open that waits on a FIFO
+            content = read_regular(path, "model")
         start = time.perf_counter()
         try:
-            source = {"model_content": content} if content is not None else {"model_path": str(path)}
-            self._interp = interpreter(**source, num_threads=threads)
+            self._interp = interpreter(model_content=content, num_threads=threads)
             self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -269,10 +269,11 @@ class OnnxBackend(Backend):
         opts.log_severity_level = 3
         if threads:
             opts.intra_op_num_threads = threads
+        if content is None:  # through the regular-file gate, never an open that waits on a FIFO
+            content = read_regular(path, "model")
         start = time.perf_counter()
         try:
-            source = content if content is not None else str(path)
-            self.session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(content, opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own, unexported classes
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise HappysadError(f"{path}: not a valid ONNX model ({first}); copy or export it again") from None

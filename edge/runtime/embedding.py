@@ -7,6 +7,7 @@ import zipfile
 from pathlib import Path
 
 from happysad.edge.errors import HappysadError
+from happysad.edge.reading import read_regular
 from happysad.edge.runtime.metadata import MAX_METADATA_BYTES, ONNX_KEY, TFLITE_MEMBER, ModelMetadata, decode, encode
 
 
@@ -58,11 +59,15 @@ def read_tflite_metadata(path: str | Path, content: bytes | None = None) -> Mode
     :data:`MAX_METADATA_BYTES`.
 
     Raises:
-        HappysadError: the file cannot be read or carries no valid metadata.
+        UsageError: the file is missing (exit status 2).
+        HappysadError: not a regular file (:func:`edge.reading.read_regular`),
+            unreadable, or carries no valid metadata.
     """
     path = Path(path)
+    if content is None:  # through the regular-file gate, never an open that waits on a FIFO
+        content = read_regular(path, "model")
     try:
-        with zipfile.ZipFile(io.BytesIO(content) if content is not None else path) as zf:
+        with zipfile.ZipFile(io.BytesIO(content)) as zf:
             info = zf.getinfo(TFLITE_MEMBER)
             if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
                 raise HappysadError(

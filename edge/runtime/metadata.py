@@ -23,6 +23,7 @@ import json
 from dataclasses import dataclass, field
 
 from happysad.edge.errors import HappysadError
+from happysad.edge.jsonfile import parse_json
 from happysad.edge.runtime.preprocess import COLOR_MODES, channels_of
 
 SCHEMA = "happysad.model-metadata"
@@ -207,7 +208,9 @@ def _version(d: dict) -> int:
 
 def _output_and_labels(d: dict, version: int) -> tuple[str, list]:
     """(output kind, labels), checked: 2 to 1000 distinct names (two for a
-    sigmoid), none of them ``uncertain``.
+    sigmoid), none of them ``uncertain``, none holding a character that is
+    not printable (a newline, an ESC, a tab: refused at load rather than
+    escaped in each output).
 
     Raises:
         ValueError, KeyError: a bad or missing field.
@@ -227,6 +230,12 @@ def _output_and_labels(d: dict, version: int) -> tuple[str, list]:
         raise ValueError(f"a sigmoid model has two labels, not {len(labels)}")
     if UNCERTAIN in labels:
         raise ValueError(f"{UNCERTAIN!r} is reserved and cannot be a label")
+    # Refused, not escaped: a label is printed in text lines, CSV rows, MQTT
+    # payloads and metric labels; a newline or an escape in one would forge
+    # an output line or drive the terminal in each of them.
+    unprintable = next((x for x in labels if not x.isprintable()), None)
+    if unprintable is not None:
+        raise ValueError(f"label {unprintable!r} holds a control character (a newline, an escape)")
     return output, labels
 
 
@@ -293,22 +302,16 @@ def encode(meta: ModelMetadata) -> bytes:
 
 
 def decode(raw: bytes, source: str) -> ModelMetadata:
-    """Parse metadata JSON bytes, refusing more than :data:`MAX_METADATA_BYTES`.
+    """Parse metadata JSON bytes through the shared bounded reader
+    (:func:`edge.jsonfile.parse_json`): at most :data:`MAX_METADATA_BYTES`,
+    nested at most :data:`edge.jsonfile.MAX_JSON_DEPTH` deep.
 
     Raises:
-        HappysadError: too large, not JSON, or fails :meth:`ModelMetadata.from_dict`.
+        HappysadError: too large, too deep, not JSON, not an object, or
+            fails :meth:`ModelMetadata.from_dict`.
     """
-    if len(raw) > MAX_METADATA_BYTES:
-        raise HappysadError(
-            f"{source}: model metadata is {len(raw)} bytes, over the "
-            f"{MAX_METADATA_BYTES}-byte limit; re-export the model"
-        )
-    try:
-        d = json.loads(raw)
-    except RecursionError:  # e.g. 100,000 nested brackets: bounded by the interpreter's stack
-        raise HappysadError(f"{source}: model metadata is nested too deeply; re-export the model") from None
-    except (ValueError, UnicodeDecodeError):
-        raise HappysadError(f"{source}: model metadata is not valid JSON; re-export the model") from None
+    hint = "re-export the model"
+    d = parse_json(raw, source, "model metadata", MAX_METADATA_BYTES, hint)
     if not isinstance(d, dict):
-        raise HappysadError(f"{source}: model metadata is not a JSON object; re-export the model")
+        raise HappysadError(f"{source}: model metadata is not a JSON object; {hint}")
     return ModelMetadata.from_dict(d, source)

@@ -19,15 +19,16 @@ import hashlib
 import os
 from pathlib import Path
 
-from happysad.edge.errors import HappysadError, UsageError
+from happysad.edge.errors import HappysadError
 from happysad.edge.fileio import write_bytes
+from happysad.edge.reading import LIMITS, read_regular
 
 #: The signature file's suffix, added to the model file's name.
 SIG_SUFFIX = ".sig"
 #: The environment variable naming a public key file, for every command that loads a model.
 KEY_ENV = "HAPPYSAD_PUBLIC_KEY"
-#: Largest key or signature file read, bytes.
-MAX_KEY_BYTES = 16 * 1024
+#: Largest key or signature file read, bytes (:data:`edge.reading.LIMITS`).
+MAX_KEY_BYTES = LIMITS["signature"].max_bytes
 
 
 def _crypto():
@@ -48,24 +49,6 @@ def signature_path(model: str | os.PathLike) -> Path:
     """``MODEL.sig``, beside the model file."""
     model = Path(model)
     return model.with_name(model.name + SIG_SUFFIX)
-
-
-def _read_small(path: Path, what: str) -> bytes:
-    """A key or signature file's bytes, at most :data:`MAX_KEY_BYTES`.
-
-    Raises:
-        UsageError: the file does not exist. HappysadError: unreadable, or too large.
-    """
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_KEY_BYTES + 1)
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such {what}; check the path") from None
-    except OSError as exc:
-        raise HappysadError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
-    if len(data) > MAX_KEY_BYTES:
-        raise HappysadError(f"{path}: over {MAX_KEY_BYTES} bytes, not a {what}")
-    return data
 
 
 def keygen(out_dir: str | os.PathLike, name: str = "happysad") -> tuple[Path, Path]:
@@ -105,7 +88,7 @@ def _load_key(path: str | os.PathLike, kind: str, hint: str):
         "private": (lambda pem: serialization.load_pem_private_key(pem, password=None), ed25519.Ed25519PrivateKey),
         "public": (serialization.load_pem_public_key, ed25519.Ed25519PublicKey),
     }[kind]
-    data = _read_small(Path(path), f"{kind} key")
+    data = read_regular(path, f"{kind} key")
     try:
         key = load(data)
     except (ValueError, TypeError):
@@ -146,7 +129,7 @@ def sign_file(model: str | os.PathLike, private_key) -> Path:
     Returns:
         the signature file's path.
     """
-    data = Path(model).read_bytes()
+    data = read_regular(model, "model")
     sig = base64.b64encode(private_key.sign(data)) + b"\n"
     path = signature_path(model)
     write_bytes(path, sig)
@@ -175,19 +158,19 @@ def verify_file(
     # signature lies beside it.
     model = Path(model).resolve()
     sig_path = signature_path(model)
-    if not sig_path.is_file():
+    if not sig_path.exists():
         raise HappysadError(
             f"{model}: unsigned (no {sig_path.name}) and {key_name} asks for a signature; "
             "copy the .sig file beside it, or export with --sign"
         )
     try:
-        sig = base64.b64decode(_read_small(sig_path, "signature").strip(), validate=True)
+        sig = base64.b64decode(read_regular(sig_path, "signature").strip(), validate=True)
     except (binascii.Error, ValueError):
         sig = b""
     if len(sig) != 64:
         raise HappysadError(f"{sig_path}: not an Ed25519 signature (64 bytes, base64); copy it again")
     try:
-        public_key.verify(sig, content if content is not None else model.read_bytes())
+        public_key.verify(sig, content if content is not None else read_regular(model, "model"))
     except InvalidSignature:
         raise HappysadError(
             f"{model}: the signature does not match: the file or {sig_path.name} was changed, or "

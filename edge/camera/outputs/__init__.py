@@ -33,6 +33,9 @@ def open_outputs(options, clf, out, headless: bool) -> list[Output]:
         for output in outputs:
             output.close()
         raise
+    for output in outputs:
+        if hasattr(output, "others"):  # the metrics report the others' dropped records
+            output.others = outputs
     return outputs
 
 

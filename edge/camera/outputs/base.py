@@ -48,5 +48,11 @@ class Output:
         """Take one frame's result; True asks the loop to stop (a key in the window)."""
         raise NotImplementedError  # pragma: no cover
 
+    def drops(self) -> dict[str, int]:
+        """Records this output could not write so far, by output name
+        (``{"log": 3}``: no reader on its FIFO, a full pipe or disk); {} for
+        an output that never drops."""
+        return {}
+
     def close(self) -> None:
         """Flush and release; called once, however the loop ended."""

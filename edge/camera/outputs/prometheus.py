@@ -63,6 +63,13 @@ class MetricsServer:
             )
         }
         self._mqtt_seen = dict.fromkeys(self.mqtt_counts, 0)
+        self.output_dropped = Gauge(
+            "happysad_output_dropped",
+            "Records an output could not write: no reader on its FIFO, a full pipe or disk (log: rows, "
+            "record: frames, stdout: JSON lines)",
+            ["output"],
+            registry=r,
+        )
         try:
             self._server, self._thread = start_http_server(port, addr=host, registry=r)
         except OSError as exc:
@@ -106,6 +113,11 @@ class MetricsServer:
                 counter.inc(stats[key] - self._mqtt_seen[key])
                 self._mqtt_seen[key] = stats[key]
 
+    def observe_drops(self, drops: dict) -> None:
+        """Take the outputs' running counts of records dropped (:meth:`Output.drops`)."""
+        for name, n in drops.items():
+            self.output_dropped.labels(output=name).set(n)
+
     def error(self) -> None:
         """Count a frame whose classification failed."""
         self.errors.inc()
@@ -117,17 +129,20 @@ class MetricsServer:
 
 
 class Metrics(Output):
-    """Counters and stage latencies for Prometheus (:class:`edge.camera.outputs.prometheus.MetricsServer`)."""
+    """Counters and stage latencies for Prometheus (:class:`edge.camera.outputs.prometheus.MetricsServer`);
+    ``others``: the outputs whose dropped records it reports (set once all are open)."""
 
     needs_timings = True
 
     def __init__(self, server):
         self.server = server
+        self.others: list[Output] = []
 
     def emit(self, result: FrameResult) -> bool:
         self.server.observe(result.predictions, result.ms, result.dropped, result.reconnects)
         if "mqtt" in result.extra:
             self.server.observe_mqtt(result.extra["mqtt"])
+        self.server.observe_drops({k: v for o in self.others for k, v in o.drops().items()})
         return False
 
     def close(self) -> None:

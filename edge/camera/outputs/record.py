@@ -11,24 +11,54 @@ from happysad.edge.camera.outputs.base import FrameResult, Output
 from happysad.edge.errors import HappysadError
 from happysad.edge.fileio import output_target, temp_name
 
+#: JPEG quality of the frames streamed into a FIFO or device, 0..100.
+STREAM_JPEG_QUALITY = 90
+
 
 class Recording(Output):
-    """The annotated video (:class:`Recorder`), opened at the first frame's size."""
+    """The annotated video (:class:`Recorder`), opened at the first frame's size.
+
+    Into a FIFO or device, an MJPEG stream instead (one JPEG per frame, no
+    container: an AVI or MP4 index cannot be written into a pipe; read it
+    with ``ffplay -f mjpeg FIFO``), written without blocking
+    (:class:`edge.camera.outputs.pipe.PipeWriter`: no reader or a full pipe
+    drops the frame and counts it).
+
+    Raises:
+        HappysadError: ``path`` is a folder, or a FIFO that cannot be opened
+            for another reason than having no reader.
+    """
 
     shows_frame = True
 
     def __init__(self, path: str):
+        from happysad.edge.camera.outputs.pipe import PipeWriter
+
         self.path = path
         self.recorder = None
+        target, direct = output_target(path)
+        if target.is_dir():
+            raise HappysadError(f"--record {path}: is a folder; name a video file (.avi or .mp4) in it")
+        self.stream = PipeWriter(target, "--record", "frames") if direct else None
 
     def emit(self, result: FrameResult) -> bool:
+        if self.stream is not None:
+            ok, jpeg = cv2.imencode(".jpg", result.image, [cv2.IMWRITE_JPEG_QUALITY, STREAM_JPEG_QUALITY])
+            if ok:
+                self.stream.write(jpeg.tobytes())
+            return False
         if self.recorder is None:
             size = (result.image.shape[1], result.image.shape[0])
             self.recorder = Recorder(self.path, result.source_fps, size)
         self.recorder.write(result.image)
         return False
 
+    def drops(self) -> dict[str, int]:
+        return {"record": self.stream.dropped} if self.stream is not None else {}
+
     def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
         if self.recorder is not None:
             self.recorder.close()
 
