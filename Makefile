@@ -28,7 +28,7 @@ BENCH_OUT ?= $(RUN)/bench
 BENCH_MODELS = $(RUN)/export/model_float32.tflite $(RUN)/export/model_int8.tflite \
 	$(RUN)/export/model_float32.onnx $(RUN)/export/model_int8.onnx
 
-.PHONY: demo accurate docs lock test wheel fuzz bench bench-wild quant-check edge-speed preview-cost soak pi-check newcomer venv clean
+.PHONY: demo accurate docs lock test wheel fuzz bench bench-wild quant-check edge-speed preview-cost soak pi-check picamera-check newcomer venv clean
 
 venv: $(VENV)/.installed
 
@@ -163,6 +163,15 @@ newcomer: venv
 # (the root filesystems are cached in ~/.cache/happysad). Report: runs/pi-check/report.md.
 pi-check: venv
 	$(PY) -m happysad.benchmarks.pi_check $(RUN)/export/model_int8.tflite $(RUN)/export/model_int8.onnx
+
+# The Raspberry Pi camera path (camera --source picamera) run end to end on
+# libcamera's virtual camera, fed held-out faces, every frame's answer
+# compared with classify on the same picture: root, Debian; the first run
+# builds libcamera from Debian sid's source package (a few minutes; cached
+# in ~/.cache/happysad). Report: runs/picamera-check/report.md; exit 3 when
+# a frame disagrees beyond the tolerance.
+picamera-check: venv
+	$(PY) -m happysad.benchmarks.picamera_check $(RUN)/export/model_int8.tflite
 
 clean:
 	rm -rf $(VENV) runs

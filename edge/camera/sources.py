@@ -1,4 +1,5 @@
-"""Frame sources: camera index, video file, stream URL, or Picamera2.
+"""Frame sources: camera index, video file, stream URL, or Picamera2
+(:class:`PicameraSource`, in :mod:`.picamera`, importable from here).
 
 Live sources (a camera or a stream) are read by a capture thread that keeps
 only the newest frame, so the classifier never works on a stale one, and
@@ -17,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from happysad.edge.camera.picamera import PicameraSource
 from happysad.edge.errors import HappysadError, UsageError
 from happysad.edge.images import opencv_errors_only
 
@@ -95,62 +97,6 @@ class OpenCVSource(FrameSource):
         self._cap.release()
 
 
-class PicameraSource(FrameSource):
-    """A Raspberry Pi camera through Picamera2, imported only when asked for.
-
-    As the Picamera2 TensorFlow examples do, it configures a full-size
-    ``main`` stream and a small ``lores`` stream, and hands the lores frames
-    to the classifier, so inference never pays for pixels it does not use.
-
-    Args:
-        size: (width, height) of the lores stream in pixels.
-
-    Raises:
-        HappysadError: picamera2 is not installed or the camera does not start.
-    """
-
-    def __init__(self, size=(640, 480), fps: float | None = None):
-        self.name = "picamera"
-        try:
-            from picamera2 import Picamera2
-        except ImportError:
-            raise HappysadError(
-                "picamera2 is not importable: install python3-picamera2 with apt and "
-                "create the venv with --system-site-packages (see docs/raspberry-pi.md)"
-            ) from None
-        try:
-            self._cam = Picamera2()
-            # FrameDurationLimits is (min, max) microseconds per frame, libcamera's control.
-            controls = {"FrameDurationLimits": (int(1e6 / fps), int(1e6 / fps))} if fps else {}
-            config = self._cam.create_preview_configuration(
-                main={"size": (max(1280, size[0]), max(960, size[1]))},
-                lores={"size": size, "format": "YUV420"},
-                controls=controls,
-            )
-            self._cam.configure(config)
-            self._cam.start()
-        except Exception as exc:  # libcamera raises RuntimeError and others
-            raise HappysadError(
-                f"picamera: the camera does not start ({exc}); check the ribbon "
-                "cable and that no other program holds the camera"
-            ) from None
-
-    def read(self):
-        try:
-            yuv = self._cam.capture_array("lores")
-        except Exception:
-            return None
-        # YUV420 planar: the first `height` rows are the luma plane.
-        return cv2.cvtColor(yuv, cv2.COLOR_YUV420p2BGR)
-
-    def release(self):
-        try:
-            self._cam.stop()
-            self._cam.close()
-        except Exception:
-            pass
-
-
 def open_source(
     spec: str, width: int | None = None, height: int | None = None, fps: float | None = None
 ) -> FrameSource:
@@ -158,7 +104,7 @@ def open_source(
 
     Args:
         width, height: frame size asked of a camera (pixels; for
-            ``picamera`` the lores stream, 640x480 when not given).
+            ``picamera`` the stream classified, 640x480 when not given).
         fps: frame rate asked of a camera, Hz. A video file or stream has
             its own size and rate; these are ignored there.
 

@@ -75,8 +75,7 @@ def install(model: str | os.PathLike, to: str | os.PathLike, manifest=None, publ
         HappysadError: the file fails a check (nothing changes but its copy
             removed), or ``to`` cannot be written.
     """
-    from happysad.edge.classifier import Classifier
-    from happysad.edge.device.verify import MANIFEST_NAME, file_digest, signature_status, verify
+    from happysad.edge.device.verify import MANIFEST_NAME, file_digest, verify
 
     model = Path(model)
     check_regular(model, "model")  # a FIFO, device or folder: one line, never an open that waits
@@ -96,15 +95,7 @@ def install(model: str | os.PathLike, to: str | os.PathLike, manifest=None, publ
     # over them, not even a signature, until the source's own passes.
     already = name in _linked(root)
     try:
-        if not already:
-            if os.path.lexists(signature_path(model)) and check_regular(signature_path(model), "signature") >= 0:
-                copy_file(signature_path(model), signature_path(dest), "signature")
-            copy_file(model, dest, "model")
-            fsync_dir(models)
-        if file_digest(dest)[1] != digest:
-            raise HappysadError(f"{dest}: the copy differs from {model}; check the disk, then install again")
-        signature = signature_status(model if already else dest, public_key)
-        Classifier(dest)  # loads, its metadata parses, and the self-test inference runs
+        signature = _copy_and_check(model, dest, digest, public_key, already)
     except BaseException:
         if not already:
             _remove_refused(root, dest)
@@ -118,6 +109,32 @@ def install(model: str | os.PathLike, to: str | os.PathLike, manifest=None, publ
         _point(root / CURRENT, f"{MODELS}/{name}")
     removed = prune(root, keep)  # only now: a kill before this left `current` whole, old or new
     return {"current": name, "previous": previous, "sha256": digest, "signature": signature, "removed": removed}
+
+
+def _copy_and_check(model: Path, dest: Path, digest: str, public_key, already: bool) -> str:
+    """Copy ``model`` (and its ``.sig``) to ``dest`` unless ``already``
+    installed, then check the copy: its sha256, the signature (the source's
+    when ``already``), that it loads and its self-test inference runs.
+
+    Returns:
+        the signature status (:func:`edge.device.verify.signature_status`).
+
+    Raises:
+        HappysadError: a check fails.
+    """
+    from happysad.edge.classifier import Classifier
+    from happysad.edge.device.verify import file_digest, signature_status
+
+    if not already:
+        if os.path.lexists(signature_path(model)) and check_regular(signature_path(model), "signature") >= 0:
+            copy_file(signature_path(model), signature_path(dest), "signature")
+        copy_file(model, dest, "model")
+        fsync_dir(dest.parent)
+    if file_digest(dest)[1] != digest:
+        raise HappysadError(f"{dest}: the copy differs from {model}; check the disk, then install again")
+    signature = signature_status(model if already else dest, public_key)
+    Classifier(dest)  # loads, its metadata parses, and the self-test inference runs
+    return signature
 
 
 def _linked(root: Path) -> set[str]:
