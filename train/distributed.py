@@ -189,13 +189,33 @@ def chief_values(tf, strategy, values: list, is_chief: bool) -> list:
     Returns:
         tensors of the dtypes of ``values``.
     """
-    chief = tf.constant(1.0 if is_chief else 0.0, tf.float64)
+    return _all_reduce(tf, strategy, values, 1.0 if is_chief else 0.0)
 
-    def fn():
-        ctx = tf.distribute.get_replica_context()
-        return ctx.all_reduce("sum", [tf.cast(v, tf.float64) * chief for v in values])
 
-    summed = strategy.experimental_local_results(tf.function(strategy.run, autograph=False)(fn))[0]
+def mean_over_workers(tf, strategy, values: list) -> list:
+    """The mean over the workers of each float tensor in ``values`` (the same
+    on every worker: the all-reduce hands each the same sums)."""
+    return _all_reduce(tf, strategy, values, 1.0 / strategy.num_replicas_in_sync)
+
+
+#: One traced all-reduce per strategy (a new ``tf.function`` per call would retrace every epoch).
+_REDUCERS: dict = {}
+
+
+def _all_reduce(tf, strategy, values: list, scale: float) -> list:
+    """The sum over the workers of ``values`` times ``scale``, in float64, cast back."""
+    if id(strategy) not in _REDUCERS:
+
+        def replica(tensors, factor):
+            return tf.distribute.get_replica_context().all_reduce("sum", [t * factor for t in tensors])
+
+        @tf.function(autograph=False, reduce_retracing=True)
+        def reduce(tensors, factor):
+            return strategy.run(replica, args=(tensors, factor))
+
+        _REDUCERS[id(strategy)] = reduce
+    tensors = [tf.cast(v, tf.float64) for v in values]
+    summed = strategy.experimental_local_results(_REDUCERS[id(strategy)](tensors, tf.constant(scale, tf.float64)))[0]
     return [tf.cast(s, v.dtype) for s, v in zip(summed, values)]
 
 

@@ -35,6 +35,7 @@ from .distributed import (
     check_same_split,
     chief_values,
     lost_worker,
+    mean_over_workers,
     read_cluster,
     split_digest,
     start_strategy,
@@ -48,8 +49,10 @@ from .pipeline import balanced_class_weights, decoded_dataset, weights_sha256
 PAUSE_ENV = "HAPPYSAD_PAUSE_AFTER_EPOCH"
 
 
-def train_multi_worker(opts: TrainOptions) -> dict:
-    """:func:`train.trainer.train` across the workers of ``TF_CONFIG``.
+def train_multi_worker(opts: TrainOptions, prepare, finish_run) -> dict:
+    """:func:`train.trainer.train` across the workers of ``TF_CONFIG``;
+    ``prepare`` and ``finish_run`` are the trainer's steps before and after
+    the fit (:func:`train.trainer._prepare`, :func:`train.trainer.finish_run`).
 
     Returns:
         the chief's metrics (``metrics.json``); on another worker, {}.
@@ -66,12 +69,10 @@ def train_multi_worker(opts: TrainOptions) -> dict:
     out = Path(opts.out)
     if (out / "model.keras").exists() and not opts.overwrite:
         raise UsageError(f"{out}: holds a trained run already (model.keras); pass --overwrite or choose another --out")
-    from .trainer import _prepare, finish_run
-
     with worker_folder(out, cluster) as own:
         own.mkdir(parents=True, exist_ok=True)
         size = (opts.img_size, opts.img_size)
-        data = _prepare(opts, own, size)
+        data = prepare(opts, own, size)
         from .fitting import start_tensorflow
 
         keras, tf = start_tensorflow(opts, own)
@@ -216,6 +217,7 @@ class _Run:
         loss_fn = shards.loss_of(self.keras, len(data.labels), data.soft)
         cw = np.array([weights[c] for c in range(len(data.labels))])
         step = shards.train_step(tf, self.strategy, self.trainer, self.optimizer, loss_fn, cw, data.soft)
+        validate = shards.validator(tf, self.strategy, self.model, loss_fn, self.n_own)
         _log(
             f"model {opts.arch} on {self.cluster.size} workers ({self.cluster.task_type} {self.cluster.index} here): "
             f"{len(data.train_y)} images, {self.steps} global batches of {opts.batch_size} per epoch, "
@@ -224,7 +226,7 @@ class _Run:
         start = time.perf_counter()
         writer = self._writers()
         while not int(self.done.numpy()) and int(self.epoch.numpy()) < opts.epochs:
-            self._epoch(train, val, distort, step, loss_fn, writer)
+            self._epoch(train, val, distort, step, validate, writer)
         self._restore_best()
         plain = build_model(opts.arch, self.size, channels_of(opts.color), len(data.labels))
         plain.set_weights(self.model.get_weights())
@@ -237,7 +239,7 @@ class _Run:
         logs = Path(self.opts.out) / "logs"
         return {k: self.tf.summary.create_file_writer(str(logs / k)) for k in ("train", "validation")}
 
-    def _epoch(self, train, val, distort, step, loss_fn, writer) -> None:
+    def _epoch(self, train, val, distort, step, validate, writer) -> None:
         tf, opts, e = self.tf, self.opts, int(self.epoch.numpy())
         t = time.perf_counter()
         n, W = len(self.data.train_y), self.cluster.size
@@ -249,12 +251,11 @@ class _Run:
         sums = np.zeros(3)
         for _ in range(self.steps):
             sums += step(it).numpy()
+        self._sync_statistics()
         logs = {"loss": sums[0] / sums[2], "accuracy": sums[1] / sums[2]}
         if len(self.data.val_paths):
             rank = self.cluster.rank
-            logs.update(
-                shards.validate(tf, self.strategy, self.model, loss_fn, shards.val_shard(tf, val, rank, W), self.n_own)
-            )
+            logs.update(validate(shards.val_shard(tf, val, rank, W)))
         self._record(e, logs, writer)
         self._save()
         _log(
@@ -265,6 +266,16 @@ class _Run:
         if os.environ.get(PAUSE_ENV) == str(e + 1):
             _log(f"{PAUSE_ENV}={e + 1}: waiting to be killed")
             time.sleep(600)
+
+    def _sync_statistics(self) -> None:
+        """Average the BatchNorm moving statistics over the workers: each
+        worker updates its own from its shard of each batch (as without a
+        strategy), so the workers' models would otherwise drift apart there."""
+        stats = [v for v in self.model.non_trainable_variables if "float" in str(v.dtype)]
+        if stats:
+            tensors = [self.tf.convert_to_tensor(v) for v in stats]
+            for v, value in zip(stats, mean_over_workers(self.tf, self.strategy, tensors)):
+                v.assign(value)
 
     def _record(self, e: int, logs: dict, writer) -> None:
         """History, early stopping (Keras' EarlyStopping, restore_best_weights)

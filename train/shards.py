@@ -125,10 +125,11 @@ def train_step(tf, strategy, trainer, optimizer, loss_fn, class_weights: np.ndar
     return run
 
 
-def validate(tf, strategy, model, loss_fn, batches, n_own: int | None) -> dict:
-    """The validation figures over every worker's shard: ``val_loss``,
-    ``val_accuracy`` and, with ``n_own`` (auxiliary classes: the shipped
-    model's first classes), ``val_shipped_loss`` and ``val_shipped_accuracy``
+def validator(tf, strategy, model, loss_fn, n_own: int | None):
+    """The validation pass, traced once: f(this worker's batches) -> the
+    figures over every worker's shard: ``val_loss``, ``val_accuracy`` and,
+    with ``n_own`` (auxiliary classes: the shipped model's first classes),
+    ``val_shipped_loss`` and ``val_shipped_accuracy``
     (:func:`train.pipeline.shipped_loss_callback`'s)."""
 
     @tf.function
@@ -140,24 +141,23 @@ def validate(tf, strategy, model, loss_fn, batches, n_own: int | None) -> dict:
             q = p[:, :n_own] / tf.maximum(tf.reduce_sum(p[:, :n_own], axis=1, keepdims=True), 1e-12)
             q = tf.clip_by_value(q, 1e-7, 1.0)
             yi = tf.cast(y, tf.int64)
-            out += [
-                -tf.reduce_sum(tf.math.log(tf.gather(q, yi, batch_dims=1))),
-                tf.reduce_sum(tf.cast(tf.argmax(q, 1) == yi, tf.float32)),
-            ]
+            out.append(-tf.reduce_sum(tf.math.log(tf.gather(q, yi, batch_dims=1))))
+            out.append(tf.reduce_sum(tf.cast(tf.argmax(q, 1) == yi, tf.float32)))
         return tf.cast(tf.stack(out), tf.float64)
 
-    local = np.zeros(5 if n_own else 3)
-    for x, y in batches:
-        local += sums(x, y).numpy()
-    local = tf.constant(local)
-
     @tf.function(autograph=False)
-    def reduce():
+    def reduce(local):
         return strategy.reduce("sum", strategy.run(tf.identity, args=(local,)), axis=None)
 
-    total = reduce().numpy()
-    n = max(total[2], 1.0)
-    logs = {"val_loss": total[0] / n, "val_accuracy": total[1] / n}
-    if n_own:
-        logs.update(val_shipped_loss=total[3] / n, val_shipped_accuracy=total[4] / n)
-    return logs
+    def run(batches) -> dict:
+        local = np.zeros(5 if n_own else 3)
+        for x, y in batches:
+            local += sums(x, y).numpy()
+        total = reduce(tf.constant(local)).numpy()
+        n = max(total[2], 1.0)
+        logs = {"val_loss": total[0] / n, "val_accuracy": total[1] / n}
+        if n_own:
+            logs.update(val_shipped_loss=total[3] / n, val_shipped_accuracy=total[4] / n)
+        return logs
+
+    return run

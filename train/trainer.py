@@ -77,7 +77,7 @@ def train(opts: TrainOptions) -> dict:
     if opts.strategy == "multi-worker":
         from .multiworker import train_multi_worker
 
-        return train_multi_worker(opts)
+        return train_multi_worker(opts, _prepare, finish_run)
     out = Path(opts.out)
     size = (opts.img_size, opts.img_size)
     data = _prepare(opts, out, size)
