@@ -62,15 +62,20 @@ WRAPPER = "import sys, picamera_virtual; sys.exit(picamera_virtual.main())"
 
 
 def held_out_faces(run: Path, data: Path, n: int) -> list[Path]:
-    """Up to ``n`` test-split faces of the run (happy and sad in turn), else
-    the last files of each class folder of ``data``."""
+    """Up to ``n`` test-split faces of the run (one of each class in turn),
+    else the last files of each class folder of ``data``."""
+    import itertools
+
     try:
         split = json.loads((run / "split.json").read_text())
         root = Path(split.get("data_dir_absolute") or data)
-        by = {c: [root / e["path"] for e in split["test"] if e["label"] == c] for c in ("happy", "sad")}
-    except (OSError, ValueError, KeyError):
-        by = {c: sorted((data / c).glob("*.jpg"))[::-1] for c in ("happy", "sad")}
-    picked = [p for pair in zip(by["happy"], by["sad"]) for p in pair if p.is_file()]
+        classes = split.get("folder_labels") or split["labels"]
+        by = {c: [root / e["path"] for e in split["test"] if e["label"] == c] for c in classes}
+    except (OSError, ValueError, KeyError, TypeError):
+        folders = sorted(d for d in data.iterdir() if d.is_dir()) if data.is_dir() else []
+        by = {d.name: sorted(d.glob("*.jpg"))[::-1] for d in folders}
+    turns = itertools.zip_longest(*by.values())
+    picked = [p for group in turns for p in group if p is not None and p.is_file()]
     if not picked:
         raise HappysadError(f"picamera-check: no faces in {run / 'split.json'} or {data}; give --data")
     return picked[:n]
