@@ -74,3 +74,12 @@ def broker(tmp_path_factory):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def two_models(export_dir, tmp_path_factory):
+    """Two different model files beside their manifest (install tests): the int8 TFLite and the int8 ONNX file."""
+    root = tmp_path_factory.mktemp("two")
+    for name in ("model_int8.tflite", "model_int8.onnx", "manifest.json"):
+        shutil.copy(export_dir / name, root / name)
+    return root / "model_int8.tflite", root / "model_int8.onnx"

@@ -3,6 +3,7 @@ from here, never from ``conftest`` or from each other)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -347,3 +348,8 @@ class Watcher:
     def close(self):
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def sha(path) -> str:
+    """The sha256 (hex) of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
@@ -13,24 +12,11 @@ import pytest
 
 from happysad.edge import Classifier
 
-from helpers import REPO, assert_one_line_error, run_module, wait_until
+from helpers import REPO, assert_one_line_error, run_module, sha, wait_until
 
 
 def edge(*args):
     return run_module("edge", *args)
-
-
-def sha(path) -> str:
-    return hashlib.sha256(open(path, "rb").read()).hexdigest()
-
-
-@pytest.fixture(scope="module")
-def two_models(export_dir, tmp_path_factory):
-    """Two different model files with their manifests: the int8 TFLite and the int8 ONNX file."""
-    root = tmp_path_factory.mktemp("two")
-    for name in ("model_int8.tflite", "model_int8.onnx", "manifest.json"):
-        shutil.copy(export_dir / name, root / name)
-    return root / "model_int8.tflite", root / "model_int8.onnx"
 
 
 def test_install_keeps_the_previous_and_rollback_swaps(two_models, tmp_path):

@@ -4,7 +4,6 @@ what the camera loop hands it (a FrameResult) and what comes out."""
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -24,7 +23,7 @@ from happysad.edge.camera.outputs.record import Recording
 from happysad.edge.errors import HappysadError, UsageError
 from happysad.edge.runtime.prediction import Prediction
 
-from helpers import Watcher, wait_until
+from helpers import Watcher, sha, wait_until
 
 LABELS = ("happy", "sad")
 
@@ -265,19 +264,6 @@ def test_mqtt_output_publishes_what_it_is_given(broker):
     last_state = json.loads(watcher.on(f"{topic}/state")[-1][0])
     assert (last_state["frame"], last_state["label"], last_state["no_face"]) == (4, "no_face", True)
     assert [p for p, _ in watcher.on(f"{topic}/availability")] == ["online", "offline"]
-
-
-def sha(path) -> str:
-    return hashlib.sha256(open(path, "rb").read()).hexdigest()
-
-
-@pytest.fixture(scope="module")
-def two_models(export_dir, tmp_path_factory):
-    """Two different model files beside their manifest: the int8 TFLite and the int8 ONNX file."""
-    root = tmp_path_factory.mktemp("two")
-    for name in ("model_int8.tflite", "model_int8.onnx", "manifest.json"):
-        shutil.copy(export_dir / name, root / name)
-    return root / "model_int8.tflite", root / "model_int8.onnx"
 
 
 def test_install_and_rollback_called_directly(two_models, tmp_path):
