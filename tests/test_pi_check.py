@@ -7,7 +7,8 @@ import importlib.metadata
 import json
 import zipfile
 
-from happysad.benchmarks.pi_check import compare, parse_classify
+from happysad.benchmarks.pi_check import compare, parse_classify, report_md
+from happysad.benchmarks.pi_reference import interpreter_differences, margin
 from happysad.benchmarks.pi_roots import requirements
 
 
@@ -54,3 +55,53 @@ def test_answers_are_compared_per_group_with_its_tolerance():
     assert not compare(host, flipped)["ok"]
     missing = {k: v for k, v in host.items() if k.startswith("face")}
     assert not compare(host, missing)["ok"]
+
+
+def _answer(label, happy, sad, neutral, basis="whole-image"):
+    return (label, {"happy": happy, "sad": sad, "neutral": neutral}, basis)
+
+
+def test_a_label_may_differ_only_where_the_two_best_scores_were_within_the_tolerance():
+    host = {
+        "face-sad/tie.jpg": _answer("happy", 0.375, 0.25, 0.375),  # a tie: the first class wins
+        "face-sad/clear.jpg": _answer("sad", 0.1, 0.8, 0.1),
+    }
+    tie_broken_otherwise = dict(host, **{"face-sad/tie.jpg": _answer("neutral", 0.3748, 0.25, 0.3752)})
+    result = compare(host, tie_broken_otherwise, {"face": 1e-3})
+    assert result["ok"] and result["groups"]["face"]["near_threshold"] == ["face-sad/tie.jpg"]
+    assert result["labels_agree"] == 1
+    flipped_far = dict(host, **{"face-sad/clear.jpg": _answer("happy", 0.8, 0.1, 0.1)})
+    result = compare(host, flipped_far, {"face": 1e-3})
+    assert not result["ok"] and result["groups"]["face"]["differ"] == ["face-sad/clear.jpg"]
+    # Within the tolerance of the decision but with a score moved beyond it: a fault.
+    near_but_moved = dict(host, **{"face-sad/tie.jpg": _answer("neutral", 0.30, 0.25, 0.45)})
+    assert not compare(host, near_but_moved, {"face": 1e-3})["ok"]
+
+
+def test_interpreter_differences_list_every_flipped_label_with_its_margins():
+    litert = {
+        "face-happy/a.jpg": _answer("happy", 0.9, 0.05, 0.05),
+        "face-sad/b.jpg": _answer("neutral", 0.359375, 0.257812, 0.382812),
+        "face-sad/c.jpg": _answer("sad", 0.1, 0.6, 0.3),
+    }
+    other = dict(litert)
+    other["face-sad/b.jpg"] = _answer("happy", 0.375, 0.25, 0.375)
+    other["face-sad/c.jpg"] = _answer("sad", 0.1, 0.62, 0.28)
+    found = interpreter_differences(litert, other)
+    assert found["images"] == 3 and found["scores_differ"] == 2
+    assert abs(found["max_score_diff"] - 0.02) < 1e-9
+    assert [f["image"] for f in found["labels_differ"]] == ["face-sad/b.jpg"]
+    flip = found["labels_differ"][0]
+    assert flip["other_margin"] == 0 and abs(flip["litert_margin"] - 0.023437) < 1e-6
+    assert margin({"happy": 0.7, "sad": 0.2, "neutral": 0.1}) == 0.7 - 0.2
+
+    install = {"ok": True, "extra": "edge", "route": "pip", "missing_wheels": []}
+    model = {
+        "verify_rc": 0,
+        "reference": "tflite-runtime",
+        **compare(other, other, {"face": 1e-3}),
+        "interpreters_here": found,
+    }
+    md = report_md([{"arch": "armhf", "qemu_cpu": "cortex-a15", "install": install, "models": {"m.tflite": model}}], 3)
+    assert "| armhf | cortex-a15 | edge | m.tflite | tflite-runtime | ok | 3/3 |" in md
+    assert "differ on 2 of 3 images" in md and "- face-sad/b.jpg: LiteRT neutral" in md
