@@ -40,7 +40,14 @@ from pathlib import Path
 from happysad.edge.console import run_main
 from happysad.edge.errors import HappysadError
 
-from .pi_reference import interpreter_differences, margin, reference_python
+from .pi_reference import (
+    KERNELS_SCRIPT,
+    compare_kernels,
+    interpreter_differences,
+    margin,
+    parse_kernels,
+    reference_python,
+)
 from .pi_roots import ARCHES, ensure_host, ensure_rootfs, in_root, install, mounted, run_cmd
 
 REPO = Path(__file__).resolve().parent.parent
@@ -154,13 +161,19 @@ def run_arch(arch: str, root: Path, wheel: Path, models: list[Path], images: Pat
                 "verify": (verify.stdout + verify.stderr).strip().splitlines()[-1:],
                 "classify_rc": classify.returncode,
                 "detector": detector or "default",
-                "reference": interp or "litert",
+                "reference": interp or ("onnxruntime" if m.suffix == ".onnx" else "litert"),
                 **compare(reference, arm, ARCHES[arch].get("tolerance")),
             }
             if interp:
                 result["models"][m.name]["interpreters_here"] = interpreter_differences(
                     host[(m.name, detector, None)], reference
                 )
+                (stage / "kernels.py").write_text(KERNELS_SCRIPT)
+                kernels = in_root(root, arch, f"python3 /opt/happysad/kernels.py {path} /opt/happysad/images")
+                k = compare_kernels(host[(m.name, "kernels", interp)], parse_kernels(kernels.stdout))
+                result["models"][m.name]["kernels"] = k
+                # The reference kernels' integer math must match to the bit.
+                result["models"][m.name]["ok"] &= k["faces"] > 0 and k["reference_equal"] == k["faces"]
         return result
 
 
@@ -183,6 +196,11 @@ def host_answers(models: list[Path], images: Path, arches: list[str], wheel: Pat
             if res.returncode not in (0, 1):
                 raise HappysadError(f"pi-check: classify {m} failed here: {res.stderr.strip()[-200:]}")
             answers[(m.name, detector, interp)] = parse_classify(res.stdout, str(images))
+            if interp:  # the kernels' own answers, for compare_kernels
+                script = images.parent / "kernels.py"
+                script.write_text(KERNELS_SCRIPT)
+                res = run_cmd([python, str(script), str(m), str(images)], cwd=REPO)
+                answers[(m.name, "kernels", interp)] = parse_kernels(res.stdout)
     return answers
 
 
@@ -233,6 +251,14 @@ def _notes(arch: str, name: str, m: dict) -> list[str]:
                 f"- {arch} {name}: {image} answered otherwise, its two best scores here within the "
                 f"{group} tolerance {g['tolerance']:g} of each other (allowed)"
             )
+    k = m.get("kernels")
+    if k:
+        out.append(
+            f"\n{arch} {name}, whole faces against {m['reference']} on x86_64: model inputs identical on "
+            f"{k['pixels_equal']}/{k['faces']}; TFLite's reference int8 kernels bit-identical on "
+            f"{k['reference_equal']}/{k['faces']}; the default kernels identical on {k['default_equal']}/{k['faces']}, "
+            f"at most {k['default_max_steps']} output steps apart (the Pi's NEON code paths round otherwise)."
+        )
     here = m.get("interpreters_here")
     if here:
         out.append(

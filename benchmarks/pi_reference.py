@@ -18,6 +18,7 @@ on the interpreter a Pi has.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -102,4 +103,61 @@ def interpreter_differences(litert: dict, other: dict) -> dict:
         "scores_differ": sum(d > 1e-6 for d in diff.values()),
         "max_score_diff": max(diff.values(), default=0.0),
         "labels_differ": flips,
+    }
+
+
+#: Run by the reference Python here and by the root's venv: for each whole
+#: face (``face-*/``), a digest of the model input and the raw int8 outputs
+#: of TFLite's reference kernels (``BUILTIN_REF``) and of the default ones.
+KERNELS_SCRIPT = r"""
+import glob, hashlib, json, os, sys
+import numpy as np
+try:
+    from tflite_runtime.interpreter import Interpreter, OpResolverType
+except ImportError:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+from happysad.edge.images import load_image
+from happysad.edge.runtime.preprocess import preprocess
+model, images = sys.argv[1], sys.argv[2]
+content = open(model, "rb").read()
+kinds = {"reference": OpResolverType.BUILTIN_REF, "default": OpResolverType.AUTO}
+its = {k: Interpreter(model_content=content, experimental_op_resolver_type=v) for k, v in kinds.items()}
+for it in its.values():
+    it.allocate_tensors()
+d = its["default"].get_input_details()[0]
+scale, zero = d["quantization"]
+for f in sorted(glob.glob(os.path.join(images, "face-*", "*"))):
+    px = preprocess(load_image(f), tuple(d["shape"][1:3]), "gray" if d["shape"][3] == 1 else "rgb")
+    x = np.round(px / scale + zero) if scale else px
+    row = {"image": os.path.relpath(f, images), "pixels": hashlib.sha256(px.tobytes()).hexdigest()}
+    for k, it in its.items():
+        it.set_tensor(d["index"], x.astype(d["dtype"]).reshape(d["shape"]))
+        it.invoke()
+        row[k] = it.get_tensor(it.get_output_details()[0]["index"]).ravel().tolist()
+    print(json.dumps(row))
+"""
+
+
+def parse_kernels(stdout: str) -> dict:
+    """{image: row} from :data:`KERNELS_SCRIPT`'s JSON lines."""
+    rows = (json.loads(line) for line in stdout.splitlines() if line.startswith("{"))
+    return {r["image"]: r for r in rows}
+
+
+def compare_kernels(here: dict, arm: dict) -> dict:
+    """Whole faces' model inputs and raw outputs, this machine against the Pi's.
+
+    Returns:
+        {"faces", "pixels_equal", "reference_equal" (TFLite's reference
+        kernels, bit for bit), "default_equal", "default_max_steps" (largest
+        difference of an output, in quantization steps)}.
+    """
+    common = sorted(set(here) & set(arm))
+    steps = [max(abs(a - b) for a, b in zip(here[k]["default"], arm[k]["default"])) for k in common]
+    return {
+        "faces": len(common),
+        "pixels_equal": sum(here[k]["pixels"] == arm[k]["pixels"] for k in common),
+        "reference_equal": sum(here[k]["reference"] == arm[k]["reference"] for k in common),
+        "default_equal": sum(s == 0 for s in steps),
+        "default_max_steps": max(steps, default=0),
     }

@@ -105,3 +105,39 @@ def test_interpreter_differences_list_every_flipped_label_with_its_margins():
     md = report_md([{"arch": "armhf", "qemu_cpu": "cortex-a15", "install": install, "models": {"m.tflite": model}}], 3)
     assert "| armhf | cortex-a15 | edge | m.tflite | tflite-runtime | ok | 3/3 |" in md
     assert "differ on 2 of 3 images" in md and "- face-sad/b.jpg: LiteRT neutral" in md
+
+
+def test_kernel_script_runs_here_and_its_answers_compare(export_dir, dataset, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    from happysad.benchmarks.pi_reference import KERNELS_SCRIPT, compare_kernels, parse_kernels
+
+    images = tmp_path / "images"
+    for cls in ("happy", "sad"):
+        (images / f"face-{cls}").mkdir(parents=True)
+        for f in sorted((dataset / cls).glob(f"{cls}_00*.png"))[:3]:
+            shutil.copy(f, images / f"face-{cls}" / f.name)
+    (images / "photo-happy").mkdir()  # photos are not the kernels' business
+    shutil.copy(dataset / "happy" / "happy_010.png", images / "photo-happy" / "p.png")
+    script = tmp_path / "kernels.py"
+    script.write_text(KERNELS_SCRIPT)
+    res = subprocess.run(
+        [sys.executable, str(script), str(export_dir / "model_int8.tflite"), str(images)],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr[-500:]
+    rows = parse_kernels(res.stdout)
+    assert sorted(rows) == sorted(f"face-{c}/{c}_00{i}.png" for c in ("happy", "sad") for i in range(3))
+    first = rows["face-happy/happy_000.png"]
+    assert len(first["reference"]) == len(first["default"]) >= 1
+    assert all(isinstance(v, int) for v in first["reference"])  # raw int8 outputs, not dequantized
+    same = compare_kernels(rows, rows)
+    assert same == {"faces": 6, "pixels_equal": 6, "reference_equal": 6, "default_equal": 6, "default_max_steps": 0}
+    moved = {k: dict(v) for k, v in rows.items()}
+    moved["face-sad/sad_001.png"]["default"] = [v + 3 for v in moved["face-sad/sad_001.png"]["default"]]
+    moved["face-sad/sad_002.png"]["reference"] = [v - 1 for v in moved["face-sad/sad_002.png"]["reference"]]
+    found = compare_kernels(rows, moved)
+    assert found["default_equal"] == 5 and found["default_max_steps"] == 3 and found["reference_equal"] == 5
