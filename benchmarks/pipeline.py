@@ -83,12 +83,12 @@ def evaluate_detector(clf: Classifier, images: list, y: np.ndarray, detector) ->
             pred = _classify_face(clf, image, faces[0], ms)
             found += 1
             by_class[label] += 1
-            ok = clf.labels.index(pred.label) == label
+            ok = pred.label == clf.labels[label]  # never so for "uncertain"
             right_face += ok
             forced_face += max(present, key=lambda lab: pred.scores[lab]) == clf.labels[label]
             elsewhere += pred.label not in present
         else:
-            ok = clf.labels.index(clf.classify(image).label) == label
+            ok = clf.classify(image).label == clf.labels[label]
         right_all += ok
     n = len(images)
     return {

@@ -131,9 +131,13 @@ class EdgeRunner:
         """(class indices int64 (N,) as :meth:`predict`, float32 (N, C)
         class probabilities in ``labels`` order), in one pass."""
         preds = [self.clf.classify_image(im) for im in images]
-        idx = np.array([self.labels.index(p.label) for p in preds], dtype=np.int64)
         probs = np.array([[p.scores[lab] for lab in self.labels] for p in preds], dtype=np.float32)
-        return idx, probs.reshape(len(preds), len(self.labels))
+        probs = probs.reshape(len(preds), len(self.labels))
+        # The class index even where the label is "uncertain" (a tie): the
+        # folder-label figures keep their first-of-equals rule; the FER+
+        # figures count a tie as uncertain (edge.metrics.vote_metrics).
+        idx = np.array([self.clf.predict_index(p) for p in probs], dtype=np.int64)
+        return idx, probs
 
 
 class KerasRunner:

@@ -11,7 +11,7 @@ import numpy as np
 from happysad.edge.errors import HappysadError, UsageError
 from happysad.edge.faces import DEFAULT_DETECTOR, Box, Face, make_detector, plausible
 from happysad.edge.faces.crop import face_crop
-from happysad.edge.metrics import class_probabilities, decide
+from happysad.edge.metrics import class_probabilities, decide, tied
 from happysad.edge.reading import read_regular
 from happysad.edge.runtime.backends import Backend, load_backend, model_format
 from happysad.edge.runtime.embedding import read_onnx_metadata, read_tflite_metadata
@@ -200,10 +200,14 @@ class Classifier:
     def label_of(self, scores: np.ndarray) -> tuple[str, float]:
         """(label, confidence) for one image's scores (C,): the predicted
         class and its score, or ``"uncertain"`` and that score when it is
-        under :attr:`min_confidence`."""
+        under :attr:`min_confidence` or the two best of three or more
+        scores are equal (:func:`edge.metrics.tied`: an int8 model can give
+        two classes one output step, and the first of equals would always
+        win, a bias towards the first labels)."""
         idx = self.predict_index(scores)
         confidence = float(scores[idx])
-        return (UNCERTAIN if confidence < self.min_confidence else self.labels[idx]), confidence
+        unsure = confidence < self.min_confidence or bool(tied(scores))
+        return (UNCERTAIN if unsure else self.labels[idx]), confidence
 
     def classify(self, image: np.ndarray, face: Box | Face | None = None, timings: dict | None = None) -> Prediction:
         """Classify a whole image (or an already cropped face).

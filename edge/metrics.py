@@ -162,6 +162,18 @@ def decide(probs, threshold: float = 0.5) -> np.ndarray:
     return np.argmax(p, axis=-1).astype(np.int64)
 
 
+def tied(probs) -> np.ndarray:
+    """bool (N,), or a bool scalar for one row (C,): the two best of three or
+    more class scores are equal, as int8 outputs can be (steps of 1/256; two
+    logits in one quantization step): no class is ahead, and the device
+    answers ``"uncertain"`` (:meth:`edge.classifier.Classifier.label_of`)."""
+    p = np.asarray(probs)
+    if p.shape[-1] < 3:
+        return np.zeros(p.shape[:-1], bool)
+    top = np.sort(p, axis=-1)
+    return top[..., -1] == top[..., -2]
+
+
 def suggest_min_confidence(y_true, probs, threshold: float = 0.5, target: float = 0.97) -> dict:
     """The lowest confidence at and above which predictions are right at
     least ``target`` of the time (selective classification: Geifman and
@@ -186,12 +198,8 @@ def suggest_min_confidence(y_true, probs, threshold: float = 0.5, target: float 
     pred = decide(p, threshold)
     conf = p[np.arange(len(p)), pred] if len(p) else np.zeros(0)
     right = pred == y
-    best = {
-        "min_confidence": 0.0,
-        "accuracy_kept": float(right.mean()) if len(y) else 0.0,
-        "coverage": 1.0,
-        "target": target,
-    }
+    best = {"min_confidence": 0.0, "accuracy_kept": float(right.mean()) if len(y) else 0.0, "coverage": 1.0}
+    best["target"] = target
     if not len(y) or best["accuracy_kept"] >= target:
         return best
     order = np.argsort(-conf, kind="mergesort")
@@ -203,12 +211,8 @@ def suggest_min_confidence(y_true, probs, threshold: float = 0.5, target: float 
     k = ok[-1]  # the most predictions kept that still meet the target
     t = float(conf[order[k]])
     keep = conf >= t
-    return {
-        "min_confidence": round(t, 4),
-        "accuracy_kept": float(right[keep].mean()),
-        "coverage": float(keep.mean()),
-        "target": target,
-    }
+    kept_stats = {"accuracy_kept": float(right[keep].mean()), "coverage": float(keep.mean()), "target": target}
+    return {"min_confidence": round(t, 4), **kept_stats}
 
 
 #: The class that is no expression: "neither" in the three-way figure.
@@ -221,19 +225,19 @@ def vote_metrics(probs, labels, votes, bins: int = 10) -> dict:
     The model's *expression classes* are its labels other than
     :data:`NEUTRAL` (happy and sad for a happy/sad/neutral model).
 
-    - ``majority``: accuracy of the most probable class on faces whose
-      majority is one of the model's classes.
+    - ``majority``: accuracy of the answer (the most probable class; a tie
+      of the two best is "uncertain", :func:`tied`) where the majority is a class.
     - ``forced``: on faces whose majority is an expression class, the
       expression class with the highest score (neutral's ignored), as a
       two-way happy/sad model answers.
     - ``three_way``: balanced accuracy over expression classes + "neither",
       on faces whose majority is an expression class or neutral; an answer
-      that is no expression class (neutral) counts as "neither".
+      that is no expression class (neutral, uncertain) counts as "neither".
       ``three_way_recall``: its recall per class ("neither" for the
       faces whose majority is neutral); ``forced_recall``: the forced
       figure per expression class.
-    - ``neutral_called_expression``: share of neutral-majority faces whose
-      most probable class is an expression class.
+    - ``neutral_called_expression``: share of neutral-majority faces
+      answered an expression class.
     - ``vote_mae``: mean over faces and classes of |score - vote share|,
       the shares taken over the model's classes only (faces with no vote on
       them left out); 0 is a model whose scores are the crowd's shares.
@@ -257,9 +261,10 @@ def vote_metrics(probs, labels, votes, bins: int = 10) -> dict:
     emotions = [emotion_of(lab) for lab in labels]
     maj = majorities(votes)
     pred = np.argmax(p, axis=1) if len(p) else np.zeros(0, np.int64)
+    answer = np.where(tied(p), -1, pred) if len(p) else pred  # a tie: "uncertain", as the device answers
     expr = [i for i, lab in enumerate(labels) if lab != NEUTRAL]
-    majority, forced, forced_recall = _majority_and_forced(p, pred, maj, labels, emotions, expr)
-    three_way, three_way_recall, neutral_called = _three_way(pred, maj, labels, emotions, expr)
+    majority, forced, forced_recall = _majority_and_forced(p, answer, maj, labels, emotions, expr)
+    three_way, three_way_recall, neutral_called = _three_way(answer, maj, labels, emotions, expr)
     vote_mae, reliability = _against_shares(p, pred, votes, labels, bins)
     return {
         "n": int(sum(m is not None for m in maj)),

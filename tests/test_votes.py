@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from happysad.edge import Classifier, HappysadError, read_metadata
-from happysad.edge.metrics import vote_metrics
+from happysad.edge.camera.smoothing import ScoreSmoother
+from happysad.edge.metrics import tied, vote_metrics
+from happysad.edge.runtime.prediction import Prediction
 from happysad.edge.votes import EMOTIONS, majority, read_votes, shares
 
 from helpers import QUICK_BENCH, REPO, assert_one_line_error, run_module, train_args
@@ -82,6 +84,24 @@ def test_vote_metrics_count_forced_three_way_and_neutral_faces():
     assert m["neutral_called_expression"] == 0.5
     assert m["majority"] == pytest.approx(2 / 4)
     assert 0 < m["vote_mae"] < 0.3 and sum(b["n"] for b in m["reliability"]) == 4
+
+
+def test_a_tie_of_the_two_best_scores_is_answered_uncertain_not_the_first_class():
+    labels = ["happy", "sad", "neutral"]
+    votes = np.array([votes_row(neutral=10), votes_row(sadness=10), votes_row(neutral=10)], float)
+    # int8 softmax outputs: sad and neutral one step, 128/256 each.
+    probs = np.array([[0.0, 0.5, 0.5], [0.0039, 0.498, 0.498], [0.1, 0.2, 0.7]], float)
+    assert tied(probs).tolist() == [True, True, False]
+    assert not tied(np.array([0.6, 0.2, 0.2])) and not tied(np.array([0.5, 0.5]))
+    m = vote_metrics(probs, labels, votes)
+    assert m["neutral_called_expression"] == 0.0  # the tie is not "sad"
+    assert m["three_way_recall"] == {"sad": 0.0, "neither": 1.0}
+    assert m["majority"] == pytest.approx(1 / 3)  # uncertain is no class
+    assert m["forced"] == 1.0  # sad against happy alone still has an answer
+    assert sum(b["n"] for b in m["reliability"]) == 3
+    smoother = ScoreSmoother(0.6, labels)  # a first frame: its own scores
+    face = Prediction(label="sad", confidence=0.5, scores=dict(zip(labels, probs[0])), face=(0, 0, 10, 10))
+    assert smoother.update([face])[0].label == "uncertain"
 
 
 @pytest.mark.parametrize(
@@ -209,6 +229,10 @@ def test_a_votes_model_exports_benchmarks_and_classifies_three_ways(vote_run, tm
     rng = np.random.default_rng(11)
     said = [clf.classify(draw_face(rng, "neutral")).label for _ in range(20)]
     assert said.count("neutral") >= 14, said
+    # Two classes on one int8 output step: no class is ahead, whichever comes first.
+    assert clf.label_of(np.array([0.25, 0.375, 0.375], np.float32)) == ("uncertain", 0.375)
+    assert clf.label_of(np.array([0.375, 0.25, 0.375], np.float32)) == ("uncertain", 0.375)
+    assert clf.label_of(np.array([0.2, 0.5, 0.3], np.float32)) == ("sad", 0.5)
     bench = bench_split(model, out, tmp_path, "--markdown", tmp_path / "b.md")
     assert bench.returncode == 0, bench.stderr
     row = json.loads((tmp_path / "b.json").read_text())["results"][0]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from happysad.edge.images import Box
-from happysad.edge.metrics import decide
+from happysad.edge.metrics import decide, tied
 from happysad.edge.runtime.metadata import UNCERTAIN
 from happysad.edge.runtime.prediction import Prediction
 
@@ -39,7 +39,8 @@ class ScoreSmoother:
             frames: 0.6^5 < 0.08).
         labels: class names in score order; threshold: the model's
             two-class decision threshold (:func:`edge.metrics.decide`).
-        min_confidence: a smoothed best score under it gives ``"uncertain"``.
+        min_confidence: a smoothed best score under it gives ``"uncertain"``,
+            as does a tie of the two best (:func:`edge.metrics.tied`).
     """
 
     def __init__(self, alpha: float, labels, threshold: float = 0.5, min_confidence: float = 0.0):
@@ -79,7 +80,7 @@ class ScoreSmoother:
                 new = [self.alpha * o + (1 - self.alpha) * n for o, n in zip(old, new)]
             tracks.append({"box": p.face, "scores": new, "misses": 0})
             idx = int(decide(new, self.threshold))
-            label = UNCERTAIN if new[idx] < self.min_confidence else self.labels[idx]
+            label = UNCERTAIN if new[idx] < self.min_confidence or tied(new) else self.labels[idx]
             out.append(
                 dataclasses.replace(
                     p, label=label, confidence=float(new[idx]), scores=dict(zip(self.labels, map(float, new)))
