@@ -161,8 +161,10 @@ newcomer: venv
 # Raspberry Pi OS's base, Debian bookworm, under qemu emulation, compared
 # with this machine's: root, x86_64 Linux; about 10 minutes the first time
 # (the root filesystems are cached in ~/.cache/happysad). Report: runs/pi-check/report.md.
+# PICAMERA=1 also runs picamera-check in an arm64 root (libcamera built there
+# once, about 30 minutes under emulation): runs/pi-check/picamera-arm64/.
 pi-check: venv
-	$(PY) -m happysad.benchmarks.pi_check $(RUN)/export/model_int8.tflite $(RUN)/export/model_int8.onnx
+	$(PY) -m happysad.benchmarks.pi_check $(RUN)/export/model_int8.tflite $(RUN)/export/model_int8.onnx $(if $(PICAMERA),--picamera)
 
 # The Raspberry Pi camera path (camera --source picamera) run end to end on
 # libcamera's virtual camera, fed held-out faces, every frame's answer

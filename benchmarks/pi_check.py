@@ -40,6 +40,7 @@ from pathlib import Path
 from happysad.edge.console import run_main
 from happysad.edge.errors import HappysadError
 
+from . import pi_picamera
 from .pi_reference import (
     KERNELS_SCRIPT,
     compare_kernels,
@@ -297,6 +298,9 @@ def main(argv=None) -> int:
         "--cache", type=Path, default=Path.home() / ".cache/happysad", help="where the root filesystems live"
     )
     p.add_argument("--out", type=Path, default=REPO / "runs/pi-check", help="report.json and report.md go here")
+    p.add_argument(
+        "--picamera", action="store_true", help="also run picamera-check in an arm64 root (libcamera built there once)"
+    )
     args = p.parse_args(argv)
     arches = [a for a in args.arch.split(",") if a]
     if bad := [a for a in arches if a not in ARCHES]:
@@ -325,7 +329,14 @@ def main(argv=None) -> int:
                 + (f"installed by {inst['route']}" if inst["ok"] else "not installable here (see report.json)"),
                 file=sys.stderr,
             )
-    return 0 if installed and all(m["ok"] for r in installed for m in r["models"].values()) else 1
+    ok = installed and all(m["ok"] for r in installed for m in r["models"].values())
+    if args.picamera:
+        tflite = next((m for m in args.models if m.suffix == ".tflite"), None)
+        if tflite is None:
+            raise HappysadError("pi-check --picamera: name a .tflite model for the camera check")
+        root = pi_picamera.ensure_root(args.cache)
+        ok &= pi_picamera.run_check(root, REPO, tflite, args.out / "picamera-arm64", args.cache) == 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

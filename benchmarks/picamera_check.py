@@ -210,7 +210,8 @@ def report_md(result: dict) -> str:
         f"# picamera-check: {c['frames']} camera frames vs the file path",
         "",
         f"- libcamera: {b['source_package']}, upstream {b['upstream']}; virtual pipeline; "
-        f"built in {b['build_seconds']} s{' (cached)' if b.get('reused') else ''}",
+        f"built in {b['build_seconds']} s{' (cached)' if b.get('reused') else ''}"
+        + (f", in {b['built_in']}" if b.get("built_in") else ""),
         f"- sha256: {', '.join(f'{k} {v}' for k, v in b['sha256'].items())}",
         f"- Picamera2 {result['picamera2']}; stand-ins: tests/picamera_virtual.py",
         f"- negotiated: {cam['negotiated']}",

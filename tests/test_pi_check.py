@@ -141,3 +141,21 @@ def test_kernel_script_runs_here_and_its_answers_compare(export_dir, dataset, tm
     moved["face-sad/sad_002.png"]["reference"] = [v - 1 for v in moved["face-sad/sad_002.png"]["reference"]]
     found = compare_kernels(rows, moved)
     assert found["default_equal"] == 5 and found["default_max_steps"] == 3 and found["reference_equal"] == 5
+
+
+def test_the_arm64_camera_check_reuses_the_root_and_the_build_it_recorded(tmp_path):
+    from happysad.benchmarks.pi_picamera import RECORDS, ROOT_NAME, ensure_build, ensure_root
+
+    root = tmp_path / ROOT_NAME
+    (root / "usr" / "bin").mkdir(parents=True)
+    (root / "usr" / "bin" / "python3").write_text("")
+    assert ensure_root(tmp_path) == root  # no copy, no debootstrap
+    records = root / RECORDS.lstrip("/")
+    failed = records / "libcamera-0.7.1-1" / "build.json"
+    failed.parent.mkdir(parents=True)
+    failed.write_text(json.dumps({"ok": False}))
+    done = records / "libcamera-0.7.2-1" / "build.json"
+    done.parent.mkdir(parents=True)
+    done.write_text(json.dumps({"ok": True, "version": "0.7.2-1", "build_seconds": 1796.3}))
+    info = ensure_build(root, tmp_path)
+    assert info["reused"] and info["version"] == "0.7.2-1" and info["build_seconds"] == 1796.3
