@@ -286,3 +286,33 @@ def test_camera_on_the_virtual_camera_stops_cleanly_on_sigterm(virtual_camera):
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and "frames" in err.splitlines()[-1], err[-2000:]
+
+
+def test_a_camera_frame_agrees_by_label_and_box_and_a_flip_only_by_a_small_movement():
+    from happysad.benchmarks.picamera_check import SCORE_TOLERANCE, compare
+
+    def answer(box, happy, sad, neutral, label):
+        return {"face": box, "label": label, "scores": {"happy": happy, "sad": sad, "neutral": neutral}}
+
+    files = {
+        "0.jpg": answer([10, 10, 100, 100], 0.70, 0.20, 0.10, "happy"),
+        "1.jpg": answer([300, 200, 120, 120], 0.10, 0.47, 0.43, "sad"),
+    }
+
+    def frame(i, box, happy, sad, neutral, label):
+        return {"frame": i, "faces": [answer(box, happy, sad, neutral, label)]}
+
+    records = [
+        frame(0, [11, 10, 100, 101], 0.70, 0.20, 0.10, "happy"),  # the same
+        frame(1, [10, 10, 100, 100], 0.55, 0.30, 0.15, "happy"),  # scores moved 0.15, label kept
+        frame(2, [300, 200, 120, 120], 0.10, 0.44, 0.46, "neutral"),  # flip, moved 0.03 > margin 0.04 / 2
+        frame(3, [300, 200, 121, 120], 0.10, 0.30, 0.60, "neutral"),  # flip, moved 0.17: not explained
+        frame(4, [20, 10, 100, 100], 0.70, 0.20, 0.10, "happy"),  # box 10 px off
+        {"frame": 5, "faces": []},
+    ]
+    c = compare(records, files)
+    assert [r["ok"] for r in c["rows"]] == [True, True, True, False, False, False]
+    assert [r["frame"] for r in c["near_ties"]] == [2]
+    assert c["scores_moved"] == ["0.jpg", "1.jpg"] and c["max_score_diff"] > SCORE_TOLERANCE
+    assert [r["why"] for r in c["disagree"]] == ["label", "box", "no face"]
+    assert c["labels_equal"] == 3 and c["agree"] == 3 and c["pictures_seen"] == 2
