@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -131,7 +130,9 @@ def run_check(root: Path, repo: Path, model: Path, out: Path, cache: Path) -> in
         f"--cache {RECORDS} --out {out.resolve()}"
     )
     with mounted(root):
-        subprocess.run(["mount", "--bind", str(shared), str(target)], check=True)
+        bound = run_cmd(["mount", "--bind", str(shared), str(target)])
+        if bound.returncode:
+            raise HappysadError(f"pi-check: cannot bind {shared} into the arm64 root: {bound.stderr.strip()[-200:]}")
         try:
             res = in_root(root, "arm64", prep, timeout=3600)
             if res.returncode:
