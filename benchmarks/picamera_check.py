@@ -39,6 +39,7 @@ from happysad.edge.console import run_main
 from happysad.edge.errors import HappysadError
 
 from .picamera_build import REPO, build_wheel, ensure_libcamera, ensure_venv, virtual_yaml
+from .picamera_pixels import pixel_differences, pixels_line
 
 #: The tolerance. The camera's frame went JPEG -> libyuv's decoder -> NV12
 #: (4:2:0) -> BGR (:func:`edge.camera.picamera.to_bgr`); the file's through
@@ -224,6 +225,7 @@ def report_md(result: dict) -> str:
         f"boxes identical {c['boxes_equal']}; largest box difference {c['max_box_diff_px']} px (tolerance "
         f"{BOX_TOLERANCE_PX}), largest score difference {c['max_score_diff']} (a label flip is explained only "
         f"within {SCORE_TOLERANCE}; pictures whose scores moved further: {', '.join(c['scores_moved']) or 'none'})",
+        pixels_line(result.get("pixels", {})),
         f"- FPS: {cam['fps_overall']} over the run ({cam['seconds']} s, start-up included), median of the "
         f"loop's 10-frame window {cam['fps_median']}; asked {cam['fps_asked']:g}",
     ]
@@ -297,6 +299,7 @@ def main(argv=None) -> int:
         "faces": kept,
         "camera": camera_summary(records, err, seconds, args.fps),
         "comparison": compare(records, answers),
+        "pixels": pixel_differences(python, env, args.out / "frames"),
         "tolerance": {"box_px": BOX_TOLERANCE_PX, "score": SCORE_TOLERANCE, "label": "flip only within 2x score diff"},
     }
     (args.out / "report.json").write_text(json.dumps(result, indent=1))
