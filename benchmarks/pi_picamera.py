@@ -26,7 +26,7 @@ from pathlib import Path
 from happysad.edge.errors import HappysadError
 
 from . import picamera_build as pb
-from .pi_roots import ensure_rootfs, in_root, mounted, run_cmd
+from .pi_roots import check_ok, ensure_rootfs, in_root, mounted, run_cmd
 
 ROOT_NAME = "rootfs-arm64-picamera"
 #: Inside the root: the build (src, build, prefix) and the record picamera_check finds.
@@ -43,9 +43,7 @@ def ensure_root(cache: Path) -> Path:
     base = ensure_rootfs("arm64", cache)
     tmp = cache / f"{ROOT_NAME}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    res = run_cmd(["cp", "-a", str(base), str(tmp)])
-    if res.returncode:
-        raise HappysadError(f"pi-check: copying {base} failed: {res.stderr.strip()[-200:]}")
+    check_ok(run_cmd(["cp", "-a", str(base), str(tmp)]), f"copying {base}")
     tmp.rename(root)
     return root
 
@@ -81,9 +79,7 @@ def ensure_build(root: Path, cache: Path) -> dict:
             started = time.monotonic()
             res = in_root(root, "arm64", script, timeout=4 * 3600)
             seconds[name] = round(time.monotonic() - started, 1)
-            if res.returncode:
-                last = (res.stderr or res.stdout).strip().splitlines()[-1:] or [""]
-                raise HappysadError(f"pi-check: libcamera {name} in the arm64 root failed: {last[0][:200]}")
+            check_ok(res, f"libcamera {name} in the arm64 root")
     prefix = root / STAGE.lstrip("/") / "prefix"
     bindings = next(iter(prefix.rglob("libcamera/_libcamera*.so")), None)
     library = next(iter(prefix.rglob("libcamera.so.*")), None)
@@ -130,20 +126,13 @@ def run_check(root: Path, repo: Path, model: Path, out: Path, cache: Path) -> in
         f"--cache {RECORDS} --out {out.resolve()}"
     )
     with mounted(root):
-        bound = run_cmd(["mount", "--bind", str(shared), str(target)])
-        if bound.returncode:
-            raise HappysadError(f"pi-check: cannot bind {shared} into the arm64 root: {bound.stderr.strip()[-200:]}")
+        check_ok(run_cmd(["mount", "--bind", str(shared), str(target)]), f"binding {shared} into the arm64 root")
         try:
-            res = in_root(root, "arm64", prep, timeout=3600)
-            if res.returncode:
-                last = (res.stderr or res.stdout).strip().splitlines()[-1:] or [""]
-                raise HappysadError(f"pi-check: the camera check's venv in the arm64 root failed: {last[0][:200]}")
+            check_ok(in_root(root, "arm64", prep, timeout=3600), "the camera check's venv in the arm64 root")
             res = in_root(root, "arm64", check, timeout=3600)
         finally:
             run_cmd(["umount", "-l", str(target)])
     print(res.stdout, end="")
-    if res.returncode not in (0, 3):
-        last = (res.stderr or res.stdout).strip().splitlines()[-1:] or [""]
-        raise HappysadError(f"pi-check: the camera check in the arm64 root failed: {last[0][:200]}")
+    check_ok(res, "the camera check in the arm64 root", ok=(0, 3))
     print(f"pi-check: libcamera in the arm64 root: {'reused' if info['reused'] else 'built'}", file=sys.stderr)
     return res.returncode

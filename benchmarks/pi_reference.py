@@ -19,13 +19,10 @@ on the interpreter a Pi has.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
-from happysad.edge.errors import HappysadError
-
-from .pi_roots import requirements
+from .pi_roots import check_ok, requirements, run_cmd
 
 
 def reference_python(interpreter: str | None, wheel: Path, cache: Path) -> str:
@@ -60,10 +57,7 @@ def reference_python(interpreter: str | None, wheel: Path, cache: Path) -> str:
 
 
 def _run(cmd: list[str], what: str) -> None:
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode:
-        last = (res.stderr or res.stdout).strip().splitlines()[-1:] or [""]
-        raise HappysadError(f"pi-check: {what} failed: {last[0][:200]}")
+    check_ok(run_cmd(cmd), what)
 
 
 def margin(scores: dict) -> float:

@@ -58,6 +58,18 @@ def run_cmd(cmd, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, **kw)
 
 
+def check_ok(res: subprocess.CompletedProcess, what: str, ok=(0,)) -> subprocess.CompletedProcess:
+    """``res`` when its exit status is one of ``ok``.
+
+    Raises:
+        HappysadError: one line, ``what`` failed and the command's last line of output.
+    """
+    if res.returncode not in ok:
+        lines = (res.stderr or res.stdout).strip().splitlines()
+        raise HappysadError(f"pi-check: {what} failed: {(lines[-1] if lines else '')[:200]}")
+    return res
+
+
 def ensure_host() -> None:
     """Root on x86_64 Linux with debootstrap, qemu-user-static and binfmt_misc ready.
 
