@@ -9,6 +9,7 @@ from dataclasses import MISSING, fields
 from happysad.edge.console import ArgumentParser, float_range, positive_int, require_workstation, run_main
 
 from . import ARCHS, DEFAULT_ARCH, STRATEGIES
+from .budget import PRECISIONS
 from .split import parse_ratios
 from .trainer import TrainOptions
 
@@ -26,6 +27,7 @@ def _ratios(text: str):
 
 _lr = float_range(0.0, 1.0, open_lo=True, open_hi=True)
 _unit = float_range(0.0, 1.0)
+_minutes = float_range(0.0, None, open_lo=True, unit="minutes", hint="15 for a quarter of an hour")
 
 
 def _classes(text: str) -> tuple:
@@ -178,6 +180,27 @@ def _training_args(p) -> None:
         help="weight of the true labels in the distillation targets, 0..1 (the teachers': 1 - A)",
     )
     p.add_argument(
+        "--time-budget",
+        type=_minutes,
+        default=None,
+        metavar="MIN",
+        help="train as many epochs as fit MIN minutes (at most --epochs), the learning rate "
+        "annealed over them; the count then depends on the machine's speed",
+    )
+    p.add_argument(
+        "--flip-average",
+        action="store_true",
+        help="ship the model averaged with its mirror image, inside the graph: every runtime gets the "
+        "flip's gain from the file itself, for twice the multiply-accumulates",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=DEFAULTS["precision"],
+        help="arithmetic of training: bfloat16 mixed precision is about 1.5x faster where the "
+        "processor has it (auto: there, on one device, without teachers); files are float32 either way",
+    )
+    p.add_argument(
         "--deterministic",
         action="store_true",
         help="bit-identical weights from two runs with the same seed on the same machine "
@@ -203,6 +226,10 @@ def _body(argv) -> int:
         return 0
     if not args.out:
         parser.error("the following arguments are required: -o/--out")
+    if args.strategy == "multi-worker" and (args.time_budget or args.precision == "bfloat16"):
+        parser.error("--time-budget and --precision bfloat16 train on one machine: leave them out with --strategy multi-worker")
+    if args.teacher and args.precision == "bfloat16":
+        parser.error("--precision bfloat16 does not go with --teacher: teachers answer in float32")
     if args.votes and args.teacher:
         parser.error("--votes and --teacher do not go together: distillation mixes folder labels with the teacher's")
     if args.votes and args.classes:
@@ -239,6 +266,9 @@ def _body(argv) -> int:
             teacher_flip=args.teacher_tta == "flip",
             votes=args.votes,
             votes_root=args.votes_root,
+            time_budget=args.time_budget,
+            flip_average=args.flip_average,
+            precision=args.precision,
             verbose=1 if sys.stdout.isatty() else 2,
         )
     )

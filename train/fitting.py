@@ -63,9 +63,12 @@ def start_tensorflow(opts: TrainOptions, out: Path):
     return keras, tf
 
 
-def make_optimizer(keras, opts: TrainOptions, steps_per_epoch: int):
+def make_optimizer(keras, opts: TrainOptions, steps_per_epoch: int, lr_schedule=None):
     """Adam on a warm-up (the first 5% of the steps) + cosine-decay schedule
-    peaking at ``opts.lr``, over ``opts.epochs * steps_per_epoch`` steps."""
+    peaking at ``opts.lr``, over ``opts.epochs * steps_per_epoch`` steps;
+    or on ``lr_schedule`` when given (:func:`train.budget.schedule`)."""
+    if lr_schedule is not None:
+        return keras.optimizers.Adam(lr_schedule)
     steps = opts.epochs * steps_per_epoch
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0, max(1, steps), warmup_target=opts.lr, warmup_steps=max(1, steps // 20)
@@ -73,13 +76,13 @@ def make_optimizer(keras, opts: TrainOptions, steps_per_epoch: int):
     return keras.optimizers.Adam(schedule)
 
 
-def _compile(keras, opts: TrainOptions, model, n_classes: int, n_images: int, soft: bool = False):
+def _compile(keras, opts: TrainOptions, model, n_classes: int, n_images: int, soft: bool = False, lr_schedule=None):
     """The model wrapped for training (augmentation, and the teacher when
     distilling), compiled with Adam on a warm-up + cosine schedule."""
     from .distill import distillation_trainer
     from .models import augmentation
 
-    optimizer = make_optimizer(keras, opts, int(np.ceil(n_images / opts.batch_size)))
+    optimizer = make_optimizer(keras, opts, int(np.ceil(n_images / opts.batch_size)), lr_schedule)
     if opts.teachers:
         teachers = [load_teacher(keras, path) for path in opts.teachers]
         try:
@@ -107,8 +110,9 @@ def _compile(keras, opts: TrainOptions, model, n_classes: int, n_images: int, so
     return trainer
 
 
-def _callbacks(keras, opts: TrainOptions, out: Path, model, val_ds, data: RunData) -> tuple[list, str]:
-    """(callbacks, the monitored quantity): early stopping, TensorBoard, the ETA."""
+def _callbacks(keras, opts: TrainOptions, out: Path, model, val_ds, data: RunData, plan=None) -> tuple[list, str]:
+    """(callbacks, the monitored quantity): early stopping, TensorBoard, the
+    ETA (over ``plan["planned_epochs"]`` once a time budget has set it)."""
     va = data.indices(1)
     monitor = "val_loss" if len(data.val_paths) else "loss"
     callbacks = []
@@ -122,7 +126,7 @@ def _callbacks(keras, opts: TrainOptions, out: Path, model, val_ds, data: RunDat
     callbacks += [
         keras.callbacks.EarlyStopping(monitor=monitor, mode="min", patience=opts.patience, restore_best_weights=True),
         keras.callbacks.TensorBoard(log_dir=str(out / "logs")),
-        eta_callback(keras, opts.epochs),
+        eta_callback(keras, opts.epochs, plan),
     ]
     return callbacks, monitor
 
@@ -167,27 +171,60 @@ def make_datasets(opts: TrainOptions, data: RunData, size, cache_dir: Path):
 
 def fit_model(keras, tf, opts: TrainOptions, out: Path, data: RunData, size, train_ds, val_ds):
     """Build, compile and fit the model (:func:`train.models.build_model`),
-    with early stopping on the validation loss.
+    with early stopping on the validation loss, in the run's precision and
+    within its time budget (:mod:`train.budget`).
 
     Returns:
-        (the trained model, without augmentation; history: {metric: [float
-        per epoch]}; the monitored history key; the fit's wall time, s).
+        (the trained float32 model, without augmentation; history: {metric:
+        [float per epoch]}; the monitored history key; the fit's wall time,
+        s; a dict for ``metrics.json``: ``train_precision``, and with a budget the
+        planned epochs and each epoch's seconds).
 
     Raises:
         HappysadError: a teacher cannot be loaded or does not fit this run.
     """
-    from .models import build_model, count_macs
+    from . import budget
+    from .models import build_model
 
     mirrored = opts.strategy == "mirrored"
     strategy = tf.distribute.MirroredStrategy() if mirrored else tf.distribute.get_strategy()
-    with strategy.scope():
-        model = build_model(opts.arch, size, channels_of(opts.color), len(data.labels))
-        trainer = _compile(keras, opts, model, len(data.labels), len(data.train_y), data.soft)
-    callbacks, monitor = _callbacks(keras, opts, out, model, val_ds, data)
+    precision = budget.resolve_precision(opts.precision, plain=not mirrored and not opts.teachers)
+    info = {"train_precision": precision}
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
+    steps_per_epoch = int(np.ceil(len(data.train_y) / opts.batch_size))
+
+    def build():
+        return build_model(opts.arch, size, channels_of(opts.color), len(data.labels))
+
+    try:
+        with strategy.scope():
+            model = build()
+            lr_schedule = budget.schedule(keras, opts.lr, steps_per_epoch, opts.epochs) if opts.time_budget else None
+            trainer = _compile(keras, opts, model, len(data.labels), len(data.train_y), data.soft, lr_schedule)
+        callbacks, monitor = _callbacks(keras, opts, out, model, val_ds, data, info)
+        if lr_schedule is not None:
+            info["time_budget_min"] = opts.time_budget
+            # First, so that the ETA's line already knows the new plan.
+            callbacks.insert(0, budget.budget_callback(keras, lr_schedule, opts.time_budget * 60, opts.epochs, info))
+        history, seconds = _fit(keras, opts, strategy, model, trainer, data, train_ds, val_ds, callbacks, precision)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    if precision == "bfloat16":
+        model = budget.float32_copy(keras, model, build)
+    return model, history, monitor, seconds, info
+
+
+def _fit(keras, opts, strategy, model, trainer, data, train_ds, val_ds, callbacks, precision):
+    """The fit itself, logged first. Returns (history, wall time in s)."""
+    from .models import count_macs
+
+    mirrored = opts.strategy == "mirrored"
     _log(
         f"model {opts.arch}: {model.count_params():,} parameters, {count_macs(model) / 1e6:.1f}M "
         f"multiply-accumulates per image; {len(data.labels)} classes ({', '.join(data.labels)}); training up to "
-        f"{opts.epochs} epochs on {len(data.train_y)} images"
+        f"{opts.epochs} epochs"
+        + (f" or {opts.time_budget:g} minutes" if opts.time_budget else "")
+        + f" on {len(data.train_y)} images in {precision}"
         + (f" on {strategy.num_replicas_in_sync} replicas" if mirrored else "")
     )
     start = time.perf_counter()
@@ -206,18 +243,19 @@ def fit_model(keras, tf, opts: TrainOptions, out: Path, data: RunData, size, tra
         shuffle=False,
     )
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
-    return model, history, monitor, time.perf_counter() - start
+    return history, time.perf_counter() - start
 
 
-def save_model(model, out: Path, data: RunData, history: dict):
+def save_model(model, out: Path, data: RunData, history: dict, flip_average: bool = False):
     """Write ``model.keras`` (and with auxiliary classes ``model_full.keras``),
     ``history.csv`` and ``curves.png``, each atomically.
 
     Returns:
         the shipped model: ``model``, or with auxiliary classes its head
-        restricted to the shipped classes.
+        restricted to the shipped classes; with ``flip_average``, averaged
+        with its mirror image (:func:`train.models.with_mirror`).
     """
-    from .models import restrict_head
+    from .models import restrict_head, with_mirror
 
     if len(data.labels) > len(data.shipped):
         # Kept whole as a teacher for a later run with the same --aux; the
@@ -225,6 +263,8 @@ def save_model(model, out: Path, data: RunData, history: dict):
         with atomic_path(out / "model_full.keras") as tmp:
             model.save(tmp)
         model = restrict_head(model, list(range(len(data.shipped))))
+    if flip_average:
+        model = with_mirror(model)
     with atomic_path(out / "model.keras") as tmp:
         model.save(tmp)
     write_bytes(out / "history.csv", history_csv(history))

@@ -58,6 +58,14 @@ class TrainOptions:
             (:func:`train.split.prepare_vote_data`); None: folder labels.
         votes_root: the folder the table's paths are relative to (default:
             the folder above the table's).
+        time_budget: minutes of training (validation included): the run
+            plans as many epochs as fit, at most ``epochs``, and anneals its
+            learning rate over them (:mod:`train.budget`); None: ``epochs``.
+        flip_average: ship the model averaged with its mirror image in one
+            graph (:func:`train.models.with_mirror`: twice the MACs).
+        precision: "float32", "bfloat16" (Keras' ``mixed_bfloat16``: float32
+            variables, bfloat16 arithmetic; saved and exported as float32)
+            or "auto" (:func:`train.budget.resolve_precision`).
     """
 
     data_dir: str | list
@@ -84,4 +92,7 @@ class TrainOptions:
     teacher_flip: bool = False
     votes: str | None = None
     votes_root: str | None = None
+    time_budget: float | None = None
+    flip_average: bool = False
+    precision: str = "auto"
     verbose: int = field(default=1, compare=False)

@@ -195,10 +195,12 @@ def shipped_loss_callback(keras, model, val_ds, y_val: np.ndarray, n_own: int):
     return ShippedLoss()
 
 
-def eta_callback(keras, epochs: int):
+def eta_callback(keras, epochs: int, plan: dict | None = None):
     """A Keras callback logging, after each epoch, the time so far and an
     estimate of the time left (the mean epoch so far times the epochs left;
-    early stopping may end sooner)."""
+    early stopping may end sooner). The epochs are ``plan["planned_epochs"]``
+    where a time budget has set it (:func:`train.budget.budget_callback`),
+    else ``epochs``."""
 
     class Eta(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
@@ -206,11 +208,12 @@ def eta_callback(keras, epochs: int):
 
         def on_epoch_end(self, epoch, logs=None):
             done = epoch + 1
+            total = (plan or {}).get("planned_epochs", epochs)
             elapsed = time.perf_counter() - self.start
-            left = elapsed / done * (epochs - done)
+            left = elapsed / done * (total - done)
             _log(
-                f"epoch {done}/{epochs}: {_clock(elapsed)} elapsed, about {_clock(left)} left"
-                + (" (early stopping may end sooner)" if done < epochs else "")
+                f"epoch {done}/{total}: {_clock(elapsed)} elapsed, about {_clock(left)} left"
+                + (" (early stopping may end sooner)" if done < total else "")
             )
 
     return Eta()

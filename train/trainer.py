@@ -83,8 +83,8 @@ def train(opts: TrainOptions) -> dict:
     data = _prepare(opts, out, size)
     keras, tf = start_tensorflow(opts, out)
     train_ds, val_ds = make_datasets(opts, data, size, out / "cache")
-    model, history, monitor, seconds = fit_model(keras, tf, opts, out, data, size, train_ds, val_ds)
-    return finish_run(model, opts, out, data, history, monitor, seconds, val_ds)
+    model, history, monitor, seconds, info = fit_model(keras, tf, opts, out, data, size, train_ds, val_ds)
+    return finish_run(model, opts, out, data, history, monitor, seconds, val_ds, info)
 
 
 def finish_run(model, opts: TrainOptions, out: Path, data: RunData, history, monitor, seconds, val_ds, extra=None):
@@ -99,7 +99,7 @@ def finish_run(model, opts: TrainOptions, out: Path, data: RunData, history, mon
 
     size = (opts.img_size, opts.img_size)
     s, va, te = data.scan, data.indices(1), data.indices(2)
-    model = save_model(model, out, data, history)
+    model = save_model(model, out, data, history, opts.flip_average)
     # The validation pipeline is in order and already cached: no second decode
     # (on votes it holds other images: every folder's validation part).
     parallel = not opts.deterministic
