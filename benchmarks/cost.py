@@ -59,6 +59,7 @@ def tflite_cost(interpreter) -> tuple[int | None, int | None]:
     except Exception:  # an interpreter build without op details
         return None, None
     params = macs = 0
+    counted = set()  # a weight shared by two operators (a model called twice) counts once
     for op in ops:
         axis = TFLITE_WEIGHTED.get(op["op_name"])
         if axis is None:
@@ -69,7 +70,8 @@ def tflite_cost(interpreter) -> tuple[int | None, int | None]:
         # TFLite weights: conv (C_out, k_h, k_w, C_in), depthwise
         # (1, k_h, k_w, C_out), fully connected (units, C_in).
         macs += layer_macs(np.prod(out[1:]), weight, weight[axis])
-        params += sum(int(np.prod(tensors[i]["shape"])) for i in inputs[1:])
+        params += sum(int(np.prod(tensors[i]["shape"])) for i in inputs[1:] if i not in counted)
+        counted.update(inputs[1:])
     return params, macs
 
 
@@ -109,6 +111,7 @@ def onnx_cost(path: str | os.PathLike) -> tuple[int | None, int | None]:
         return consts.get(name, consts.get(dequant.get(name, ""), None))
 
     params = macs = 0
+    counted = set()  # a weight shared by two nodes (a model called twice) counts once
     for node in graph.node:
         if node.op_type not in ONNX_WEIGHTED:
             continue
@@ -122,12 +125,14 @@ def onnx_cost(path: str | os.PathLike) -> tuple[int | None, int | None]:
             trans_b = any(a.name == "transB" and a.i for a in node.attribute)
             out_channels = weight[0] if trans_b else weight[-1]
         macs += layer_macs(math.prod(out), weight, out_channels)
-        biases = [const_shape(n) for n in node.input[2:] if n]
+        names = [dequant.get(n, n) for n in node.input[1:] if n]
         if node.op_type == "MatMul":
             for nxt in consumers.get(node.output[0], []):
                 if nxt.op_type == "Add":
-                    biases += [const_shape(n) for n in nxt.input if n != node.output[0]]
-        params += math.prod(weight) + sum(math.prod(b) for b in biases if b is not None)
+                    names += [dequant.get(n, n) for n in nxt.input if n != node.output[0]]
+        shapes_of = [const_shape(n) for n in names if n not in counted]
+        params += sum(math.prod(b) for b in shapes_of if b is not None)
+        counted.update(names)
     return params, macs
 
 

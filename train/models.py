@@ -133,7 +133,7 @@ def with_mirror(model: keras.Model) -> keras.Model:
     three-way on the demo's test split, docs/accuracy.md).
 
     The mirror is a fixed ``Dense`` over the width axis whose kernel is the
-    anti-identity (between two ``Permute`` layers), so the graph holds only
+    anti-identity (between ``Permute`` and ``Reshape`` layers), so the graph holds only
     standard layers and int8 quantizes it exactly (weights 1.0 and 0.0);
     the weights of ``model`` are shared, not copied. Twice the
     multiply-accumulates of ``model`` plus H·C·W² for the mirror.
@@ -149,8 +149,10 @@ def with_mirror(model: keras.Model) -> keras.Model:
     h, w, c = model.input_shape[1:]
     inp = keras.Input((h, w, c), name="image")
     mirror = layers.Dense(w, use_bias=False, trainable=False, name="mirror")
-    x = layers.Permute((1, 3, 2), name="width_last")(inp)
-    x = layers.Permute((1, 3, 2), name="channels_last")(mirror(x))
+    # Static shapes throughout (a Dense over a rank-4 map converts to ONNX
+    # with its spatial sizes unknown): rows of width w, mirrored, put back.
+    x = layers.Reshape((h * c, w), name="rows")(layers.Permute((1, 3, 2), name="width_last")(inp))
+    x = layers.Permute((1, 3, 2), name="channels_last")(layers.Reshape((h, c, w), name="unrows")(mirror(x)))
     mirror.set_weights([np.eye(w, dtype=np.float32)[::-1]])
     out = layers.Average(name="mirror_average")([model(inp), model(x)])
     return keras.Model(inp, out, name=model.name)

@@ -51,7 +51,16 @@ def _print_summary(out: Path, opts: TrainOptions, metrics: dict, seconds: float,
     for key, what in (("ferplus", "test split"), ("ferplus_all_held_out", "every folder's test part")):
         if key in metrics:
             print(f"against the FER+ majority, {what}: {format_vote_metrics(metrics[key])}")
-    print(f"weights sha256 {metrics['weights_sha256']}" + (" (deterministic)" if opts.deterministic else ""))
+    # A time budget's epoch count depends on the machine's speed: the seed
+    # alone does not repeat such a run.
+    repeatable = opts.deterministic and not opts.time_budget
+    print(f"weights sha256 {metrics['weights_sha256']}" + (" (deterministic)" if repeatable else ""))
+    if opts.time_budget:
+        print(
+            f"time budget {opts.time_budget:g} min: {metrics['epochs_run']} epochs of {metrics.get('planned_epochs')} "
+            f"planned, in {metrics.get('train_precision')}; --epochs {metrics['epochs_run']} without "
+            "--time-budget trains a fixed count"
+        )
     print(
         f"wrote {out}/: model.keras, metrics.json, split.json, data_report.json, config.json, "
         "history.csv, curves.png, confusion_matrix.png, samples.png, logs/"
