@@ -227,7 +227,9 @@ def _body(argv) -> int:
     if not args.out:
         parser.error("the following arguments are required: -o/--out")
     if args.strategy == "multi-worker" and (args.time_budget or args.precision == "bfloat16"):
-        parser.error("--time-budget and --precision bfloat16 train on one machine: leave them out with --strategy multi-worker")
+        parser.error(
+            "--time-budget and --precision bfloat16 train on one machine: leave them out with --strategy multi-worker"
+        )
     if args.teacher and args.precision == "bfloat16":
         parser.error("--precision bfloat16 does not go with --teacher: teachers answer in float32")
     if args.votes and args.teacher:
