@@ -26,6 +26,8 @@ def test_native_bfloat16_reads_the_processor_flags(tmp_path, text, native):
     assert resolve_precision("auto", False, cpuinfo) == "float32"
     assert resolve_precision("float32", True, cpuinfo) == "float32"
     assert resolve_precision("bfloat16", False, cpuinfo) == "bfloat16"
+    # A small training set trains in float32 whatever the processor.
+    assert resolve_precision("auto", True, cpuinfo, n_images=120) == "float32"
 
 
 def test_native_bfloat16_is_false_without_cpuinfo(tmp_path):

@@ -86,6 +86,7 @@ def build_parser() -> ArgumentParser:
     _run_args(p)
     _model_args(p)
     _training_args(p)
+    _budget_args(p)
     return p
 
 
@@ -125,6 +126,31 @@ def _model_args(p) -> None:
         type=positive_int,
         default=DEFAULTS["patience"],
         help="epochs without a better validation loss before early stopping",
+    )
+
+
+def _budget_args(p) -> None:
+    """How long, in what arithmetic, and what the shipped model averages."""
+    p.add_argument(
+        "--time-budget",
+        type=_minutes,
+        default=None,
+        metavar="MIN",
+        help="train as many epochs as fit MIN minutes (at most --epochs), the learning rate "
+        "annealed over them; the count then depends on the machine's speed",
+    )
+    p.add_argument(
+        "--flip-average",
+        action="store_true",
+        help="ship the model averaged with its mirror image, inside the graph: every runtime gets the "
+        "flip's gain from the file itself, for twice the multiply-accumulates",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=DEFAULTS["precision"],
+        help="arithmetic of training: bfloat16 mixed precision is faster where the "
+        "processor has it natively (auto: there, on one device, without teachers); files are float32 either way",
     )
 
 
@@ -180,27 +206,6 @@ def _training_args(p) -> None:
         help="weight of the true labels in the distillation targets, 0..1 (the teachers': 1 - A)",
     )
     p.add_argument(
-        "--time-budget",
-        type=_minutes,
-        default=None,
-        metavar="MIN",
-        help="train as many epochs as fit MIN minutes (at most --epochs), the learning rate "
-        "annealed over them; the count then depends on the machine's speed",
-    )
-    p.add_argument(
-        "--flip-average",
-        action="store_true",
-        help="ship the model averaged with its mirror image, inside the graph: every runtime gets the "
-        "flip's gain from the file itself, for twice the multiply-accumulates",
-    )
-    p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=DEFAULTS["precision"],
-        help="arithmetic of training: bfloat16 mixed precision is about 1.5x faster where the "
-        "processor has it (auto: there, on one device, without teachers); files are float32 either way",
-    )
-    p.add_argument(
         "--deterministic",
         action="store_true",
         help="bit-identical weights from two runs with the same seed on the same machine "
@@ -211,6 +216,18 @@ def _training_args(p) -> None:
 def _dirs(dirs: list):
     """One folder as itself (its split records paths as before), several as a list."""
     return dirs[0] if len(dirs) == 1 else list(dirs)
+
+
+def _check_combinations(parser, args) -> None:
+    """Flags that do not go together: a usage error (one line, exit 2)."""
+    if args.strategy == "multi-worker" and (args.time_budget or args.precision == "bfloat16"):
+        parser.error(
+            "--time-budget and --precision bfloat16 train on one machine: leave them out with --strategy multi-worker"
+        )
+    if args.teacher and args.precision == "bfloat16":
+        parser.error("--precision bfloat16 does not go with --teacher: teachers answer in float32")
+    if args.votes and args.teacher:
+        parser.error("--votes and --teacher do not go together: distillation mixes folder labels with the teacher's")
 
 
 def _body(argv) -> int:
@@ -226,14 +243,7 @@ def _body(argv) -> int:
         return 0
     if not args.out:
         parser.error("the following arguments are required: -o/--out")
-    if args.strategy == "multi-worker" and (args.time_budget or args.precision == "bfloat16"):
-        parser.error(
-            "--time-budget and --precision bfloat16 train on one machine: leave them out with --strategy multi-worker"
-        )
-    if args.teacher and args.precision == "bfloat16":
-        parser.error("--precision bfloat16 does not go with --teacher: teachers answer in float32")
-    if args.votes and args.teacher:
-        parser.error("--votes and --teacher do not go together: distillation mixes folder labels with the teacher's")
+    _check_combinations(parser, args)
     if args.votes and args.classes:
         from happysad.edge.votes import emotion_of
 

@@ -188,7 +188,8 @@ def fit_model(keras, tf, opts: TrainOptions, out: Path, data: RunData, size, tra
 
     mirrored = opts.strategy == "mirrored"
     strategy = tf.distribute.MirroredStrategy() if mirrored else tf.distribute.get_strategy()
-    precision = budget.resolve_precision(opts.precision, plain=not mirrored and not opts.teachers)
+    plain = not mirrored and not opts.teachers
+    precision = budget.resolve_precision(opts.precision, plain, n_images=len(data.train_y))
     info = {"train_precision": precision}
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
     steps_per_epoch = int(np.ceil(len(data.train_y) / opts.batch_size))
