@@ -130,7 +130,7 @@ def onnx_cost(path: str | os.PathLike) -> tuple[int | None, int | None]:
             for nxt in consumers.get(node.output[0], []):
                 if nxt.op_type == "Add":
                     names += [dequant.get(n, n) for n in nxt.input if n != node.output[0]]
-        shapes_of = [const_shape(n) for n in names if n not in counted]
+        shapes_of = [consts.get(n) for n in names if n not in counted]  # names already past DequantizeLinear
         params += sum(math.prod(b) for b in shapes_of if b is not None)
         counted.update(names)
     return params, macs

@@ -76,13 +76,12 @@ def make_optimizer(keras, opts: TrainOptions, steps_per_epoch: int, lr_schedule=
     return keras.optimizers.Adam(schedule)
 
 
-def _compile(keras, opts: TrainOptions, model, n_classes: int, n_images: int, soft: bool = False, lr_schedule=None):
+def _compile(keras, opts: TrainOptions, model, n_classes: int, optimizer, soft: bool = False):
     """The model wrapped for training (augmentation, and the teacher when
-    distilling), compiled with Adam on a warm-up + cosine schedule."""
+    distilling), compiled with ``optimizer`` (:func:`make_optimizer`)."""
     from .distill import distillation_trainer
     from .models import augmentation
 
-    optimizer = make_optimizer(keras, opts, int(np.ceil(n_images / opts.batch_size)), lr_schedule)
     if opts.teachers:
         teachers = [load_teacher(keras, path) for path in opts.teachers]
         try:
@@ -201,13 +200,14 @@ def fit_model(keras, tf, opts: TrainOptions, out: Path, data: RunData, size, tra
         with strategy.scope():
             model = build()
             lr_schedule = budget.schedule(keras, opts.lr, steps_per_epoch, opts.epochs) if opts.time_budget else None
-            trainer = _compile(keras, opts, model, len(data.labels), len(data.train_y), data.soft, lr_schedule)
+            optimizer = make_optimizer(keras, opts, steps_per_epoch, lr_schedule)
+            trainer = _compile(keras, opts, model, len(data.labels), optimizer, data.soft)
         callbacks, monitor = _callbacks(keras, opts, out, model, val_ds, data, info)
         if lr_schedule is not None:
             info["time_budget_min"] = opts.time_budget
             # First, so that the ETA's line already knows the new plan.
             callbacks.insert(0, budget.budget_callback(keras, lr_schedule, opts.time_budget * 60, opts.epochs, info))
-        history, seconds = _fit(keras, opts, strategy, model, trainer, data, train_ds, val_ds, callbacks, precision)
+        history, seconds = _fit(keras, opts, strategy, model, trainer, data, (train_ds, val_ds), callbacks, precision)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     if precision == "bfloat16":
@@ -215,10 +215,12 @@ def fit_model(keras, tf, opts: TrainOptions, out: Path, data: RunData, size, tra
     return model, history, monitor, seconds, info
 
 
-def _fit(keras, opts, strategy, model, trainer, data, train_ds, val_ds, callbacks, precision):
-    """The fit itself, logged first. Returns (history, wall time in s)."""
+def _fit(keras, opts, strategy, model, trainer, data, datasets, callbacks, precision):
+    """The fit itself on (training, validation) ``datasets``, logged first.
+    Returns (history, wall time in s)."""
     from .models import count_macs
 
+    train_ds, val_ds = datasets
     mirrored = opts.strategy == "mirrored"
     _log(
         f"model {opts.arch}: {model.count_params():,} parameters, {count_macs(model) / 1e6:.1f}M "
