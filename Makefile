@@ -14,8 +14,8 @@ VOTES ?= ../shared/data/ferplus/votes.tsv
 endif
 # On votes the demo trains on both folders (about 20,000 faces) for as many
 # epochs as TIME_BUDGET minutes hold (at most EPOCHS), so that make demo
-# stays within 20 minutes on 2 cores however fast they are (22-24 epochs
-# on a 2-core Zen 4 in bfloat16 with 13 minutes; fewer in float32). TIME_BUDGET= trains EPOCHS.
+# stays within 20 minutes on 2 cores however fast they are (24-29 epochs
+# on a 2-core Zen 4 in bfloat16; fewer in float32). TIME_BUDGET= trains EPOCHS.
 EPOCHS ?= $(if $(VOTES),40,30)
 TIME_BUDGET ?= $(if $(VOTES),15)
 VOTE_ARGS = $(if $(VOTES),--aux "$(OTHER)" --votes "$(VOTES)")
